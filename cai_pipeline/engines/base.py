@@ -1,0 +1,69 @@
+"""The engine protocol: the one interface every stage talks to.
+
+- `generate` takes the whole batch at once; the engine schedules it.
+- `choice_logprobs` gives, per conversation, log P(next assistant token = choice) for single-token choices:
+  one prefill, no decoding. The judge is built on it.
+- Engines with continuous batching also offer `agenerate` (one conversation, awaitable), so a multi-step
+  stage can run every row's chain concurrently and keep the engine full between steps.
+
+A conversation that fails (a server that keeps erroring) comes back as one `Completion` with
+`finish_reason="error"` and the reason in `error`; the stage sends that row to rejects. Never None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, TypedDict, runtime_checkable
+
+
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenParams:
+    n: int = 1
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    # Seeds the call, not the row: same seed + same batch → same output on a deterministic engine.
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length" | "error"
+    n_tokens: int
+    error: str | None = None
+
+
+@dataclass
+class EngineStats:
+    """Counters the manifest records (retries for the OpenAI engine; tokens for all)."""
+
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    retries: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    model: str
+    stats: EngineStats
+
+    def generate(self, convs: list[list[Message]], params: GenParams) -> list[list[Completion]]: ...
+
+    def choice_logprobs(self, convs: list[list[Message]], choices: list[str]) -> list[dict[str, float]]: ...
+
+    def count_tokens(self, conv: list[Message]) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def error_completion(reason: str) -> Completion:
+    return Completion(text="", finish_reason="error", n_tokens=0, error=reason)

@@ -1,0 +1,145 @@
+"""One pydantic model per stage boundary, and its explicit pyarrow schema.
+
+Rows travel between stages as plain dicts (Parquet in, Parquet out); these models are the contract for what
+those dicts hold. `arrow_schema(Model)` derives the Parquet schema from the model, so the two cannot drift,
+and `tests/test_records.py` round-trips every one of them.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(Record):
+    role: str
+    content: str
+
+
+class PromptRecord(Record):
+    prompt_id: str
+    prompt: list[Message]
+
+
+class SampleRecord(Record):
+    prompt_id: str
+    sample_idx: int
+    prompt: list[Message]
+    response: str
+    finish_reason: str
+    n_tokens: int
+
+
+class Round(Record):
+    principle_id: str
+    critique: str
+    revision: str
+    cleaned: bool  # a boilerplate preamble ("Sure, here is a revised response:") was cut off
+    kept_previous: str | None  # why the revision was not used (empty, truncated); the text stays as before
+
+
+class ReviseRecord(Record):
+    prompt_id: str
+    sample_idx: int
+    prompt: list[Message]
+    initial: str
+    rounds: list[Round]
+    final: str
+
+
+class PairRecord(Record):
+    pair_id: str
+    prompt_id: str
+    prompt: list[Message]
+    a: str
+    b: str
+    origin: Literal["sampled", "revision"]
+    a_idx: int  # sample index of a (revision pairs: the revised sample)
+    b_idx: int
+    principle_ids: list[str]  # revision pairs: the principles the revision applied
+
+
+class Verdict(Record):
+    principle_id: str
+    weight: float
+    p_a_first: float  # P("A") normalised over {A, B}, with a shown as (A)
+    p_a_second: float  # P("B") normalised over {A, B}, with a shown as (B): the probability a wins there
+    reasoning_first: str | None
+    reasoning_second: str | None
+
+
+class JudgeRecord(PairRecord):
+    verdicts: list[Verdict]
+    p_a: float  # ensemble probability that a is better: mean over principles of ½(p_a_first + p_a_second)
+    consistent: bool  # false when some principle's two orders picked the same position
+
+
+class RejectRecord(Record):
+    stage: str
+    key: str  # prompt_id, "prompt_id/sample_idx" or pair_id
+    reason: str  # short, countable: "empty_prompt", "engine_error", "identical", "below_margin", ...
+    detail: str
+    row: str  # the input row as JSON, so nothing is lost
+
+
+class SFTRecord(Record):
+    prompt_id: str
+    sample_idx: int
+    messages: list[Message]
+    principle_ids: list[str]
+
+
+class PreferenceRecord(Record):
+    pair_id: str
+    prompt_id: str
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    p_chosen: float | None  # the judge's soft label; null where no judge ran
+    principle_ids: list[str]
+    origin: Literal["sampled", "revision"]
+
+
+_SCALARS = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def _arrow_type(tp: typing.Any) -> tuple[pa.DataType, bool]:
+    """(arrow type, nullable) for a Python annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner, _ = _arrow_type(args[0])
+        return inner, True
+    if origin is Literal:
+        return _SCALARS[type(typing.get_args(tp)[0])], False
+    if origin is list:
+        inner, nullable = _arrow_type(typing.get_args(tp)[0])
+        return pa.list_(pa.field("item", inner, nullable=nullable)), False
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return pa.struct(_fields(tp)), False
+    return _SCALARS[tp], False
+
+
+def _fields(model: type[BaseModel]) -> list[pa.Field]:
+    hints = typing.get_type_hints(model)
+    out = []
+    for name in model.model_fields:
+        arrow, nullable = _arrow_type(hints[name])
+        out.append(pa.field(name, arrow, nullable=nullable))
+    return out
+
+
+def arrow_schema(model: type[BaseModel]) -> pa.Schema:
+    return pa.schema(_fields(model))
+
+
+def to_table(rows: list[dict], model: type[BaseModel]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=arrow_schema(model))

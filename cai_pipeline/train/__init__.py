@@ -1,0 +1,1 @@
+"""The preference trainer: pure losses, chat-template tokenisation, a plain accelerate loop."""
