@@ -2,12 +2,13 @@
 
 - `generate` takes the whole batch at once; the engine schedules it.
 - `choice_logprobs` gives, per conversation, log P(next assistant token = choice) for single-token choices:
-  one prefill, no decoding. The judge is built on it.
+  one prefill, no decoding. The judge is built on it. A conversation too long for the context gets `{}`.
 - Engines with continuous batching also offer `agenerate` (one conversation, awaitable), so a multi-step
   stage can run every row's chain concurrently and keep the engine full between steps.
 
-A conversation that fails (a server that keeps erroring) comes back as one `Completion` with
-`finish_reason="error"` and the reason in `error`; the stage sends that row to rejects. Never None.
+A conversation that fails (too long for the context, a server that keeps erroring) comes back as one
+`Completion` with `finish_reason="error"` and `error="reason: detail"` (reason a short code such as
+`too_long` or `server_error`); the stage sends that row to rejects with the reason. Never None.
 """
 
 from __future__ import annotations

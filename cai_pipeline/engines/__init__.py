@@ -1,0 +1,54 @@
+"""Engines behind one protocol (see base.py). `make_engine` builds one from a config or from keywords."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from cai_pipeline.engines.base import Completion, Engine, EngineStats, GenParams, Message
+
+__all__ = ["Completion", "Engine", "EngineStats", "GenParams", "Message", "make_engine", "resolve_kind"]
+
+
+def resolve_kind(kind: str) -> str:
+    """`auto` → vllm where it is importable, else hf."""
+    if kind != "auto":
+        return kind
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def make_engine(cfg: Any = None, *, kind: str | None = None, model: str | None = None, seed: int = 0,
+                **options: Any) -> Engine:
+    """`make_engine(run_cfg)` (a RunConfig: uses .engine, .model, .seed) or `make_engine(kind="hf",
+    model="embedded", batch_size=8)` with EngineConfig fields as keywords."""
+    from cai_pipeline.config import EngineConfig
+    from cai_pipeline.models import resolve_model
+
+    if cfg is not None:
+        engine_cfg, model, seed = cfg.engine, model or cfg.model, cfg.seed
+        if kind is not None:
+            engine_cfg = engine_cfg.model_copy(update={"kind": kind})
+    else:
+        engine_cfg = EngineConfig(kind=kind or "auto", **options)
+    model = model or "embedded"
+    chosen = resolve_kind(engine_cfg.kind)
+    if chosen == "openai":
+        from cai_pipeline.engines.openai import OpenAIEngine
+
+        return OpenAIEngine.from_config(engine_cfg, model)
+    path = resolve_model(model)
+    if engine_cfg.trust_remote_code:
+        import warnings
+
+        warnings.warn(f"trust_remote_code is on: code shipped with {model} will run on this machine", stacklevel=2)
+    if chosen == "vllm":
+        from cai_pipeline.engines.vllm import VLLMEngine
+
+        return VLLMEngine(path, dtype=engine_cfg.dtype, seed=seed, max_model_len=engine_cfg.max_model_len,
+                          gpu_memory_utilization=engine_cfg.gpu_memory_utilization,
+                          tensor_parallel_size=engine_cfg.tensor_parallel_size,
+                          kv_cache_gb=engine_cfg.kv_cache_gb, trust_remote_code=engine_cfg.trust_remote_code)
+    from cai_pipeline.engines.hf import HFEngine
+
+    return HFEngine(path, dtype=engine_cfg.dtype, batch_size=engine_cfg.batch_size,
+                    max_model_len=engine_cfg.max_model_len, trust_remote_code=engine_cfg.trust_remote_code)

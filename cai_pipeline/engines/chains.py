@@ -1,0 +1,91 @@
+"""Run many multi-step chains (one per row) against one engine.
+
+A chain is `async def chain(gen) -> result`, where `await gen(conv, params)` returns that conversation's
+completions. Written once, a chain runs two ways:
+
+- natively, on an engine with continuous batching (`engine.agenerate`: vLLM, an OpenAI-compatible server):
+  each row's next request goes in the moment its previous one finishes, so the engine never idles waiting
+  for a round's slowest sequence;
+- round-batched, on any engine: requests are held until every live chain is waiting, then sent as one
+  `generate` call per distinct GenParams — one batch per step of the stage, never one call per row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from cai_pipeline.engines.base import Completion, Engine, GenParams, Message
+from cai_pipeline.errors import UserError
+
+T = TypeVar("T")
+Gen = Callable[[list[Message], GenParams], Awaitable[list[Completion]]]
+
+
+class RoundBatcher:
+    """`agenerate` for engines without continuous batching: gathers one request from every live chain."""
+
+    def __init__(self, engine: Engine, live: int):
+        self.engine = engine
+        self.live = live
+        self.queue: list[tuple[list[Message], GenParams, asyncio.Future]] = []
+        self.calls = 0
+
+    async def agenerate(self, conv: list[Message], params: GenParams) -> list[Completion]:
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((conv, params, future))
+        self._flush_if_all_waiting()
+        return await future
+
+    def chain_done(self) -> None:
+        self.live -= 1
+        self._flush_if_all_waiting()
+
+    def _flush_if_all_waiting(self) -> None:
+        if not self.queue or len(self.queue) < self.live:
+            return
+        batch, self.queue = self.queue, []
+        groups: dict[GenParams, list[int]] = {}
+        for i, (_, params, _) in enumerate(batch):
+            groups.setdefault(params, []).append(i)
+        try:
+            for params, idx in groups.items():
+                self.calls += 1
+                results = self.engine.generate([batch[i][0] for i in idx], params)
+                for i, comps in zip(idx, results, strict=True):
+                    batch[i][2].set_result(comps)
+        except Exception as e:  # every waiting chain must hear of it, or gather would wait forever
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+
+
+def uses_native(engine: Engine, mode: str) -> bool:
+    native = hasattr(engine, "agenerate")
+    if mode == "chains" and not native:
+        raise UserError(f"revise.mode=chains needs an engine with continuous batching (vllm, openai), not "
+                        f"{engine.name}; use revise.mode=auto or rounds")
+    return native and mode != "rounds"
+
+
+def run_chains(engine: Engine, chains: list[Callable[[Gen], Awaitable[T]]], *, mode: str = "auto") -> list[T]:
+    """Run every chain to completion and return their results in order."""
+    if not chains:
+        return []
+    native = uses_native(engine, mode)
+
+    async def main() -> list[Any]:
+        if native:
+            return await asyncio.gather(*(chain(engine.agenerate) for chain in chains))
+        batcher = RoundBatcher(engine, len(chains))
+
+        async def one(chain):
+            try:
+                return await chain(batcher.agenerate)
+            finally:
+                batcher.chain_done()
+
+        return await asyncio.gather(*(one(chain) for chain in chains))
+
+    return asyncio.run(main())

@@ -1,0 +1,190 @@
+"""The vLLM engine: offline `vllm.LLM`, the whole batch per call, plus continuous-batched chains.
+
+`generate` hands vLLM every conversation at once. `agenerate` adds one request to the same engine and
+resolves when it finishes; a single pump steps the engine while any request is pending, so a multi-step
+stage's rows each send their next request the moment their last one finished and the batch stays full.
+
+On a machine without a GPU we apply the CPU settings that work here (see DESIGN.md): KV cache size, OpenMP
+threads bound to every core we may use, eager mode, caches under $CAI_HOME, and the engine core in-process —
+which starts faster and makes a seeded call reproducible (we reseed torch before each call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+
+from cai_pipeline.engines.base import Completion, EngineStats, GenParams, Message, error_completion
+from cai_pipeline.engines.chat import choice_token_ids, prompt_ids
+from cai_pipeline.errors import UserError
+from cai_pipeline.models import cai_home
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cpu_environment(kv_cache_gb: float) -> dict[str, str]:
+    cores = sorted(os.sched_getaffinity(0))
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(int(kv_cache_gb) if float(kv_cache_gb).is_integer() else kv_cache_gb),
+        # vLLM's default binds one core only; bind all we have.
+        "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}" if len(cores) > 1 else str(cores[0]),
+        "VLLM_CACHE_ROOT": str(cai_home() / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cai_home() / "inductor"),
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    }
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError:
+        raise UserError(
+            "engine.kind=vllm needs vLLM: `pip install 'cai-pipeline[cpu]'` (CPU) or `pip install "
+            "'cai-pipeline[gpu]'` (CUDA), or use engine.kind=hf"
+        ) from None
+    return vllm
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, model: str, *, dtype: str = "bfloat16", seed: int = 0, max_model_len: int | None = None,
+                 gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1,
+                 kv_cache_gb: float = 2, trust_remote_code: bool = False):
+        self.model = model
+        self.on_cpu = not has_cuda()
+        if self.on_cpu:
+            for key, value in cpu_environment(kv_cache_gb).items():
+                os.environ.setdefault(key, value)
+        vllm = import_vllm()
+        self._vllm = vllm
+        self.llm = vllm.LLM(
+            model=model, dtype=dtype, seed=seed, max_model_len=max_model_len or self._default_len(model),
+            enforce_eager=self.on_cpu, gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code,
+            load_format="safetensors",
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+        self._pending: dict[str, asyncio.Future] = {}
+        self._pump: asyncio.Task | None = None
+
+    @staticmethod
+    def _default_len(model: str) -> int:
+        from transformers import AutoConfig
+
+        return min(getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", 4096), 4096)
+
+    def count_tokens(self, conv: list[Message]) -> int:
+        return len(prompt_ids(self.tokenizer, conv))
+
+    def _sampling(self, params: GenParams, prompt_len: int):
+        return self._vllm.SamplingParams(
+            n=params.n, temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
+            max_tokens=min(params.max_tokens, self.max_model_len - prompt_len), stop=list(params.stop),
+        )
+
+    def _reseed(self, seed: int | None) -> None:
+        # In-process engine core: the sampler draws from this process's torch generator.
+        if seed is not None and self.on_cpu:
+            import torch
+
+            torch.manual_seed(seed)
+
+    def _request(self, conv: list[Message], params: GenParams):
+        ids = prompt_ids(self.tokenizer, conv)
+        if len(ids) >= self.max_model_len:
+            return None, f"too_long: prompt of {len(ids)} tokens fills the context ({self.max_model_len})"
+        return (self._vllm.inputs.TokensPrompt(prompt_token_ids=ids), self._sampling(params, len(ids))), None
+
+    def _completions(self, output) -> list[Completion]:
+        self.stats.prompt_tokens += len(output.prompt_token_ids or ())
+        comps = []
+        for c in output.outputs:
+            self.stats.output_tokens += len(c.token_ids)
+            reason = "length" if c.finish_reason == "length" else "stop"
+            comps.append(Completion(text=c.text, finish_reason=reason, n_tokens=len(c.token_ids)))
+        return comps
+
+    def generate(self, convs: list[list[Message]], params: GenParams) -> list[list[Completion]]:
+        self._reseed(params.seed)
+        requests, out = [], [None] * len(convs)
+        for i, conv in enumerate(convs):
+            req, err = self._request(conv, params)
+            if err:
+                out[i] = [error_completion(err)]
+            else:
+                requests.append((i, req))
+        if requests:
+            results = self.llm.generate([r[0] for _, r in requests], [r[1] for _, r in requests], use_tqdm=False)
+            for (i, _), res in zip(requests, results):
+                out[i] = self._completions(res)
+        return out
+
+    async def agenerate(self, conv: list[Message], params: GenParams) -> list[Completion]:
+        req, err = self._request(conv, params)
+        if err:
+            return [error_completion(err)]
+        if self._pump is None or self._pump.done():
+            # A new burst of chains: reseed once, so the same shard replays the same way on resume.
+            self._reseed(params.seed)
+            self._pump = asyncio.get_running_loop().create_task(self._step_while_pending())
+        rid = f"chain-{next(self._ids)}"
+        future = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        self.llm.llm_engine.add_request(rid, req[0], req[1])
+        return await future
+
+    async def _step_while_pending(self) -> None:
+        engine = self.llm.llm_engine
+        try:
+            while True:
+                # Yield first: rows whose request just finished add their next one before this step runs.
+                await asyncio.sleep(0)
+                if not self._pending:
+                    return
+                for output in engine.step():
+                    if output.finished:
+                        self._pending.pop(output.request_id).set_result(self._completions(output))
+        except Exception as e:  # fail every waiting row rather than leave them waiting forever
+            for future in self._pending.values():
+                future.set_exception(e)
+            self._pending.clear()
+
+    def choice_logprobs(self, convs: list[list[Message]], choices: list[str]) -> list[dict[str, float]]:
+        """One request per (conversation, choice), each allowed only that token; vLLM's logprobs are the raw
+        model's (before the allowed-token mask), so this is log P(choice | conversation). Prefix caching
+        makes the second choice of a conversation nearly free."""
+        choice_ids = choice_token_ids(self.tokenizer, choices)
+        encoded = [prompt_ids(self.tokenizer, conv) for conv in convs]
+        fits = [i for i, ids in enumerate(encoded) if len(ids) < self.max_model_len]
+        prompts, params = [], []
+        for i in fits:
+            for cid in choice_ids:
+                prompts.append(self._vllm.inputs.TokensPrompt(prompt_token_ids=encoded[i]))
+                params.append(self._vllm.SamplingParams(max_tokens=1, temperature=0, logprobs=0,
+                                                        allowed_token_ids=[cid]))
+        results = iter(self.llm.generate(prompts, params, use_tqdm=False) if prompts else [])
+        out: list[dict[str, float]] = [{} for _ in convs]  # empty: the conversation does not fit the context
+        for i in fits:
+            for choice, cid in zip(choices, choice_ids):
+                res = next(results)
+                self.stats.prompt_tokens += len(res.prompt_token_ids or ())
+                out[i][choice] = float(res.outputs[0].logprobs[0][cid].logprob)
+        return out
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            import gc
+
+            gc.collect()

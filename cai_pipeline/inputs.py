@@ -1,0 +1,162 @@
+"""Prompt files in: JSONL (optionally .gz), Parquet, CSV, and Anthropic's hh-rlhf transcripts.
+
+A row gives `prompt` (a string) or `messages` (a list of {role, content}); hh-rlhf rows give `chosen`, a
+"\\n\\nHuman: …\\n\\nAssistant: …" transcript whose first Human turn is the prompt. A structurally broken file
+is a `UserError` naming the file and line; an unusable row (empty prompt, duplicate) is a reject with its reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cai_pipeline.errors import UserError
+from cai_pipeline.rng import stable_id
+
+BUNDLED_PROMPTS = Path(__file__).parent / "data" / "prompts.jsonl"
+_ROLES = {"system", "user", "assistant"}
+
+
+@dataclass
+class LoadedPrompts:
+    rows: list[dict]  # PromptRecord dicts, in file order
+    rejects: list[dict] = field(default_factory=list)  # RejectRecord dicts (stage "prompts")
+    source: str = ""
+
+
+def prompt_id(messages: list[dict]) -> str:
+    """Stable hash of the prompt messages: the same prompt gets the same id in every run and file."""
+    return stable_id(json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False))
+
+
+def hh_first_human_turn(transcript: str) -> str:
+    """The first Human turn of an hh-rlhf transcript ("\\n\\nHuman: …\\n\\nAssistant: …")."""
+    m = re.search(r"Human:(.*?)(?:\n\nAssistant:|\Z)", transcript, flags=re.S)
+    return m.group(1).strip() if m else ""
+
+
+def hh_split(transcript: str) -> tuple[list[dict], str]:
+    """(prompt messages, final assistant reply) of an hh-rlhf transcript: everything up to the last Assistant turn."""
+    parts = re.split(r"\n\n(Human|Assistant):", "\n\n" + transcript.lstrip("\n"))
+    turns = [{"role": "user" if parts[i] == "Human" else "assistant", "content": parts[i + 1].strip()}
+             for i in range(1, len(parts) - 1, 2)]
+    if not turns or turns[-1]["role"] != "assistant":
+        return turns, ""
+    return turns[:-1], turns[-1]["content"]
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except OSError as e:
+            raise UserError(f"{path}: not a valid gzip file ({e}); decompress it or fix the name") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); re-save it as UTF-8") from None
+
+
+def _jsonl_rows(path: Path) -> list[tuple[int, dict]]:
+    rows = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object with a 'prompt' or 'messages' field")
+        rows.append((lineno, obj))
+    return rows
+
+
+def _csv_rows(path: Path) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(io.StringIO(_read_text(path)))
+    return [(i + 2, dict(r)) for i, r in enumerate(reader)]
+
+
+def _parquet_rows(path: Path) -> list[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise UserError(f"{path}: cannot read as Parquet ({str(e).splitlines()[0]})") from None
+    return [(i + 1, r) for i, r in enumerate(table.to_pylist())]
+
+
+def _messages(where: str, obj: dict) -> list[dict]:
+    """The prompt messages of one row, or a UserError naming the row."""
+    if "messages" in obj and obj["messages"] is not None:
+        msgs = obj["messages"]
+        if isinstance(msgs, str):  # CSV carries messages as a JSON string
+            try:
+                msgs = json.loads(msgs)
+            except json.JSONDecodeError:
+                raise UserError(f"{where}: 'messages' is not a JSON list of {{role, content}}") from None
+        ok = isinstance(msgs, list) and all(
+            isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str) for m in msgs)
+        if not ok:
+            raise UserError(f"{where}: 'messages' must be a list of {{role: system|user|assistant, content: str}}")
+        return [{"role": m["role"], "content": m["content"]} for m in msgs]
+    if "prompt" in obj and obj["prompt"] is not None:
+        if not isinstance(obj["prompt"], str):
+            raise UserError(f"{where}: 'prompt' must be a string (use 'messages' for a conversation)")
+        return [{"role": "user", "content": obj["prompt"]}]
+    if isinstance(obj.get("chosen"), str):
+        return [{"role": "user", "content": hh_first_human_turn(obj["chosen"])}]
+    raise UserError(f"{where}: row has neither 'prompt' nor 'messages' (nor hh-rlhf 'chosen'); add one of them")
+
+
+def _reject(key: str, reason: str, detail: str, row: dict) -> dict:
+    return {"stage": "prompts", "key": key, "reason": reason, "detail": detail,
+            "row": json.dumps(row, ensure_ascii=False, default=str)}
+
+
+def _read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
+    name = path.name.lower()
+    if fmt == "parquet" or (fmt == "auto" and name.endswith(".parquet")):
+        return _parquet_rows(path)
+    if fmt == "csv" or (fmt == "auto" and name.endswith(".csv")):
+        return _csv_rows(path)
+    if fmt in ("jsonl", "hh-rlhf") or name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+        return _jsonl_rows(path)
+    raise UserError(f"{path}: unknown prompt file type; use .jsonl, .jsonl.gz, .parquet or .csv, or set prompts.format")
+
+
+def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = None,
+                 system_prompt: str | None = None) -> LoadedPrompts:
+    """Read, validate, de-duplicate by prompt_id, apply `limit` (to kept prompts, in file order)."""
+    file = Path(path).expanduser() if path else BUNDLED_PROMPTS
+    if not file.exists():
+        raise UserError(f"prompts.path: {file} does not exist; point it at a JSONL, Parquet or CSV file")
+    rows = _read_rows(file, fmt)
+    if not rows:
+        raise UserError(f"{file}: no prompts in the file; add rows with a 'prompt' or 'messages' field")
+    out = LoadedPrompts(rows=[], source=str(file))
+    seen: set[str] = set()
+    for lineno, obj in rows:
+        if limit is not None and len(out.rows) >= limit:
+            break
+        messages = _messages(f"{file}:{lineno}", obj)
+        if system_prompt and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system_prompt}, *messages]
+        pid = str(obj.get("prompt_id") or prompt_id(messages))
+        if not any(m["content"].strip() for m in messages if m["role"] == "user"):
+            out.rejects.append(_reject(pid, "empty_prompt", f"line {lineno}: the prompt is empty or whitespace", obj))
+        elif pid in seen:
+            out.rejects.append(_reject(pid, "duplicate_prompt", f"line {lineno}: prompt_id {pid} seen before", obj))
+        else:
+            seen.add(pid)
+            out.rows.append({"prompt_id": pid, "prompt": messages})
+    if not out.rows:
+        raise UserError(f"{file}: every row was rejected ({out.rejects[0]['reason']}); nothing to run")
+    return out

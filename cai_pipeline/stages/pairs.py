@@ -1,0 +1,59 @@
+"""Pairs: what the judge compares. Sampled pairs (two samples of one prompt) and revision pairs (a row's
+final revision vs its initial response). Identical texts are dropped with reason `identical`."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+
+from cai_pipeline.rng import stable_id
+from cai_pipeline.stages.base import StageContext, StageResult, make_reject
+
+
+def pair_id(prompt_id: str, origin: str, a_idx: int, b_idx: int) -> str:
+    """Stable: the same two responses of the same prompt get the same id in every run."""
+    return stable_id(prompt_id, origin, a_idx, b_idx)
+
+
+def _pair(sample_a: dict, a: str, b: str, origin: str, a_idx: int, b_idx: int, principle_ids: list[str]) -> dict:
+    return {"pair_id": pair_id(sample_a["prompt_id"], origin, a_idx, b_idx), "prompt_id": sample_a["prompt_id"],
+            "prompt": sample_a["prompt"], "a": a, "b": b, "origin": origin, "a_idx": a_idx, "b_idx": b_idx,
+            "principle_ids": principle_ids}
+
+
+def sampled_pairs(samples: list[dict], ctx: StageContext) -> list[dict]:
+    """All pairs of a prompt's samples for n ≤ 4; otherwise `max_sampled_per_prompt` (default n) drawn at random."""
+    by_prompt: dict[str, list[dict]] = defaultdict(list)
+    for s in samples:
+        by_prompt[s["prompt_id"]].append(s)
+    out = []
+    for pid, group in by_prompt.items():
+        group.sort(key=lambda s: s["sample_idx"])
+        combos = list(itertools.combinations(group, 2))
+        limit = ctx.cfg.pairs.max_sampled_per_prompt or (len(combos) if len(group) <= 4 else len(group))
+        if len(combos) > limit:
+            combos = sorted(ctx.rng("pairs", pid).sample(combos, limit), key=lambda c: (c[0]["sample_idx"], c[1]["sample_idx"]))
+        out += [_pair(x, x["response"], y["response"], "sampled", x["sample_idx"], y["sample_idx"], [])
+                for x, y in combos]
+    return out
+
+
+def revision_pairs(revised: list[dict]) -> list[dict]:
+    return [_pair(r, r["final"], r["initial"], "revision", r["sample_idx"], r["sample_idx"],
+                  [x["principle_id"] for x in r["rounds"] if x["kept_previous"] is None])
+            for r in revised]
+
+
+def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult:
+    candidates = sampled_pairs(inputs["sample"], ctx) if ctx.cfg.pairs.sampled else []
+    if "revise" in inputs:
+        candidates += revision_pairs(inputs["revise"])
+    out = StageResult()
+    for pair in candidates:
+        if pair["a"].strip() == pair["b"].strip():
+            out.rejects.append(make_reject("pairs", pair["pair_id"], "identical",
+                                           f"{pair['origin']} pair: both responses are the same text", pair))
+        else:
+            out.rows.append(pair)
+    out.counts.update(pair["origin"] for pair in out.rows)
+    return out

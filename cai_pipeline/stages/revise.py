@@ -1,0 +1,129 @@
+"""Revise: K rounds of critique → revision per sampled response, a principle drawn at random each round.
+
+Each row is one chain (see engines/chains.py): on vLLM every row's next step starts as soon as its last one
+finished; on other engines each step of all rows goes as one batch. The conversation carries on across
+rounds, as in the CAI paper: round 2 critiques round 1's revision with the earlier turns in view.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from cai_pipeline.constitution import draw_principles
+from cai_pipeline.engines.base import Completion, GenParams, Message
+from cai_pipeline.engines.chains import Gen, run_chains
+from cai_pipeline.stages.base import StageContext, StageResult, error_reason, make_reject
+
+# "Sure, here is a revised response:" and its many cousins, at the very start of a revision.
+_PREAMBLE = re.compile(
+    r"^\s*(?:(?:sure|certainly|okay|ok|of course|absolutely|alright)[,.!]?\s*)?"
+    r"(?:(?:here(?:'s| is| are)|below is|this is)\s+(?:a|an|the|my)?\s*)?"
+    r"(?:(?:revised|rewritten|improved|updated|new|better|edited)\s+)?"
+    r"(?:response|version|answer|revision|reply|rewrite)\b[^\n:]{0,60}:\s*",
+    re.IGNORECASE,
+)
+_LABEL = re.compile(r"^\s*(?:revision|revised response|rewrite|response)\s*:\s*", re.IGNORECASE)
+
+
+def clean_revision(text: str) -> tuple[str, bool]:
+    """Cut a boilerplate preamble or label off a revision; say whether anything was cut."""
+    cleaned = _LABEL.sub("", _PREAMBLE.sub("", text, count=1), count=1).strip()
+    if len(cleaned) >= 2 and cleaned[0] == cleaned[-1] == '"' and cleaned.count('"') == 2:
+        cleaned = cleaned[1:-1].strip()
+    return cleaned, cleaned != text.strip()
+
+
+class ChainFailed(Exception):
+    def __init__(self, reason: str, detail: str, rounds: list[dict]):
+        super().__init__(detail)
+        self.reason, self.detail, self.rounds = reason, detail, rounds
+
+
+@dataclass
+class Revised:
+    row: dict
+    counts: Counter = field(default_factory=Counter)
+
+
+def few_shot_turns(ctx: StageContext, rng, k: int) -> list[Message]:
+    """k of the constitution's worked examples as earlier turns of the conversation."""
+    shots = ctx.constitution.few_shot
+    if k <= 0 or not shots:
+        return []
+    by_id = {p.id: p for p in ctx.constitution.principles}
+    turns: list[Message] = []
+    for shot in rng.sample(shots, min(k, len(shots))):
+        principle = by_id[shot.principle_id]
+        turns += [
+            {"role": "user", "content": shot.prompt}, {"role": "assistant", "content": shot.response},
+            {"role": "user", "content": ctx.templates.render("critique", principle=principle)},
+            {"role": "assistant", "content": shot.critique},
+            {"role": "user", "content": ctx.templates.render("revision", principle=principle)},
+            {"role": "assistant", "content": shot.revision},
+        ]
+    return turns
+
+
+def _params(ctx: StageContext, *keys: object) -> GenParams:
+    r = ctx.cfg.revise
+    return GenParams(n=1, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
+                     seed=ctx.call_seed("revise", *keys))
+
+
+async def _ask(gen: Gen, conv: list[Message], params: GenParams, step: str, rounds: list[dict]) -> Completion:
+    comp = (await gen(conv, params))[0]
+    if comp.finish_reason == "error":
+        raise ChainFailed(error_reason(comp), f"{step}: {comp.error}", rounds)
+    return comp
+
+
+async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
+    """One response through K critique → revision rounds."""
+    key = (sample["prompt_id"], sample["sample_idx"])
+    conv: list[Message] = [*sample["prompt"], {"role": "assistant", "content": sample["response"]}]
+    shots = few_shot_turns(ctx, ctx.rng("revise-shots", *key), ctx.cfg.revise.few_shot)
+    current, rounds, counts = sample["response"], [], Counter()
+    for r in range(ctx.cfg.revise.rounds):
+        [principle] = draw_principles(ctx.constitution.principles, ctx.rng("revise", *key, r), 1,
+                                      exclude=[x["principle_id"] for x in rounds])
+        conv = conv + [{"role": "user", "content": ctx.templates.render("critique", principle=principle)}]
+        critique = await _ask(gen, shots + conv, _params(ctx, r, "critique"), f"round {r} critique", rounds)
+        conv = conv + [{"role": "assistant", "content": critique.text.strip()},
+                       {"role": "user", "content": ctx.templates.render("revision", principle=principle)}]
+        revision = await _ask(gen, shots + conv, _params(ctx, r, "revision"), f"round {r} revision", rounds)
+        text, cleaned = clean_revision(revision.text)
+        kept = "empty_revision" if not text else None
+        counts.update({"rounds": 1, "cleaned_preamble": int(cleaned), "truncated_critique":
+                       int(critique.finish_reason == "length"), "truncated_revision": int(revision.finish_reason == "length")})
+        if kept:
+            counts[f"kept_previous:{kept}"] += 1
+        else:
+            current = text
+        rounds.append({"principle_id": principle.id, "critique": critique.text.strip(),
+                       "revision": revision.text.strip(), "cleaned": cleaned, "kept_previous": kept})
+        conv = conv + [{"role": "assistant", "content": current}]
+    row = {k: sample[k] for k in ("prompt_id", "sample_idx", "prompt")}
+    return Revised({**row, "initial": sample["response"], "rounds": rounds, "final": current}, counts)
+
+
+async def _guarded(gen: Gen, sample: dict, ctx: StageContext) -> Revised | ChainFailed:
+    try:
+        return await revise_row(gen, sample, ctx)
+    except ChainFailed as failure:
+        return failure
+
+
+def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult:
+    samples = inputs["sample"]
+    chains = [lambda gen, s=s: _guarded(gen, s, ctx) for s in samples]
+    out = StageResult()
+    for sample, res in zip(samples, run_chains(engine, chains, mode=ctx.cfg.revise.mode), strict=True):
+        if isinstance(res, ChainFailed):
+            key = f"{sample['prompt_id']}/{sample['sample_idx']}"
+            out.rejects.append(make_reject("revise", key, res.reason, res.detail, {**sample, "rounds": res.rounds}))
+        else:
+            out.rows.append(res.row)
+            out.counts.update(res.counts)
+    return out
