@@ -75,7 +75,7 @@ def load_assets(cfg: RunConfig) -> Assets:
     prompts = load_prompts(cfg.prompts.path, fmt=cfg.prompts.format, limit=cfg.prompts.limit,
                            system_prompt=cfg.prompts.system_prompt)
     constitution = load_constitution(resolve_resource(cfg.constitution))
-    templates = TemplateSet(constitution.template_folder) if hasattr(constitution, "template_folder") else TemplateSet()
+    templates = TemplateSet.for_constitution(constitution)
     hashes = {"prompts": _sha(prompts.rows), "constitution": constitution_sha256(constitution),
               "templates": templates.template_hashes()}
     return Assets(prompts, constitution, templates, hashes)
@@ -143,10 +143,12 @@ def new_manifest(cfg: RunConfig, assets: Assets, prints: dict) -> dict:
 
 
 class Engines:
-    """Builds engines on first use (a finished run resumes without starting one), one at a time."""
+    """Builds engines on first use (a finished run resumes without starting one), one at a time.
+    A caller may hand in a ready engine (tests share one per session); it serves every role and stays open."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, given=None):
         self.cfg = cfg
+        self.given = given
         self.role: str | None = None
         self.engine = None
         self.stats: dict[str, dict] = {}
@@ -155,6 +157,8 @@ class Engines:
         return (self.cfg.judge.model or self.cfg.model) if role == "judge" else self.cfg.model
 
     def get(self, role: str):
+        if self.given is not None:
+            return self.given
         if self.engine is not None and self.model_for(role) == self.model_for(self.role):
             return self.engine
         self.close()
@@ -260,7 +264,7 @@ def _post_stages(names: list[str], cfg: RunConfig, store: RunStore, assets: Asse
 
 
 def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bool = False,
-                 config_path: str | None = None) -> dict:
+                 config_path: str | None = None, engine=None) -> dict:
     quiet_libraries()
     names = stages or cfg.stages
     unknown = [s for s in names if s not in (*SHARDED, "export", "train")]
@@ -277,7 +281,7 @@ def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bo
     manifest = manifest or new_manifest(cfg, assets, prints)
     manifest["fingerprints"] = prints
     _record_prompts(store, assets, manifest)
-    engines = Engines(cfg)
+    engines = Engines(cfg, given=engine)
     try:
         with progress() as bar:
             for name in (s for s in SHARDED if s in names):

@@ -142,4 +142,16 @@ def arrow_schema(model: type[BaseModel]) -> pa.Schema:
 
 
 def to_table(rows: list[dict], model: type[BaseModel]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=arrow_schema(model))
+    """Rows → a table of the model's schema. Arrow would quietly fill a missing key with null; we refuse,
+    so a bug upstream can never become a None-filled row on disk."""
+    schema = arrow_schema(model)
+    names = set(schema.names)
+    required = {f.name for f in schema if not f.nullable}
+    for i, row in enumerate(rows):
+        if row.keys() != names:
+            diff = sorted(names - row.keys()) or sorted(row.keys() - names)
+            raise ValueError(f"{model.__name__} row {i}: fields {diff} do not match the schema")
+        nulls = [k for k in required if row[k] is None]
+        if nulls:
+            raise ValueError(f"{model.__name__} row {i}: {nulls} must not be null")
+    return pa.Table.from_pylist(rows, schema=schema)

@@ -84,16 +84,18 @@ class HFEngine:
         ids, mask = _left_pad(seqs, self.pad_id)
         budget = [min(params.max_tokens, self.max_model_len - len(s)) for s in seqs]
         sampling = params.temperature > 0
+        # Greedy samples are identical, and transformers refuses n > 1 without sampling: decode once, copy.
+        per_row = params.n if sampling else 1
         gen = self.lm.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max(budget), do_sample=sampling,
             temperature=params.temperature if sampling else None, top_p=params.top_p if sampling else None,
-            top_k=None, num_return_sequences=params.n, pad_token_id=self.pad_id,
+            top_k=None, num_return_sequences=per_row, pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
             stop_strings=list(params.stop) or None, tokenizer=self.tokenizer if params.stop else None,
         )
         new = gen[:, ids.shape[1] :].tolist()
-        self.stats.prompt_tokens += int(mask.sum()) * params.n
-        return [[self._completion(new[b * params.n + k], budget[b], params) for k in range(params.n)]
+        self.stats.prompt_tokens += int(mask.sum()) * per_row
+        return [[self._completion(new[b * per_row + (k % per_row)], budget[b], params) for k in range(params.n)]
                 for b in range(len(seqs))]
 
     def _completion(self, tokens: list[int], budget: int, params: GenParams) -> Completion:
@@ -117,12 +119,24 @@ class HFEngine:
             ids, mask = _left_pad([encoded[i] for i in chunk], self.pad_id)
             # Left padding shifts positions; give the real ones so scores match an unpadded pass (and vLLM).
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
-            logps = torch.log_softmax(logits[:, -1].float(), dim=-1)
+            logps = torch.log_softmax(self._last_logits(ids, mask, positions), dim=-1)
             self.stats.prompt_tokens += int(mask.sum())
             for row, i in enumerate(chunk):
                 out[i] = {c: float(logps[row, t]) for c, t in zip(choices, choice_ids)}
         return out
+
+    def _last_logits(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of the last position. The output projection runs in fp32 on the bf16 hidden state:
+        bf16 logits are quantised to steps of ~0.1 nat at this scale, which would blur the judge's
+        probabilities for no saving. Models that post-process logits (soft-capping, scaling) keep their own."""
+        cfg = self.lm.config
+        head = self.lm.get_output_embeddings()
+        if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) or head is None:
+            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+            return out.logits[:, -1].float()
+        hidden = self.lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        bias = head.bias.float() if getattr(head, "bias", None) is not None else None
+        return torch.nn.functional.linear(hidden[:, -1].float(), head.weight.float(), bias)
 
     def close(self) -> None:
         self.lm = None

@@ -73,7 +73,7 @@ class VLLMEngine:
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.stats = EngineStats()
         self._ids = itertools.count()
-        self._pending: dict[str, asyncio.Future] = {}
+        self._pending: dict[str, tuple[asyncio.Future, int]] = {}
         self._pump: asyncio.Task | None = None
 
     @staticmethod
@@ -86,17 +86,20 @@ class VLLMEngine:
         return len(prompt_ids(self.tokenizer, conv))
 
     def _sampling(self, params: GenParams, prompt_len: int):
+        # vLLM refuses n > 1 when greedy; greedy samples are identical anyway, so we copy one (see _completions).
         return self._vllm.SamplingParams(
-            n=params.n, temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
+            n=params.n if params.temperature > 0 else 1, temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
             max_tokens=min(params.max_tokens, self.max_model_len - prompt_len), stop=list(params.stop),
         )
 
     def _reseed(self, seed: int | None) -> None:
-        # In-process engine core: the sampler draws from this process's torch generator.
+        """Make the next call replayable: the in-process sampler draws from this process's torch generator,
+        and an empty prefix cache means a resumed run computes every prefix exactly as the first run did."""
         if seed is not None and self.on_cpu:
             import torch
 
             torch.manual_seed(seed)
+            self.llm.reset_prefix_cache()
 
     def _request(self, conv: list[Message], params: GenParams):
         ids = prompt_ids(self.tokenizer, conv)
@@ -104,14 +107,14 @@ class VLLMEngine:
             return None, f"too_long: prompt of {len(ids)} tokens fills the context ({self.max_model_len})"
         return (self._vllm.inputs.TokensPrompt(prompt_token_ids=ids), self._sampling(params, len(ids))), None
 
-    def _completions(self, output) -> list[Completion]:
+    def _completions(self, output, n: int) -> list[Completion]:
         self.stats.prompt_tokens += len(output.prompt_token_ids or ())
         comps = []
         for c in output.outputs:
             self.stats.output_tokens += len(c.token_ids)
             reason = "length" if c.finish_reason == "length" else "stop"
             comps.append(Completion(text=c.text, finish_reason=reason, n_tokens=len(c.token_ids)))
-        return comps
+        return comps * n if len(comps) == 1 else comps
 
     def generate(self, convs: list[list[Message]], params: GenParams) -> list[list[Completion]]:
         self._reseed(params.seed)
@@ -125,7 +128,7 @@ class VLLMEngine:
         if requests:
             results = self.llm.generate([r[0] for _, r in requests], [r[1] for _, r in requests], use_tqdm=False)
             for (i, _), res in zip(requests, results):
-                out[i] = self._completions(res)
+                out[i] = self._completions(res, params.n)
         return out
 
     async def agenerate(self, conv: list[Message], params: GenParams) -> list[Completion]:
@@ -138,7 +141,7 @@ class VLLMEngine:
             self._pump = asyncio.get_running_loop().create_task(self._step_while_pending())
         rid = f"chain-{next(self._ids)}"
         future = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
+        self._pending[rid] = (future, params.n)
         self.llm.llm_engine.add_request(rid, req[0], req[1])
         return await future
 
@@ -152,9 +155,10 @@ class VLLMEngine:
                     return
                 for output in engine.step():
                     if output.finished:
-                        self._pending.pop(output.request_id).set_result(self._completions(output))
+                        future, n = self._pending.pop(output.request_id)
+                        future.set_result(self._completions(output, n))
         except Exception as e:  # fail every waiting row rather than leave them waiting forever
-            for future in self._pending.values():
+            for future, _ in self._pending.values():
                 future.set_exception(e)
             self._pending.clear()
 

@@ -16,9 +16,13 @@ from cai_pipeline.rng import derive_seed
 from cai_pipeline.store import RunStore, atomic_write_text, write_parquet
 
 
-def in_test_split(prompt_id: str, fraction: float) -> bool:
-    """Every row of a prompt lands in the same split, decided by the prompt's id alone."""
-    return (derive_seed(0, "split", prompt_id) % 10_000) < fraction * 10_000
+def test_prompts(prompt_ids: set[str], fraction: float) -> set[str]:
+    """The prompts of the test split: the `fraction` of prompts whose hashed ids come first (at least one
+    where there are two or more prompts and fraction > 0). Every row of a prompt lands in the same split."""
+    if fraction <= 0 or len(prompt_ids) < 2:
+        return set()
+    ranked = sorted(prompt_ids, key=lambda pid: derive_seed(0, "split", pid))
+    return set(ranked[: max(1, round(fraction * len(ranked)))])
 
 
 def sft_rows(revised: list[dict]) -> list[dict]:
@@ -50,10 +54,10 @@ def preference_rows(store: RunStore, counts: Counter) -> tuple[list[dict], str]:
     return [preference_row(p) for p in pairs if p["origin"] == "revision"], "pairs"
 
 
-def write_splits(folder: Path, rows: list[dict], model, fraction: float) -> dict[str, int]:
+def write_splits(folder: Path, rows: list[dict], model, held_out: set[str]) -> dict[str, int]:
     splits = {"train": [], "test": []}
     for row in rows:
-        splits["test" if in_test_split(row["prompt_id"], fraction) else "train"].append(row)
+        splits["test" if row["prompt_id"] in held_out else "train"].append(row)
     for name, part in splits.items():
         write_parquet(folder / f"{name}-00000-of-00001.parquet", part, model)
     return {name: len(part) for name, part in splits.items()}
@@ -66,9 +70,11 @@ def export(store: RunStore, cfg, constitution) -> dict:
     counts: Counter = Counter()
     sft = sft_rows(store.read_stage("revise"))
     prefs, source = preference_rows(store, counts)
+    # One split for both datasets, so a prompt held out of SFT is held out of preference training too.
+    held_out = test_prompts({r["prompt_id"] for r in sft + prefs}, cfg.export.test_fraction)
     summary = {
-        "sft": write_splits(out / "sft", sft, SFTRecord, cfg.export.test_fraction),
-        "preferences": write_splits(out / "preferences", prefs, PreferenceRecord, cfg.export.test_fraction),
+        "sft": write_splits(out / "sft", sft, SFTRecord, held_out),
+        "preferences": write_splits(out / "preferences", prefs, PreferenceRecord, held_out),
         "preferences_from": source, "counts": dict(counts),
         "lengths": length_stats(prefs, cfg.model),
         "origins": dict(Counter(p["origin"] for p in prefs)),

@@ -1,10 +1,16 @@
-"""The `train:` section of a run config. Defaults follow the papers; README's config reference cites each."""
+"""The `train:` section of a run config. Defaults follow the papers; docs/config-train.md cites each one."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# β when the config leaves it out. DPO: Rafailov et al. 2023 (β = 0.1 in their experiments). IPO: the paper
+# sweeps τ and names no default; 0.1 is TRL's. SimPO: princeton-nlp/SimPO's `beta: 2.0`.
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0}
+# SimPO's margin is configured in its repository as γ/β (`gamma_beta_ratio: 0.25`), so γ follows β.
+SIMPO_GAMMA_BETA_RATIO = 0.25
 
 
 class LoraConfig(BaseModel):
@@ -17,20 +23,62 @@ class LoraConfig(BaseModel):
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Where things are
     data: str | None = Field(None, description="preference Parquet folder/file; default <out_dir>/datasets/preferences")
     out_dir: str | None = Field(None, description="checkpoint folder; default <out_dir>/checkpoint")
+    log_dir: str | None = Field(None, description="metrics.jsonl, plots, summary; default <out_dir>/train")
     model: str | None = Field(None, description="policy to train; default: the run's model")
+    seed: int | None = Field(None, description="default: the run's seed")
+    # The objective
     loss: Literal["dpo", "ipo", "simpo", "orpo"] = "dpo"
-    beta: float | None = Field(None, gt=0, description="default per loss: dpo/ipo 0.1, simpo 2.0")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    use_soft_labels: bool = False
+    beta: float | None = Field(None, gt=0, description="default per loss: dpo 0.1, ipo 0.1, simpo 2.0")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo: robust/cDPO smoothing ε")
+    use_soft_labels: bool = Field(False, description="dpo: train on the judge's p_chosen as the target")
     gamma: float | None = Field(None, description="simpo margin; default 0.25·beta")
-    lam: float = Field(0.1, ge=0)
-    lr: float = Field(5e-7, gt=0)
+    lam: float = Field(0.1, ge=0, description="orpo: weight of the odds-ratio term")
+    # The optimiser and schedule
+    lr: float = Field(1e-6, gt=0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
     epochs: int = Field(1, gt=0)
-    max_steps: int | None = Field(None, gt=0)
-    batch_size: int = Field(4, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(4, gt=0, description="pairs per forward pass (per device)")
     grad_accum: int = Field(1, gt=0)
-    max_length: int = Field(512, gt=0)
+    eval_batch_size: int | None = Field(None, gt=0, description="default: 2·batch_size")
+    eval_every: int | None = Field(None, gt=0, description="steps; the test split is always scored before and after")
+    # Sequences
+    max_length: int = Field(512, gt=1)
     max_prompt_length: int = Field(256, gt=0)
+    # Machinery
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast where supported")
+    gradient_checkpointing: bool = False
     lora: LoraConfig | None = None
+    save_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(None, description="default: as trained")
+    reference_cache: bool = Field(True, description="dpo/ipo: keep reference log-probs under $CAI_HOME/refcache")
+    plots: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be below max_length, so every completion keeps some tokens")
+        if self.loss != "dpo" and (self.label_smoothing or self.use_soft_labels):
+            raise ValueError(f"label_smoothing and use_soft_labels apply to loss: dpo only (loss is {self.loss})")
+        if self.label_smoothing and self.use_soft_labels:
+            raise ValueError("use either label_smoothing or use_soft_labels: both set the target probability")
+        if self.loss == "orpo" and self.beta is not None:
+            raise ValueError("loss: orpo has no beta; its weight is lam")
+        if self.loss != "simpo" and self.gamma is not None:
+            raise ValueError(f"gamma applies to loss: simpo only (loss is {self.loss})")
+        return self
+
+    def resolved_beta(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(self.loss, 0.0)
+
+    def resolved_gamma(self) -> float:
+        return self.gamma if self.gamma is not None else SIMPO_GAMMA_BETA_RATIO * self.resolved_beta()
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss in ("dpo", "ipo")

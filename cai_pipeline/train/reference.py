@@ -1,0 +1,78 @@
+"""Reference log-probs for DPO/IPO: computed once, before training, and cached on disk.
+
+The reference model is the policy before its first update, so we score every pair with it up front and keep
+two numbers per pair. No second model is resident during training, and a later run over the same model, data
+and tokenisation reads them from `$CAI_HOME/refcache/<key>.pt` instead of running the model again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from cai_pipeline.models import cai_home
+from cai_pipeline.train.data import PairSet, collate_pairs
+from cai_pipeline.train.modeling import MODEL_INPUTS, PairScorer
+
+# Bump when the way log-probs are computed changes, so old cache entries are never read as current.
+CACHE_VERSION = 1
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def model_identity(path: str) -> dict:
+    """What pins a model's weights without reading them: each weights file's name, size and mtime (hashing
+    gigabytes on every run would cost more than the reference pass it saves). A hub id is just its name."""
+    folder = Path(path)
+    files = sorted(f for f in folder.glob("*") if f.suffix in _WEIGHT_SUFFIXES) if folder.is_dir() else []
+    return {"model": str(folder.resolve()) if folder.is_dir() else path,
+            "weights": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+
+
+def cache_key(model_path: str, pairs: PairSet, *, precision: str, settings: dict) -> str:
+    """sha256 over the model identity, the token ids of every pair (so the dataset content, tokenizer, chat
+    template and truncation all count), the precision and the tokenisation settings."""
+    blob = json.dumps({"version": CACHE_VERSION, "identity": model_identity(model_path), "precision": precision,
+                       "settings": settings, "data": pairs.fingerprint()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def cache_path(key: str) -> Path:
+    return cai_home() / "refcache" / f"{key}.pt"
+
+
+@torch.no_grad()
+def compute_reference(accelerator, lm, pairs: PairSet, *, batch_size: int, pad_id: int) -> torch.Tensor:
+    """(N, 2) log-prob sums [chosen, rejected] of every pair under `lm` as it is now (before any update).
+    Runs under the same autocast as training, so at step 0 the policy and its reference agree."""
+    scorer = PairScorer(lm).to(accelerator.device).eval()
+    loader = accelerator.prepare(DataLoader(pairs, batch_size=batch_size, shuffle=False,
+                                            collate_fn=lambda ex: collate_pairs(ex, pad_id)))
+    out = torch.zeros(len(pairs), 2, dtype=torch.float32)
+    for batch in loader:
+        with accelerator.autocast():
+            logps, _ = scorer(**{k: batch[k] for k in MODEL_INPUTS})
+        idx, logps = accelerator.gather_for_metrics((batch["idx"], logps.view(2, -1).T.contiguous()))
+        out[idx.cpu()] = logps.float().cpu()
+    scorer.train()
+    return out
+
+
+def reference_logps(accelerator, lm, pairs: PairSet, *, key: str | None, batch_size: int, pad_id: int):
+    """(logps (N, 2), "cached" | "computed"). key None: do not cache."""
+    path = cache_path(key) if key else None
+    if path is not None and path.exists():
+        cached = torch.load(path, weights_only=True)
+        if cached.shape == (len(pairs), 2):
+            return cached, "cached"
+    logps = compute_reference(accelerator, lm, pairs, batch_size=batch_size, pad_id=pad_id)
+    if path is not None and accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(logps, tmp)
+        tmp.replace(path)  # atomic: a concurrent reader sees the old file or the new one, never half
+    return logps, "computed"

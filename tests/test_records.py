@@ -1,0 +1,68 @@
+"""Every record's pyarrow schema round-trips a real row through Parquet unchanged."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cai_pipeline import records as R
+
+MSG = [{"role": "user", "content": "Why is the sky blue?"}]
+ROUND = {"principle_id": "harm-1", "critique": "c", "revision": "r", "cleaned": True, "kept_previous": None}
+PAIR = {"pair_id": "p1", "prompt_id": "x", "prompt": MSG, "a": "A text", "b": "B text", "origin": "sampled",
+        "a_idx": 0, "b_idx": 1, "principle_ids": []}
+VERDICT = {"principle_id": "harm-1", "weight": 1.0, "p_a_first": 0.7, "p_a_second": 0.6,
+           "reasoning_first": None, "reasoning_second": "because"}
+EXAMPLES = {
+    R.PromptRecord: {"prompt_id": "x", "prompt": MSG},
+    R.SampleRecord: {"prompt_id": "x", "sample_idx": 1, "prompt": MSG, "response": "Rayleigh.",
+                     "finish_reason": "stop", "n_tokens": 3},
+    R.ReviseRecord: {"prompt_id": "x", "sample_idx": 0, "prompt": MSG, "initial": "i", "rounds": [ROUND], "final": "r"},
+    R.PairRecord: PAIR,
+    R.JudgeRecord: {**PAIR, "verdicts": [VERDICT], "p_a": 0.65, "consistent": True},
+    R.RejectRecord: {"stage": "sample", "key": "x/0", "reason": "empty_response", "detail": "d", "row": "{}"},
+    R.SFTRecord: {"prompt_id": "x", "sample_idx": 0, "messages": MSG, "principle_ids": ["a", "b"]},
+    R.PreferenceRecord: {"pair_id": "p1", "prompt_id": "x", "prompt": MSG,
+                         "chosen": [{"role": "assistant", "content": "c"}],
+                         "rejected": [{"role": "assistant", "content": "r"}], "p_chosen": None,
+                         "principle_ids": [], "origin": "revision"},
+}
+
+
+@pytest.mark.parametrize("model", list(EXAMPLES), ids=lambda m: m.__name__)
+def test_schema_round_trip(tmp_path, model):
+    row = EXAMPLES[model]
+    model.model_validate(row)  # the example is a valid record
+    path = tmp_path / "t.parquet"
+    pq.write_table(R.to_table([row], model), path)
+    table = pq.read_table(path)
+    assert table.schema.equals(R.arrow_schema(model))
+    assert table.to_pylist() == [row]
+
+
+def test_schema_is_explicit_about_nullability():
+    schema = R.arrow_schema(R.PreferenceRecord)
+    assert schema.field("p_chosen").nullable and schema.field("p_chosen").type == pa.float64()
+    assert not schema.field("prompt_id").nullable
+    assert schema.field("chosen").type == pa.list_(pa.field("item", pa.struct(
+        [pa.field("role", pa.string(), nullable=False), pa.field("content", pa.string(), nullable=False)]),
+        nullable=False))
+
+
+def test_an_empty_shard_keeps_its_schema(tmp_path):
+    pq.write_table(R.to_table([], R.SampleRecord), tmp_path / "e.parquet")
+    assert pq.read_table(tmp_path / "e.parquet").schema.equals(R.arrow_schema(R.SampleRecord))
+
+
+def test_missing_field_is_an_error():
+    row = dict(EXAMPLES[R.SampleRecord])
+    del row["n_tokens"]
+    with pytest.raises((KeyError, pa.ArrowInvalid, pa.ArrowTypeError, ValueError)):
+        R.to_table([row], R.SampleRecord)
+
+
+def test_a_null_in_a_required_field_is_an_error():
+    row = {**EXAMPLES[R.SampleRecord], "response": None}
+    with pytest.raises(ValueError, match=r"\['response'\] must not be null"):
+        R.to_table([row], R.SampleRecord)
