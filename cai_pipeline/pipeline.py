@@ -244,6 +244,20 @@ def run_stage(spec: StageSpec, cfg: RunConfig, store: RunStore, assets: Assets, 
     manifest["stages"][spec.name] = summarise_stage(store, spec.name, n_shards)
 
 
+def check_inputs(names: list[str], cfg: RunConfig, store: RunStore, manifest: dict) -> None:
+    """A stage run on its own needs its inputs whole on disk; say which stage to run first."""
+    for name in (s for s in SHARDED if s in names):
+        for needed in stage_inputs(SPECS[name], cfg):
+            if needed == "prompts" or needed in names:
+                continue
+            done = len(store.shard_indices(needed))
+            total = manifest.get("stages", {}).get(needed, {}).get("shards_total", 0)
+            if done == 0 or done < total:
+                state = "is missing" if done == 0 else f"is incomplete ({done}/{total} shards)"
+                raise UserError(f"stage {name} needs {needed}/ which {state} in {store.root}; "
+                                f"run --stages {needed} first (or the whole pipeline)")
+
+
 def _record_prompts(store: RunStore, assets: Assets, manifest: dict) -> None:
     write_parquet(store.rejects_path("prompts", 0), assets.prompts.rejects, records.RejectRecord)
     manifest["prompts"] = {"source": assets.prompts.source, "kept": len(assets.prompts.rows),
@@ -280,6 +294,7 @@ def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bo
     check_resume(store, manifest, prints)
     manifest = manifest or new_manifest(cfg, assets, prints)
     manifest["fingerprints"] = prints
+    check_inputs(names, cfg, store, manifest)
     _record_prompts(store, assets, manifest)
     engines = Engines(cfg, given=engine)
     try:

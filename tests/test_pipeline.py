@@ -1,0 +1,86 @@
+"""Whole runs on the real embedded model: sample → revise → pairs → export through both engines, the CLI,
+the run folder's contents, and the clear errors of a partial run."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from cai_pipeline.cli import main
+from cai_pipeline.constitution import load_constitution
+from cai_pipeline.pipeline import run_pipeline
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.model
+PRINCIPLE_IDS = {p.id for p in load_constitution(REPO / "constitutions" / "harmless.yaml").principles}
+
+
+def check_run_folder(out):
+    samples = pq.read_table(out / "sample" / "part-00000.parquet").to_pylist()
+    rejects = pq.read_table(out / "rejects" / "sample" / "part-00000.parquet").to_pylist()
+    assert len(samples) + len(rejects) == 8  # 4 prompts × n=2, every one accounted for
+    assert {s["sample_idx"] for s in samples} <= {0, 1} and all(s["n_tokens"] > 0 for s in samples)
+    revised = pq.read_table(out / "revise" / "part-00000.parquet").to_pylist()
+    assert len(revised) + len(pq.read_table(out / "rejects" / "revise" / "part-00000.parquet")) == len(samples)
+    for r in revised:
+        assert len(r["rounds"]) == 2
+        assert all(x["critique"].strip() for x in r["rounds"])
+        assert {x["principle_id"] for x in r["rounds"]} <= PRINCIPLE_IDS
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["sample"]["out"] == len(samples)
+    assert manifest["stages"]["revise"]["counts"]["rounds"] == 2 * len(revised)
+    assert len(manifest["constitution_sha256"]) == 64 and manifest["template_sha256"]
+    return revised
+
+
+def check_datasets(out, n_revised):
+    import datasets
+
+    sft = datasets.load_dataset("parquet", data_dir=str(out / "datasets" / "sft"))
+    prefs = datasets.load_dataset("parquet", data_dir=str(out / "datasets" / "preferences"))
+    assert sum(len(s) for s in sft.values()) == n_revised
+    train = prefs["train"]
+    assert set(train.column_names) >= {"prompt", "chosen", "rejected", "p_chosen", "origin", "prompt_id"}
+    assert train[0]["chosen"][0]["role"] == "assistant" and train[0]["prompt"][-1]["role"] == "user"
+    assert set(train["origin"]) == {"revision"}
+    if "test" in prefs:  # no prompt in both splits
+        assert not set(prefs["test"]["prompt_id"]) & set(train["prompt_id"])
+    card = (out / "datasets" / "README.md").read_text()
+    assert "harmless" in card and "mean tokens" in card
+
+
+def test_run_through_vllm(vllm_engine, run_config):
+    cfg = run_config()
+    run_pipeline(cfg, engine=vllm_engine)
+    out = REPO / cfg.out_dir if not cfg.out_dir.startswith("/") else __import__("pathlib").Path(cfg.out_dir)
+    revised = check_run_folder(out)
+    check_datasets(out, len(revised))
+
+
+def test_cli_run_through_hf_then_resume(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["run", str(REPO / "configs" / "demo.yaml"), f"out_dir={out}", "engine.kind=hf", "prompts.limit=4",
+            "sample.max_tokens=32", "revise.max_tokens=32", "stages=[sample,revise,pairs,export]"]
+    assert main(args) == 0
+    revised = check_run_folder(out)
+    check_datasets(out, len(revised))
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*/part-*.parquet")}
+    assert main(args) == 0  # resume of a finished run: nothing redone
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/part-*.parquet")} == mtimes
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["engine"]["kind"] == "hf" and manifest["version"]
+
+
+def test_a_stage_without_its_input_is_a_clear_error(tmp_path, capsys):
+    code = main(["run", str(REPO / "configs" / "demo.yaml"), f"out_dir={tmp_path / 'x'}", "engine.kind=hf",
+                 "prompts.limit=2", "--stages", "revise"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs sample/ which is missing" in err and "--stages sample" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_stage_on_the_command_line(tmp_path, capsys):
+    code = main(["run", str(REPO / "configs" / "demo.yaml"), f"out_dir={tmp_path}", "--stages", "sampel"])
+    assert code == 2 and "unknown stage 'sampel'" in capsys.readouterr().err
