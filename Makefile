@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint docs bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,6 +28,9 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest -q
+
+docs: install
+	$(PY) tests/test_docs.py
 
 lint: install
 	$(VENV)/bin/ruff check cai_pipeline tests bench

@@ -62,6 +62,28 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_run)
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from cai_pipeline.config import load_config, reference_markdown
+
+    if args.config_cmd == "reference":
+        print(reference_markdown())
+    else:
+        print(yaml.safe_dump(load_config(args.config, args.overrides).model_dump(), sort_keys=False), end="")
+    return 0
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="show a resolved run config, or the reference of every key")
+    csub = p.add_subparsers(dest="config_cmd", required=True)
+    show = csub.add_parser("show", help="the config after defaults and overrides, as YAML")
+    show.add_argument("config")
+    show.add_argument("overrides", nargs="*")
+    show.set_defaults(func=_cmd_config)
+    csub.add_parser("reference", help="every key with its default, as a Markdown table").set_defaults(func=_cmd_config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cai",
@@ -74,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="command")
     _add_run(sub)
     _add_models(sub)
+    _add_config(sub)
     from cai_pipeline import cli_constitution, cli_judge
     from cai_pipeline.train import cli as train_cli
 

@@ -7,6 +7,7 @@ The config reference in README.md documents each field; keep the two in step.
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,76 +26,77 @@ class Strict(BaseModel):
 
 
 class EngineConfig(Strict):
-    kind: Literal["auto", "vllm", "hf", "openai"] = "auto"
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    kind: Literal["auto", "vllm", "hf", "openai"] = Field("auto", description="auto: vllm where installed, else hf")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="weights and activations")
     max_model_len: int | None = Field(None, gt=0, description="context length; default min(model's, 4096)")
     batch_size: int = Field(16, gt=0, description="hf: sequences per forward pass")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="run code shipped with the model (warns when on)")
     # vLLM
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
-    tensor_parallel_size: int = Field(1, gt=0)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM on GPU: share of memory to use")
+    tensor_parallel_size: int = Field(1, gt=0, description="vLLM: GPUs per model")
     kv_cache_gb: float = Field(2, gt=0, description="vLLM on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
     # OpenAI-compatible server
-    base_url: str | None = None
+    base_url: str | None = Field(None, description="openai: server URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
     served_model: str | None = Field(None, description="model name on the server; default: `model`")
-    concurrency: int = Field(16, gt=0)
-    max_retries: int = Field(5, ge=0)
-    timeout_s: float = Field(120, gt=0)
+    concurrency: int = Field(16, gt=0, description="openai: requests in flight at once")
+    max_retries: int = Field(5, ge=0, description="openai: retries on 429/5xx/timeouts before a row is rejected")
+    timeout_s: float = Field(120, gt=0, description="openai: seconds per request")
 
 
 class PromptsConfig(Strict):
     path: str | None = Field(None, description="JSONL/Parquet/CSV file; default: the bundled prompt set")
-    format: Literal["auto", "jsonl", "parquet", "csv", "hh-rlhf"] = "auto"
-    limit: int | None = Field(None, gt=0)
-    system_prompt: str | None = None
+    format: Literal["auto", "jsonl", "parquet", "csv", "hh-rlhf"] = Field("auto", description="auto: by file name")
+    limit: int | None = Field(None, gt=0, description="use the first N prompts (after de-duplication)")
+    system_prompt: str | None = Field(None, description="prepended as a system message to every prompt")
 
 
 class SampleConfig(Strict):
-    n: int = Field(2, gt=0)
-    temperature: float = Field(0.8, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(256, gt=0)
-    stop: list[str] = []
+    n: int = Field(2, gt=0, description="responses per prompt")
+    temperature: float = Field(0.8, ge=0, description="0 is greedy")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
+    max_tokens: int = Field(256, gt=0, description="per response")
+    stop: list[str] = Field([], description="stop strings (not kept in the text)")
 
 
 class ReviseConfig(Strict):
     rounds: int = Field(2, ge=1, description="critique→revision rounds per response (the CAI paper used 4)")
     few_shot: int = Field(1, ge=0, description="few-shot examples shown before each critique/revision")
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.7, ge=0, description="for critiques and revisions")
+    top_p: float = Field(0.95, gt=0, le=1, description="for critiques and revisions")
+    max_tokens: int = Field(256, gt=0, description="per critique and per revision")
     mode: Literal["auto", "chains", "rounds"] = Field(
         "auto", description="chains: each row's steps run as soon as its last finished; rounds: one batch per step"
     )
 
 
 class PairsConfig(Strict):
-    sampled: bool = True
+    sampled: bool = Field(True, description="pairs of two samples of the same prompt")
     max_sampled_per_prompt: int | None = Field(None, gt=0, description="default: all pairs for n ≤ 4, else n")
-    revision: bool = True
+    revision: bool = Field(True, description="final revision vs initial response")
 
 
 class JudgeConfig(Strict):
     model: str | None = Field(None, description="judge model; default: the run's model")
-    principles: int = Field(2, gt=0)
-    reasoning: bool = False
-    reasoning_max_tokens: int = Field(128, gt=0)
-    min_margin: float = Field(0.05, ge=0, lt=0.5)
-    drop_inconsistent: bool = True
+    principles: int = Field(2, gt=0, description="principles drawn per pair; verdicts are averaged")
+    reasoning: bool = Field(False, description="chain of thought first; probabilities clamped to [0.4, 0.6]")
+    reasoning_max_tokens: int = Field(128, gt=0, description="length of the judge's reasoning")
+    min_margin: float = Field(0.05, ge=0, lt=0.5, description="|p − 0.5| below this → rejects (below_margin)")
+    drop_inconsistent: bool = Field(True, description="pairs whose two orders pick the same position → rejects")
 
 
 class ExportConfig(Strict):
-    test_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="share of prompts held out as the test split")
 
 
 class RunConfig(Strict):
-    out_dir: str
-    seed: int = 0
-    model: str = "embedded"
-    constitution: str = "constitutions/harmless.yaml"
-    stages: list[str] = ["sample", "revise", "pairs", "judge", "export"]
-    shard_size: int = Field(64, gt=0)
+    out_dir: str = Field(description="the run folder; running again resumes it")
+    seed: int = Field(0, description="every random choice derives from it and the row's ids")
+    model: str = Field("embedded", description="`embedded`, a local Hugging Face folder, or a hub id")
+    constitution: str = Field("constitutions/harmless.yaml", description="constitution YAML")
+    stages: list[str] = Field(["sample", "revise", "pairs", "judge", "export"],
+                              description="sample, revise, pairs, judge, export, train")
+    shard_size: int = Field(64, gt=0, description="prompts per shard: the unit of resume")
     engine: EngineConfig = EngineConfig()
     prompts: PromptsConfig = PromptsConfig()
     sample: SampleConfig = SampleConfig()
@@ -110,6 +112,31 @@ class RunConfig(Strict):
             if s not in STAGES:
                 raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
         return self
+
+
+def _default_text(field) -> str:
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    return "—" if isinstance(value, BaseModel) else f"`{json.dumps(value, default=str)}`"
+
+
+def reference_rows(model: type[BaseModel] = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every config key, sections flattened to dotted keys."""
+    rows = []
+    for name, field in (model or RunConfig).model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            rows += reference_rows(sub, f"{prefix}{name}.")
+        else:
+            rows.append((prefix + name, _default_text(field), field.description or ""))
+    return rows
+
+
+def reference_markdown() -> str:
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{k}` | {d} | {m.replace('|', chr(92) + '|')} |" for k, d, m in reference_rows()]
+    return "\n".join(lines)
 
 
 def resolve_resource(path: str) -> Path:
