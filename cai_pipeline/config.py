@@ -18,6 +18,9 @@ from cai_pipeline.errors import UserError
 from cai_pipeline.train.config import TrainConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The shipped constitutions and prompt templates. In a checkout these are links to the top-level folders
+# (edit those); a wheel carries copies, so an installed package finds them too.
+RESOURCES = Path(__file__).resolve().parent / "resources"
 STAGES = ("sample", "revise", "pairs", "judge", "export", "train")
 
 
@@ -140,12 +143,12 @@ def reference_markdown() -> str:
 
 
 def resolve_resource(path: str) -> Path:
-    """A path as given (relative to the working directory), else relative to the project's own folder,
-    so `constitutions/harmless.yaml` works from anywhere."""
+    """A path as given (relative to the working directory), else one of the shipped resources, so
+    `constitutions/harmless.yaml` works from any folder and from an installed package."""
     p = Path(path).expanduser()
     if p.exists() or p.is_absolute():
         return p
-    bundled = PROJECT_ROOT / p
+    bundled = RESOURCES / p
     return bundled if bundled.exists() else p
 
 

@@ -37,10 +37,10 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
-from cai_pipeline.config import PROJECT_ROOT
+from cai_pipeline.config import RESOURCES
 from cai_pipeline.errors import UserError
 
-PROMPTS_DIR = PROJECT_ROOT / "prompts"
+PROMPTS_DIR = RESOURCES / "prompts"
 
 # The assistant turn starts with this text and the judge scores the next token, "A" or "B". The same text
 # lives in prompts/judge_prefix.j2 so a constitution can override it; this constant is the default.
