@@ -142,6 +142,18 @@ def new_manifest(cfg: RunConfig, assets: Assets, prints: dict) -> dict:
     }
 
 
+def check_token_limits(cfg: RunConfig, engine) -> None:
+    """A max_tokens the context cannot hold is a config mistake, not something to clamp silently."""
+    context = getattr(engine, "max_model_len", None)
+    if context is None:  # a server that does not say
+        return
+    for key, value in (("sample.max_tokens", cfg.sample.max_tokens), ("revise.max_tokens", cfg.revise.max_tokens),
+                       ("judge.reasoning_max_tokens", cfg.judge.reasoning_max_tokens)):
+        if value >= context:
+            raise UserError(f"{key}={value} does not fit the model's context of {context} tokens; "
+                            f"lower it (or raise engine.max_model_len if the model allows)")
+
+
 class Engines:
     """Builds engines on first use (a finished run resumes without starting one), one at a time.
     A caller may hand in a ready engine (tests share one per session); it serves every role and stays open."""
@@ -165,6 +177,7 @@ class Engines:
         from cai_pipeline.engines import make_engine
 
         self.engine, self.role = make_engine(self.cfg, model=self.model_for(role)), role
+        check_token_limits(self.cfg, self.engine)
         return self.engine
 
     def close(self) -> None:

@@ -84,3 +84,10 @@ def test_a_stage_without_its_input_is_a_clear_error(tmp_path, capsys):
 def test_unknown_stage_on_the_command_line(tmp_path, capsys):
     code = main(["run", str(REPO / "configs" / "demo.yaml"), f"out_dir={tmp_path}", "--stages", "sampel"])
     assert code == 2 and "unknown stage 'sampel'" in capsys.readouterr().err
+
+
+def test_max_tokens_over_the_context_is_a_clear_error(tmp_path, capsys):
+    code = main(["run", str(REPO / "configs" / "demo.yaml"), f"out_dir={tmp_path}", "engine.kind=hf",
+                 "prompts.limit=1", "sample.max_tokens=9000", "--stages", "sample"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sample.max_tokens=9000 does not fit the model's context of 4096 tokens" in err
