@@ -30,34 +30,35 @@ class TrainConfig(BaseModel):
     model: str | None = Field(None, description="policy to train; default: the run's model")
     seed: int | None = Field(None, description="default: the run's seed")
     # The objective
-    loss: Literal["dpo", "ipo", "simpo", "orpo"] = "dpo"
+    loss: Literal["dpo", "ipo", "simpo", "orpo"] = Field("dpo", description="dpo/ipo use cached reference log-probs")
     beta: float | None = Field(None, gt=0, description="default per loss: dpo 0.1, ipo 0.1, simpo 2.0")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo: robust/cDPO smoothing ε")
     use_soft_labels: bool = Field(False, description="dpo: train on the judge's p_chosen as the target")
     gamma: float | None = Field(None, description="simpo margin; default 0.25·beta")
     lam: float = Field(0.1, ge=0, description="orpo: weight of the odds-ratio term")
     # The optimiser and schedule
-    lr: float = Field(1e-6, gt=0)
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    epochs: int = Field(1, gt=0)
+    lr: float = Field(1e-6, gt=0, description="peak learning rate (AdamW); 1e-6 as in the DPO paper")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of the steps spent warming up linearly")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm; null: no clipping")
+    epochs: int = Field(1, gt=0, description="passes over the training pairs")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     batch_size: int = Field(4, gt=0, description="pairs per forward pass (per device)")
-    grad_accum: int = Field(1, gt=0)
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    shuffle: bool = Field(True, description="reshuffle the pairs each epoch (seeded); false keeps file order")
     eval_batch_size: int | None = Field(None, gt=0, description="default: 2·batch_size")
     eval_every: int | None = Field(None, gt=0, description="steps; the test split is always scored before and after")
     # Sequences
-    max_length: int = Field(512, gt=1)
-    max_prompt_length: int = Field(256, gt=0)
+    max_length: int = Field(512, gt=1, description="tokens of prompt + one completion; longer pairs are truncated")
+    max_prompt_length: int = Field(256, gt=0, description="an over-long pair keeps this many prompt tokens (its end)")
     # Machinery
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast where supported")
-    gradient_checkpointing: bool = False
-    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30% slower")
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters (merged into the saved checkpoint)")
     save_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(None, description="default: as trained")
     reference_cache: bool = Field(True, description="dpo/ipo: keep reference log-probs under $CAI_HOME/refcache")
-    plots: bool = True
+    plots: bool = Field(True, description="PNG plots of metrics.jsonl in log_dir at the end")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -22,7 +22,14 @@ from torch.utils.data import DataLoader
 from cai_pipeline.errors import UserError
 from cai_pipeline.models import resolve_model
 from cai_pipeline.train.config import TrainConfig
-from cai_pipeline.train.data import PairSet, collate_pairs, end_token_ids, find_splits, read_rows, tokenize_rows
+from cai_pipeline.train.data import (
+    PairSet,
+    collate_pairs,
+    end_token_ids,
+    find_splits,
+    read_rows,
+    tokenize_rows,
+)
 from cai_pipeline.train.losses import dpo_loss, ipo_loss, orpo_loss, simpo_loss
 from cai_pipeline.train.modeling import MODEL_INPUTS, PairScorer, add_lora, load_policy, save_checkpoint
 from cai_pipeline.train.reference import cache_key, reference_logps
@@ -46,12 +53,13 @@ def train(run_cfg) -> dict:
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
 
     # The reference is this very model before its first update: score every pair now, then train alone.
-    refs, ref_status = {}, "none"
+    refs, ref_status, ref_start = {}, "none", time.perf_counter()
     if cfg.needs_reference:
         for name, pairs in splits.items():
             key = ref_key(paths["model"], pairs, cfg, accelerator) if cfg.reference_cache else None
             refs[name], ref_status = reference_logps(accelerator, lm, pairs, key=key, batch_size=eval_bs, pad_id=pad_id)
         gc.collect()
+    ref_seconds = time.perf_counter() - ref_start
 
     if cfg.lora is not None:
         lm = add_lora(lm, cfg.lora)
@@ -60,7 +68,7 @@ def train(run_cfg) -> dict:
     scorer = PairScorer(lm)
     optimizer = torch.optim.AdamW([p for p in scorer.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    loader = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=True, drop_last=False,
+    loader = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=cfg.shuffle, drop_last=False,
                         generator=torch.Generator().manual_seed(seed), collate_fn=lambda ex: collate_pairs(ex, pad_id))
     scorer, optimizer, loader = accelerator.prepare(scorer, optimizer, loader)
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(len(loader) / cfg.grad_accum)
@@ -82,7 +90,8 @@ def train(run_cfg) -> dict:
 
             plot_metrics(paths["log"] / "metrics.jsonl", paths["log"])
     summary = {"checkpoint": str(paths["out"]), "log_dir": str(paths["log"]), "loss_type": cfg.loss,
-               "reference": ref_status, "counts": {n: s.counts for n, s in splits.items()}, **result}
+               "reference": ref_status, "reference_seconds": ref_seconds,
+               "counts": {n: s.counts for n, s in splits.items()}, **result}
     if accelerator.is_main_process:
         (paths["log"] / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -97,7 +106,7 @@ def fit(accelerator, scorer, optimizer, scheduler, loader, eval_loader, refs, cf
     step_start = start
     while step < total_steps:
         for batch in loader:
-            with accelerator.accumulate(scorer):
+            with accelerator.accumulate(scorer):  # (prepare() wrapped scorer.forward in the autocast)
                 loss, stats = batch_loss(scorer, batch, refs.get("train"), cfg)
                 accelerator.backward(loss)
                 micro.append(stats)

@@ -1,0 +1,103 @@
+"""The real embedded model: each loss learns a small preference set, and its checkpoint loads in the hf engine.
+
+8 pairs whose chosen answer is pirate talk the base model finds unlikely (so every loss starts with reward
+accuracy 0 on them), 3 epochs of batch 4 = 6 steps, bf16 autocast where the CPU has it. About 15 s a loss.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cai_pipeline.train.loop import train
+
+from .conftest import chat_pair, write_split
+
+pytestmark = pytest.mark.model
+
+QUESTIONS = ["How do I boil an egg?", "What is the capital of France?", "Give me a tip for sleeping better.",
+             "How can I learn to code?", "What should I cook tonight?", "How do plants grow?",
+             "Why is the sky blue?", "How do I stay focused?"]
+PIRATE = "Arr, matey! A fine question ye ask, and here be me answer, savvy?"
+PLAIN = "Here is a helpful answer to your question."
+
+
+@pytest.fixture(scope="module")
+def real_runs(model_path, tmp_path_factory):
+    """train() once per loss on the embedded model, on demand; the test split is the training pairs."""
+    root = tmp_path_factory.mktemp("real")
+    rows = [chat_pair(q, PIRATE, PLAIN) for q in QUESTIONS]
+    write_split(root / "prefs", "train", rows)
+    write_split(root / "prefs", "test", rows)
+    done = {}
+
+    def run(loss: str) -> dict:
+        if loss not in done:
+            from cai_pipeline.config import RunConfig
+
+            cfg = RunConfig.model_validate({"out_dir": str(root / loss), "seed": 0, "train": {
+                "model": model_path, "data": str(root / "prefs"), "loss": loss, "lr": 5e-5, "epochs": 3,
+                "batch_size": 4, "warmup_ratio": 0.0, "max_length": 128, "max_prompt_length": 64, "plots": False}})
+            done[loss] = train(cfg)
+        return done[loss]
+
+    return run
+
+
+@pytest.mark.parametrize("loss", ["dpo", "ipo", "simpo", "orpo"])
+def test_real_run_lowers_loss_and_raises_accuracy(real_runs, loss):
+    s = real_runs(loss)
+    before, after = s["eval_before"], s["eval_after"]
+    assert s["steps"] == 6
+    assert after["loss"] < before["loss"]
+    assert after["rewards/accuracies"] > before["rewards/accuracies"]
+    assert after["rewards/margins"] > before["rewards/margins"]
+
+
+def test_checkpoint_loads_in_hf_engine_and_generates(real_runs):
+    from cai_pipeline.engines import GenParams, make_engine
+
+    checkpoint = real_runs("dpo")["checkpoint"]
+    engine = make_engine(kind="hf", model=checkpoint, batch_size=2)
+    try:
+        out = engine.generate([[{"role": "user", "content": "What is the capital of France?"}]],
+                              GenParams(n=1, temperature=0.0, max_tokens=12, seed=0))
+    finally:
+        engine.close()
+    assert len(out) == 1 and len(out[0]) == 1
+    assert out[0][0].finish_reason in ("stop", "length") and out[0][0].text.strip()
+
+
+def test_checkpoint_loads_in_transformers(real_runs):
+    """The same folder through plain transformers: weights, tokenizer and chat template all there."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint = real_runs("dpo")["checkpoint"]
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        logits = model(**ids).logits
+    assert torch.isfinite(logits).all()
+    assert "<|im_start|>assistant" in tokenizer.chat_template
+
+
+def test_packed_scoring_matches_naive_on_the_embedded_model(model_path):
+    from cai_pipeline.train.data import collate_pairs, end_token_ids, tokenize_rows
+    from cai_pipeline.train.modeling import MODEL_INPUTS, PairScorer, load_policy
+
+    tokenizer, lm = load_policy(model_path)
+    rows = [{"_file": "m", **chat_pair(QUESTIONS[i], PIRATE, PLAIN)} for i in range(2)]
+    pairs = tokenize_rows(rows, tokenizer, max_length=128, max_prompt_length=64, end_ids=end_token_ids(tokenizer))
+    batch = collate_pairs([pairs[0], pairs[1]], tokenizer.pad_token_id)
+    with torch.no_grad():
+        packed, _ = PairScorer(lm)(**{k: batch[k] for k in MODEL_INPUTS})
+        naive = []
+        for completions in (pairs.chosen, pairs.rejected):
+            for i in range(2):
+                ids = torch.tensor([list(pairs.prompt[i]) + list(completions[i])])
+                logp = torch.log_softmax(lm(input_ids=ids).logits[0, :-1], -1)
+                start = len(pairs.prompt[i]) - 1
+                naive.append(logp[start:].gather(-1, ids[0, start + 1 :, None]).sum())
+    assert torch.allclose(packed, torch.stack(naive), atol=1e-3)
