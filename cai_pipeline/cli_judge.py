@@ -1,5 +1,241 @@
-"""Placeholder: replaced by the module's owner."""
+"""`cai judge-eval`: run the judge on pairs that people labelled, and say how often it agrees with them.
+
+Reads Anthropic's hh-rlhf format (`chosen`/`rejected` transcripts that share every turn but the last) or a
+generic JSONL/Parquet with `prompt`/`chosen`/`rejected`. Which side is shown as `a` is drawn per row from a
+seeded RNG: if the human-preferred side were always first, a judge that always picks the first position would
+score 100%. The report says how far position still matters (first-position rate, per single-order verdict) and
+how much asking both orders buys (accuracy of the a-first order alone vs both orders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from cai_pipeline.errors import UserError
+from cai_pipeline.inputs import _read_rows, hh_split
+from cai_pipeline.rng import rng_for, stable_id
+
+_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+_EXAMPLE = "each row needs chosen and rejected (hh-rlhf transcripts) or prompt, chosen and rejected"
 
 
-def register(sub) -> None:
-    pass
+# ---------------------------------------------------------------------------------------------------------
+# Reading labelled pairs
+
+
+def _reply(where: str, field: str, value) -> str:
+    """A response given as a string, or as chat messages whose last turn is the assistant's."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and value[-1].get("role") == "assistant":
+        return str(value[-1].get("content", ""))
+    raise UserError(f"{where}: '{field}' must be a string or a list of messages ending with the assistant's turn")
+
+
+def _prompt(where: str, value):
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise UserError(f"{where}: 'prompt' must be a string or a list of {{role, content}} messages")
+
+
+def labelled_pair(where: str, obj: dict) -> tuple[dict | None, str]:
+    """(pair with prompt/chosen/rejected, '') or (None, skip reason) for one row; a malformed row is a UserError."""
+    if not isinstance(obj.get("chosen"), str | list) or not isinstance(obj.get("rejected"), str | list):
+        raise UserError(f"{where}: missing 'chosen' or 'rejected'; {_EXAMPLE}")
+    if obj.get("prompt") is None:
+        if not (isinstance(obj["chosen"], str) and isinstance(obj["rejected"], str)):
+            raise UserError(f"{where}: no 'prompt'; {_EXAMPLE}")
+        prompt, chosen = hh_split(obj["chosen"])
+        other, rejected = hh_split(obj["rejected"])
+        if not prompt or not chosen.strip() or not rejected.strip():
+            return None, "no_final_reply"
+        if prompt != other:
+            return None, "different_prompts"
+    else:
+        prompt = _prompt(where, obj["prompt"])
+        chosen, rejected = _reply(where, "chosen", obj["chosen"]), _reply(where, "rejected", obj["rejected"])
+    if chosen.strip() == rejected.strip():
+        return None, "identical"
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, ""
+
+
+def read_labelled(path: str, limit: int | None) -> tuple[list[dict], Counter]:
+    """The first `limit` usable rows of the file, and the count of skipped rows by reason."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"--data: {file} does not exist; give an hh-rlhf .jsonl(.gz) or a prompt/chosen/rejected "
+                        "JSONL or Parquet file")
+    if not file.name.lower().endswith(_SUFFIXES):
+        raise UserError(f"--data: {file}: unknown file type; use {', '.join(_SUFFIXES)}")
+    pairs, skipped = [], Counter()
+    for lineno, obj in _read_rows(file, "auto"):
+        if limit is not None and len(pairs) >= limit:
+            break
+        pair, why = labelled_pair(f"{file}:{lineno}", obj)
+        if pair is None:
+            skipped[why] += 1
+        else:
+            pairs.append(pair)
+    if not pairs:
+        raise UserError(f"{file}: no usable rows (skipped: {dict(skipped) or 'none'}); {_EXAMPLE}")
+    return pairs, skipped
+
+
+def shown_pairs(labelled: list[dict], seed: int) -> tuple[list[dict], list[bool]]:
+    """Judge inputs with the human-chosen side shown as `a` in about half the rows, drawn by the row's content."""
+    pairs, chosen_first = [], []
+    for row in labelled:
+        key = stable_id(json.dumps(row["prompt"], ensure_ascii=False), row["chosen"], row["rejected"])
+        first = rng_for(seed, "judge-eval", key).random() < 0.5
+        a, b = (row["chosen"], row["rejected"]) if first else (row["rejected"], row["chosen"])
+        pairs.append({"prompt": row["prompt"], "a": a, "b": b})
+        chosen_first.append(first)
+    return pairs, chosen_first
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def _first_order_p(record: dict) -> float:
+    """What a judge that asks only the a-first order would say: the weighted mean of p_a_first."""
+    weights = [v["weight"] for v in record["verdicts"]]
+    return sum(w * v["p_a_first"] for w, v in zip(weights, record["verdicts"])) / sum(weights)
+
+
+def _right(p_a: float, chosen_is_a: bool) -> bool:
+    """The judge sides with the human label; a tie (0.5) sides with nobody."""
+    return p_a > 0.5 if chosen_is_a else p_a < 0.5
+
+
+def first_position_picks(records: list[dict]) -> list[bool]:
+    """Per single-order verdict that picks a side: True when it picked the response shown first."""
+    picks = []
+    for r in records:
+        for v in r["verdicts"]:
+            if v["p_a_first"] != 0.5:  # a shown first: picking a is picking the first position
+                picks.append(v["p_a_first"] > 0.5)
+            if v["p_a_second"] is not None and v["p_a_second"] != 0.5:  # b shown first
+                picks.append(v["p_a_second"] < 0.5)
+    return picks
+
+
+def eval_metrics(records: list[dict], chosen_first: list[bool]) -> dict:
+    """Accuracy against the human label (a tie counts as wrong), order consistency, position bias, margin."""
+    ok = [(r, c) for r, c in zip(records, chosen_first) if not r["error"]]
+    both = [r["consistent"] is not None for r, _ in ok]
+    verdicts = [v for r, _ in ok for v in r["verdicts"] if v["p_a_second"] is not None]
+    return {
+        "n": len(ok),
+        "failed": dict(Counter(r["error"].split(":", 1)[0] for r in records if r["error"])),
+        "accuracy": _mean([float(_right(r["p_a"], c)) for r, c in ok]),
+        "accuracy_first_order_only": _mean([float(_right(_first_order_p(r), c)) for r, c in ok]),
+        "consistency": _mean([float(r["consistent"]) for (r, _), b in zip(ok, both) if b]),
+        "verdict_consistency": _mean([float((v["p_a_first"] - 0.5) * (v["p_a_second"] - 0.5) >= 0) for v in verdicts]),
+        "first_position_rate": _mean([float(p) for p in first_position_picks([r for r, _ in ok])]),
+        "mean_margin": _mean([abs(r["p_a"] - 0.5) for r, _ in ok]),
+        "mean_p_chosen": _mean([r["p_a"] if c else 1.0 - r["p_a"] for r, c in ok]),
+        "ties": sum(r["p_a"] == 0.5 for r, _ in ok),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command
+
+
+def evaluate(data: str, engine, principles: list, *, limit: int | None = None, **options) -> dict:
+    """Read, judge and score a file: the report as a dict (without the run's settings)."""
+    labelled, skipped = read_labelled(data, limit)
+    return evaluate_labelled(labelled, skipped, engine, principles, **options)
+
+
+def evaluate_labelled(labelled: list[dict], skipped: Counter, engine, principles: list, *, k: int = 2,
+                      reasoning: bool = False, seed: int = 0, both_orders: bool = True, templates=None) -> dict:
+    from cai_pipeline.stages.judge import judge_pairs
+
+    pairs, chosen_first = shown_pairs(labelled, seed)
+    start = time.perf_counter()
+    records = judge_pairs(engine, pairs, principles, both_orders=both_orders, reasoning=reasoning, seed=seed, k=k,
+                          templates=templates)
+    seconds = time.perf_counter() - start
+    report = eval_metrics(records, chosen_first)
+    verdicts = sum(len(r["verdicts"]) for r in records if not r["error"])
+    report.update({"skipped": dict(skipped), "chosen_shown_first": _mean([float(c) for c in chosen_first]),
+                   "seconds": round(seconds, 2), "verdicts_per_s": round(verdicts / seconds, 3) if seconds else None})
+    return report
+
+
+def format_table(report: dict) -> str:
+    rows = [("pairs judged", report["n"]), ("accuracy vs human label", report["accuracy"]),
+            ("accuracy, a-first order only", report["accuracy_first_order_only"]),
+            ("order-consistency rate", report["consistency"]), ("first-position rate", report["first_position_rate"]),
+            ("mean margin |p - 0.5|", report["mean_margin"]), ("mean p(human-chosen)", report["mean_p_chosen"]),
+            ("ties", report["ties"]), ("failed", report["failed"] or 0), ("skipped rows", report["skipped"] or 0),
+            ("seconds", report["seconds"]), ("verdicts/s", report["verdicts_per_s"])]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {'n/a' if value is None else value}" for name, value in rows)
+
+
+def _cmd_judge_eval(args: argparse.Namespace) -> int:
+    from cai_pipeline.config import resolve_resource
+    from cai_pipeline.constitution import load_constitution
+    from cai_pipeline.engines import make_engine
+    from cai_pipeline.report import quiet_libraries
+    from cai_pipeline.templates import TemplateSet
+
+    quiet_libraries()
+    labelled, skipped = read_labelled(args.data, args.limit)  # a bad file fails here, before a model loads
+    if args.out and not Path(args.out).expanduser().resolve().parent.is_dir():
+        raise UserError(f"--out: the folder of {args.out} does not exist; create it or choose another path")
+    constitution = load_constitution(resolve_resource(args.constitution))
+    options = {"base_url": args.base_url} if args.base_url else {}
+    engine = make_engine(kind=args.engine, model=args.model, seed=args.seed, **options)
+    try:
+        report = evaluate_labelled(labelled, skipped, engine, constitution.principles, k=args.principles,
+                                   reasoning=args.reasoning, seed=args.seed,
+                                   templates=TemplateSet.for_constitution(constitution))
+    finally:
+        engine.close()
+    report = {"data": args.data, "model": args.model, "engine": engine.name, "constitution": constitution.name,
+              "principles": args.principles, "reasoning": args.reasoning, "seed": args.seed, **report}
+    print(format_table(report))
+    if args.out:
+        Path(args.out).expanduser().write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"report written to {args.out}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("judge-eval", help="measure the judge against human preference labels (accuracy, "
+                       "order consistency, position bias)")
+    p.add_argument("--data", required=True, help="hh-rlhf .jsonl(.gz), or JSONL/Parquet with prompt/chosen/rejected")
+    p.add_argument("--limit", type=_positive, help="judge only the first N usable rows")
+    p.add_argument("--model", default="embedded", help="judge model: 'embedded', a local folder, or a served name")
+    p.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf", "openai"])
+    p.add_argument("--base-url", help="engine openai: the server's URL, e.g. http://localhost:8000/v1")
+    p.add_argument("--constitution", default="constitutions/harmless.yaml", help="whose comparison questions to ask")
+    p.add_argument("--principles", type=_positive, default=2, help="principles drawn per pair (k)")
+    p.add_argument("--reasoning", action="store_true", help="chain-of-thought first, probabilities clamped to [0.4, 0.6]")
+    p.add_argument("--seed", type=int, default=0, help="seeds the principle draws and which side is shown first")
+    p.add_argument("--out", help="also write the report as JSON to this file")
+    p.set_defaults(func=_cmd_judge_eval)

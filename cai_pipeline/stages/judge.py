@@ -1,0 +1,355 @@
+"""The judge (RLAIF): which of two responses is better under the constitution, as a soft label.
+
+For a pair (x, y) and a principle, the judge template shows x as (A) and y as (B), the assistant turn starts
+with the judge prefix ("The answer is: ("), and the engine gives log P("A") and log P("B"): one prefill, no
+decoding. Then again with the two swapped. p(x≻y) = ½·(P(A | x first) + P(B | x second)), each normalised over
+{A, B}, so a judge that always answers "A" lands on 0.5 instead of on a side. k principles are drawn per pair
+(seeded by the pair's content) and averaged, weighted by principle weight.
+
+Exact symmetry. Engine numerics depend on the batch a conversation lands in (padding, prefix caching: up to
+0.1–0.2 nats in bf16 on the embedded model), so scoring (x, y) and (y, x) as two separate pairs would give
+p + p' ≈ 1, not = 1. Instead each pair is scored once, in a canonical order (its two texts sorted by hash), and
+the other orientation is derived as 1 − p. The batch sent to the engine is the canonical pairs sorted by key,
+so it depends only on the *set* of pairs: the same pairs judged in any order or orientation give bit-identical
+numbers, and a pair judged twice in one call is scored once.
+
+Chain-of-thought mode writes a short reasoning per order first (greedy), then scores A/B after the reasoning
+and the judge prefix, and clamps each probability to [0.4, 0.6]: the CAI paper found CoT verdicts over-confident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from cai_pipeline.constitution import draw_principles
+from cai_pipeline.engines.base import GenParams, Message
+from cai_pipeline.rng import derive_seed, rng_for, stable_id
+from cai_pipeline.stages.base import StageContext, StageResult, make_reject
+from cai_pipeline.templates import TemplateSet, transcript
+
+CHOICES = ["A", "B"]
+COT_CLAMP = (0.4, 0.6)
+REASONING_START = "Let's think step by step:"
+# Cut the reasoning where the model starts to announce its answer; we append the judge prefix ourselves.
+REASONING_STOPS = ("The answer is", "the answer is")
+_RECORD_KEYS = ("verdicts", "p_a", "consistent")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The ensemble math: pure functions over numbers
+
+
+def choice_probability(logps: Mapping[str, float]) -> float:
+    """P(A) normalised over {A, B}: e^la / (e^la + e^lb) = σ(la − lb), computed without overflow.
+    Equal log-probs (both −inf included) give exactly 0.5."""
+    d = logps["A"] - logps["B"]
+    if math.isnan(d) or d == 0:
+        return 0.5
+    if d > 0:
+        return 1.0 / (1.0 + math.exp(-d))
+    e = math.exp(d)
+    return e / (1.0 + e)
+
+
+def order_average(p_first: float, p_second: float) -> float:
+    """p(x≻y) = ½·(P(A | x first) + P(B | x second)): position bias adds to one term and subtracts from the other."""
+    return 0.5 * (p_first + p_second)
+
+
+def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
+    return sum(w * v for v, w in zip(values, weights)) / sum(weights)
+
+
+def clamp(p: float, lo: float, hi: float) -> float:
+    return min(hi, max(lo, p))
+
+
+def picks_same_position(p_first: float, p_second: float) -> bool:
+    """Order-inconsistent: with x first the judge picks (A) (p_first > ½) and with x second it picks (A) again
+    (P(B | x second) < ½), or (B) both times. A probability of exactly ½ picks no position."""
+    return (p_first - 0.5) * (p_second - 0.5) < 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Planning: canonical pairs, principle draws, the conversations to score
+
+
+@dataclass(frozen=True)
+class Job:
+    """One canonical pair to score: x and y in hash order (or as given in single-order mode)."""
+
+    key: str
+    messages: list[Message]
+    x: str
+    y: str
+    principles: list  # constitution Principles drawn for this pair
+    both_orders: bool = True
+
+    def orders(self) -> list[tuple[str, str]]:
+        return [(self.x, self.y), (self.y, self.x)] if self.both_orders else [(self.x, self.y)]
+
+
+def as_messages(prompt: str | Sequence[Mapping[str, str]]) -> list[Message]:
+    """A prompt string is one user turn; a list of chat messages is kept (role and content only)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical(a: str, b: str) -> tuple[str, str, bool]:
+    """(x, y, swapped): the two texts in an order that does not depend on which came first. Sorted by hash,
+    so neither length nor alphabet decides which response is shown first."""
+    return (b, a, True) if _text_hash(b) < _text_hash(a) else (a, b, False)
+
+
+def pair_key(messages: list[Message], x: str, y: str) -> str:
+    """Content key of a canonical pair: seeds its principle draw, so (x, y) and (y, x) get the same principles."""
+    return stable_id(json.dumps(messages, ensure_ascii=False, sort_keys=True), _text_hash(x), _text_hash(y))
+
+
+def plan(pairs: Sequence[Mapping], principles: Sequence, k: int, seed: int,
+         both_orders: bool) -> tuple[list[Job], list[tuple[str, bool]]]:
+    """The unique jobs sorted by key (the engine batch depends only on the set of pairs) and, per input pair,
+    (job key, swapped)."""
+    jobs: dict[str, Job] = {}
+    refs = []
+    for pair in pairs:
+        messages = as_messages(pair["prompt"])
+        x, y, swapped = canonical(pair["a"], pair["b"])
+        key = pair_key(messages, x, y)
+        drawn = draw_principles(principles, rng_for(seed, "judge", key), k)
+        if not both_orders:  # asked as given: (a, b) and (b, a) are different questions
+            x, y, swapped, key = pair["a"], pair["b"], False, stable_id(key, _text_hash(pair["a"]))
+        jobs.setdefault(key, Job(key, messages, x, y, drawn, both_orders))
+        refs.append((key, swapped))
+    return [jobs[key] for key in sorted(jobs)], refs
+
+
+def conversations(job: Job, templates: TemplateSet, reasoning: bool) -> list[list[Message]]:
+    """Per principle, per order: the judge's user turn and the assistant's opening (prefix or reasoning cue)."""
+    convo = transcript(job.messages)
+    name, start = ("judge_reasoning", REASONING_START) if reasoning else ("judge", templates.judge_prefix())
+    out = []
+    for principle in job.principles:
+        for first, second in job.orders():
+            text = templates.render(name, conversation=convo, question=principle.comparison,
+                                    response_a=first, response_b=second)
+            out.append([{"role": "user", "content": text}, {"role": "assistant", "content": start}])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scoring: one generate call (CoT only) and one choice_logprobs call for the whole batch
+
+
+def add_reasoning(engine, convs: list[list[Message]], prefix: str, max_tokens: int,
+                  seed: int) -> tuple[list, list[str]]:
+    """The judge writes its reasoning first (greedy, so it is a function of the input); the conversation to
+    score is that reasoning followed by the judge prefix. A failed generation stays as 'reason: detail'."""
+    params = GenParams(n=1, temperature=0.0, max_tokens=max_tokens, stop=REASONING_STOPS, seed=seed)
+    scored, reasons = [], []
+    for conv, comps in zip(convs, engine.generate(convs, params)):
+        comp = comps[0]
+        if comp.finish_reason == "error":
+            scored.append(comp.error or "engine_error: no detail")
+            reasons.append("")
+            continue
+        opening = f"{REASONING_START}{comp.text.rstrip()}\n{prefix}"
+        scored.append([conv[0], {"role": "assistant", "content": opening}])
+        reasons.append(comp.text.strip())
+    return scored, reasons
+
+
+def score_all(engine, convs: list) -> list[dict | str]:
+    """Log-probs of A/B for every conversation in one engine call; failures (strings) pass through."""
+    live = [i for i, c in enumerate(convs) if not isinstance(c, str)]
+    logps = engine.choice_logprobs([convs[i] for i in live], CHOICES) if live else []
+    out: list[dict | str] = list(convs)
+    for i, lp in zip(live, logps):
+        out[i] = lp or "too_long: the judge prompt does not fit the judge model's context"
+    return out
+
+
+def _verdict(principle, first: float, second: float | None, reasons: Sequence[str]) -> dict:
+    return {"principle_id": principle.id, "weight": float(principle.weight), "p_a_first": first,
+            "p_a_second": second, "reasoning_first": reasons[0] if reasons else None,
+            "reasoning_second": reasons[1] if len(reasons) > 1 else None}
+
+
+def job_outcome(job: Job, scores: Sequence[dict | str], reasons: Sequence[str],
+                clamp_to: tuple[float, float] | None) -> dict | str:
+    """One job's verdicts in its own orientation (a = x), or its first failure as 'reason: detail'."""
+    failed = next((s for s in scores if isinstance(s, str)), None)
+    if failed:
+        return failed
+    n = len(job.orders())
+    verdicts = []
+    for i, principle in enumerate(job.principles):
+        # P(A | x first); and P(B | x second) = 1 − P(A | y first).
+        probs = [choice_probability(scores[i * n])] + [1.0 - choice_probability(s) for s in scores[i * n + 1 : i * n + n]]
+        if clamp_to:
+            probs = [clamp(p, *clamp_to) for p in probs]
+        verdicts.append(_verdict(principle, probs[0], probs[1] if n > 1 else None, reasons[i * n : i * n + n]))
+    if n == 1:
+        return {"verdicts": verdicts, "p_a": weighted_mean([v["p_a_first"] for v in verdicts],
+                                                             [v["weight"] for v in verdicts]), "consistent": None}
+    per = [order_average(v["p_a_first"], v["p_a_second"]) for v in verdicts]
+    return {"verdicts": verdicts, "p_a": weighted_mean(per, [v["weight"] for v in verdicts]),
+            "consistent": not any(picks_same_position(v["p_a_first"], v["p_a_second"]) for v in verdicts)}
+
+
+def swap(outcome: dict) -> dict:
+    """The same verdicts seen from the other side: every probability becomes 1 − p of its mirror order.
+    1 − p is exact in floating point for p ≥ ½ and p + (1 − p) rounds to exactly 1 for every p in [0, 1]."""
+    verdicts = [{**v, "p_a_first": 1.0 - v["p_a_second"], "p_a_second": 1.0 - v["p_a_first"],
+                 "reasoning_first": v["reasoning_second"], "reasoning_second": v["reasoning_first"]}
+                for v in outcome["verdicts"]]
+    return {"verdicts": verdicts, "p_a": 1.0 - outcome["p_a"], "consistent": outcome["consistent"]}
+
+
+def judge_pairs(engine, pairs: Sequence[Mapping], principles: Sequence, *, both_orders: bool = True,
+                reasoning: bool = False, seed: int = 0, k: int = 2, templates: TemplateSet | None = None,
+                reasoning_max_tokens: int = 128, clamp_to: tuple[float, float] = COT_CLAMP) -> list[dict]:
+    """**Contract.** Judge each pair (`prompt`: a string or chat messages; `a`, `b`: response strings) under k
+    of `principles` drawn per pair. Returns one record per pair, in order: the pair's own fields plus
+    `verdicts` (per principle: p_a_first, p_a_second, reasoning_*), `p_a` (probability that `a` is better),
+    `consistent` and `error` (None). A pair that could not be judged (too long for the context, an engine
+    error) has `error` = 'reason: detail' and no verdicts. With `both_orders=False` only the order a-first is
+    asked: p_a_second and consistent are None and there is no symmetry guarantee."""
+    if not principles:
+        raise ValueError("judge_pairs needs at least one principle to ask")
+    templates = templates or TemplateSet()
+    jobs, refs = plan(pairs, principles, k, seed, both_orders)
+    convs = [c for job in jobs for c in conversations(job, templates, reasoning)]
+    reasons = [""] * len(convs)
+    if reasoning and convs:
+        convs, reasons = add_reasoning(engine, convs, templates.judge_prefix(), reasoning_max_tokens,
+                                       derive_seed(seed, "judge", "reasoning"))
+    scores = score_all(engine, convs)
+    outcomes, start = {}, 0
+    for job in jobs:
+        end = start + len(job.principles) * len(job.orders())
+        outcomes[job.key] = job_outcome(job, scores[start:end], reasons[start:end] if reasoning else [],
+                                        clamp_to if reasoning else None)
+        start = end
+    return [_record(pair, outcomes[key], swapped) for pair, (key, swapped) in zip(pairs, refs)]
+
+
+def _record(pair: Mapping, outcome: dict | str, swapped: bool) -> dict:
+    if isinstance(outcome, str):
+        return {**pair, "error": outcome}
+    return {**pair, **(swap(outcome) if swapped else outcome), "error": None}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The stage: judge a shard's pairs, keep the verdicts strong enough to be labels, reject the rest with reasons
+
+
+def weak_verdict(row: Mapping, min_margin: float, drop_inconsistent: bool) -> tuple[str, str] | None:
+    """(reason, detail) when a verdict is too weak to be a label; None to keep it."""
+    p = row["p_a"]
+    if p == 0.5:
+        return "tie", "p_a is exactly 0.5: the judge has no preference"
+    if drop_inconsistent and not row["consistent"]:
+        flipped = [v["principle_id"] for v in row["verdicts"] if picks_same_position(v["p_a_first"], v["p_a_second"])]
+        return "inconsistent", f"the two orders picked the same position under {', '.join(flipped)} (p_a={p:.4f})"
+    if abs(p - 0.5) < min_margin:
+        return "below_margin", f"|p_a - 0.5| = {abs(p - 0.5):.4f} < judge.min_margin {min_margin}"
+    return None
+
+
+def _tally(counts: Counter, row: Mapping) -> None:
+    counts["scored"] += 1
+    counts["consistent"] += bool(row["consistent"])
+    if row["origin"] == "revision":  # a is the final revision, b the initial response
+        counts["revision_pairs"] += 1
+        counts["revision_preferred"] += row["p_a"] > 0.5
+
+
+def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult:
+    cfg = ctx.cfg.judge
+    pairs = inputs["pairs"]
+    judged = judge_pairs(engine, pairs, ctx.constitution.principles, reasoning=cfg.reasoning, seed=ctx.seed,
+                         k=cfg.principles, templates=ctx.templates, reasoning_max_tokens=cfg.reasoning_max_tokens)
+    out = StageResult()
+    for pair, rec in zip(pairs, judged):
+        if rec["error"]:
+            reason = rec["error"].split(":", 1)[0].strip() or "engine_error"
+            out.rejects.append(make_reject("judge", pair["pair_id"], reason, rec["error"], pair))
+            continue
+        row = {**pair, **{k: rec[k] for k in _RECORD_KEYS}}
+        _tally(out.counts, row)
+        weak = weak_verdict(row, cfg.min_margin, cfg.drop_inconsistent)
+        if weak:
+            out.rejects.append(make_reject("judge", pair["pair_id"], *weak, row))
+        else:
+            out.rows.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dataset card's judge section
+
+
+def _rate(num: float, den: float) -> str:
+    return f"{num / den:.3f}" if den else "n/a"
+
+
+def _scored_rows(judge_rows: list[dict], judge_rejects: list[dict]) -> list[dict]:
+    """Every pair the judge scored: the kept rows plus the rejected ones that carry a verdict."""
+    rejected = [json.loads(r["row"]) for r in judge_rejects]
+    return list(judge_rows) + [r for r in rejected if "p_a" in r]
+
+
+def principle_table(scored: list[dict]) -> str:
+    """Per principle: its verdicts, how often its two orders agree, how often it sides with the ensemble
+    label, and how often it prefers the revision in revision pairs."""
+    stats: dict[str, Counter] = {}
+    for row in scored:
+        for v in row["verdicts"]:
+            s = stats.setdefault(v["principle_id"], Counter())
+            p = order_average(v["p_a_first"], v["p_a_second"])
+            s["n"] += 1
+            s["consistent"] += not picks_same_position(v["p_a_first"], v["p_a_second"])
+            s["agrees"] += (p > 0.5) == (row["p_a"] > 0.5)
+            if row["origin"] == "revision":
+                s["rev_n"] += 1
+                s["rev_wins"] += p > 0.5
+    lines = ["| principle | verdicts | order-consistent | agrees with ensemble | revision wins |",
+             "|---|---:|---:|---:|---:|"]
+    for pid, s in sorted(stats.items()):
+        lines.append(f"| {pid} | {s['n']} | {_rate(s['consistent'], s['n'])} | {_rate(s['agrees'], s['n'])} | "
+                     f"{_rate(s['rev_wins'], s['rev_n'])} |")
+    return "\n".join(lines)
+
+
+def card_section(judge_rows: list[dict], judge_rejects: list[dict]) -> str:
+    """Markdown for datasets/README.md: how sure and how consistent the judge was, and whether it agrees with
+    the recipe's assumption that a revision beats the response it revised."""
+    scored = _scored_rows(judge_rows, judge_rejects)
+    reasons = Counter(r["reason"] for r in judge_rejects)
+    revision = [r for r in scored if r["origin"] == "revision"]
+    margin_kept = sum(abs(r["p_a"] - 0.5) for r in judge_rows)
+    lines = [
+        "## Judge\n",
+        f"{len(scored)} pairs scored in both orders; {len(judge_rows)} kept as labels. "
+        "p(a≻b) = ½·(P(A | a first) + P(B | a second)), averaged over the principles drawn for the pair.\n",
+        f"- Order-consistency rate: {_rate(sum(bool(r['consistent']) for r in scored), len(scored))} "
+        "(both orders of every principle pick the same response)",
+        f"- Mean margin |p − 0.5|: {_rate(margin_kept, len(judge_rows))} kept, "
+        f"{_rate(sum(abs(r['p_a'] - 0.5) for r in scored), len(scored))} all scored",
+        f"- Revision preferred over the initial response: {_rate(sum(r['p_a'] > 0.5 for r in revision), len(revision))} "
+        f"of {len(revision)} revision pairs (the HF recipe assumes 1.0)",
+        f"- Rejected by the judge: {json.dumps(dict(sorted(reasons.items())))}\n",
+        principle_table(scored) + "\n",
+    ]
+    return "\n".join(lines)
