@@ -30,7 +30,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path`. A failure leaves the old file (or none)."""
+    """Call `write(tmp_path)`, fsync, then rename over `path`. A failure leaves the old file (or none).
+
+    A disk that refuses the write (full, read-only, gone) is the machine, not a bug: one line, and the same
+    command resumes from the last whole shard once it is fixed."""
+    try:
+        _write_and_rename(path, write)
+    except OSError as e:
+        reason = e.strerror or " ".join(str(e).split())[:120]
+        raise UserError(f"{path}: cannot write ({reason}); free disk space or fix the folder, then run the same "
+                        "command again to resume") from None
+
+
+def _write_and_rename(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
