@@ -1,0 +1,330 @@
+"""The bad-input catalogue: everything a user can get wrong, through the real CLI. Each case ends in one clear
+line on stderr and exit code 2 (never a traceback), or in a per-row reject with its reason — and never loses
+rows already written.
+
+Most cases need no model: an error that stops the run comes before any engine starts, and cases about the
+run folder use a stand-in engine. Prompts longer than the context go through the real transformers engine.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import cai_pipeline.engines
+from cai_pipeline.cli import main
+from tests.conftest import REPO
+from tests.echo_engine import EchoEngine
+from tests.fault_proxy import STUB_MODEL, FaultProxy
+
+CONFIG = str(REPO / "configs" / "demo.yaml")
+BASE = ["prompts.limit=4", "shard_size=2", "sample.max_tokens=8", "revise.max_tokens=8", "revise.rounds=1",
+        "revise.few_shot=0", "stages=[sample]"]
+
+
+def cai(tmp_path: Path, *overrides: str, config: str = CONFIG, flags: tuple = ()) -> int:
+    return main(["run", config, f"out_dir={tmp_path / 'run'}", *BASE, *overrides, *flags])
+
+
+def one_line(capsys, code: int, *needles: str) -> str:
+    """Exit 2 and exactly one line on stderr, `error: ...`, that names what is wrong."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def write(path: Path, text: str | bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def jsonl(path: Path, rows: list) -> str:
+    return write(path, "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+
+
+def rows(folder: Path) -> list[dict]:
+    return [r for p in sorted(folder.glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+@pytest.fixture
+def echo(monkeypatch):
+    """Every engine the pipeline builds is a stand-in: these cases are about inputs and folders."""
+    monkeypatch.setattr(cai_pipeline.engines, "make_engine", lambda *a, **k: EchoEngine())
+
+
+# -- the config ---------------------------------------------------------------------------------------------
+
+
+def test_malformed_yaml(tmp_path, capsys):
+    cfg = write(tmp_path / "bad.yaml", "out_dir: x\nsample: [1, 2\nseed: 3\n")
+    one_line(capsys, cai(tmp_path, config=cfg), "bad.yaml:", "YAML syntax error")
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path, capsys):
+    cfg = write(tmp_path / "c.yaml", "out_dir: x\nsampel:\n  n: 2\n")
+    one_line(capsys, cai(tmp_path, config=cfg), "unknown key 'sampel'", "did you mean 'sample'")
+
+
+def test_unknown_nested_key_in_an_override(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, "engine.kinds=vllm"), "unknown key 'engine.kinds'", "engine.kind")
+
+
+def test_wrong_type(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, "sample.n=two"), "sample.n", "'two'")
+
+
+def test_value_out_of_range(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, "sample.temperature=-1"), "sample.temperature", "greater than or equal to 0")
+
+
+def test_missing_config_file(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, config=str(tmp_path / "nope.yaml")), "nope.yaml: file not found")
+
+
+def test_config_that_is_not_a_mapping(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, config=write(tmp_path / "l.yaml", "- a\n- b\n")), "expected a mapping")
+
+
+def test_config_that_is_not_utf8(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, config=write(tmp_path / "b.yaml", b"out_dir: \xff\xfe\n")), "not UTF-8")
+
+
+def test_override_without_a_value(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, "prompts.limit"), "expected key=value")
+
+
+def test_unknown_stage_flag(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, flags=("--stages", "sample,jduge")), "unknown stage 'jduge'")
+
+
+# -- prompt files -------------------------------------------------------------------------------------------
+
+
+def test_missing_prompt_file(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, f"prompts.path={tmp_path / 'no.jsonl'}"), "prompts.path", "does not exist")
+
+
+def test_empty_prompt_file(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, f"prompts.path={write(tmp_path / 'e.jsonl', '')}"), "no prompts in the file")
+
+
+def test_prompt_file_that_is_not_utf8(tmp_path, capsys):
+    path = write(tmp_path / "p.jsonl", b'{"prompt": "caf\xe9"}\n')
+    one_line(capsys, cai(tmp_path, f"prompts.path={path}"), "p.jsonl", "not UTF-8")
+
+
+def test_prompt_file_with_a_broken_line(tmp_path, capsys):
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt": "fine"}, '{"prompt": "cut sho'])
+    one_line(capsys, cai(tmp_path, f"prompts.path={path}"), "p.jsonl:2:", "not valid JSON")
+
+
+def test_prompt_row_without_a_prompt(tmp_path, capsys):
+    path = jsonl(tmp_path / "p.jsonl", [{"question": "where is the prompt?"}])
+    one_line(capsys, cai(tmp_path, f"prompts.path={path}"), "p.jsonl:1:", "neither 'prompt' nor 'messages'")
+
+
+def test_prompt_messages_with_an_unknown_role(tmp_path, capsys):
+    path = jsonl(tmp_path / "p.jsonl", [{"messages": [{"role": "wizard", "content": "hi"}]}])
+    one_line(capsys, cai(tmp_path, f"prompts.path={path}"), "p.jsonl:1:", "'messages' must be")
+
+
+def test_prompt_file_of_an_unknown_type(tmp_path, capsys):
+    path = write(tmp_path / "p.txt", "How are tides made?\n")
+    one_line(capsys, cai(tmp_path, f"prompts.path={path}"), "unknown prompt file type")
+
+
+def test_damaged_parquet_prompt_file(tmp_path, capsys):
+    path = write(tmp_path / "p.parquet", b"PAR1 this is not really parquet")
+    one_line(capsys, cai(tmp_path, f"prompts.path={path}"), "cannot read as Parquet")
+
+
+def test_duplicate_prompt_ids_are_rejected_per_row(tmp_path, echo):
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt_id": "a", "prompt": "one"}, {"prompt_id": "b", "prompt": "two"},
+                                        {"prompt_id": "a", "prompt": "one again"}])
+    assert cai(tmp_path, f"prompts.path={path}") == 0
+    rejects = rows(tmp_path / "run" / "rejects" / "prompts")
+    assert [(r["key"], r["reason"]) for r in rejects] == [("a", "duplicate_prompt")]
+    assert {r["prompt_id"] for r in rows(tmp_path / "run" / "sample")} == {"a", "b"}
+
+
+def test_empty_prompts_are_rejected_per_row(tmp_path, echo):
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt": "   "}, {"prompt": "a real one"}])
+    assert cai(tmp_path, f"prompts.path={path}") == 0
+    assert [r["reason"] for r in rows(tmp_path / "run" / "rejects" / "prompts")] == ["empty_prompt"]
+    assert len(rows(tmp_path / "run" / "sample")) == 2  # n=2 samples of the one real prompt
+
+
+@pytest.mark.model
+def test_prompts_longer_than_the_context_are_rejected_per_row(tmp_path, model_path):
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt": "word " * 300}, {"prompt": "Say hello."}])
+    assert cai(tmp_path, f"prompts.path={path}", "engine.kind=hf", "engine.max_model_len=128") == 0
+    [reject] = rows(tmp_path / "run" / "rejects" / "sample")
+    assert reject["reason"] == "too_long" and "fills the context (128)" in reject["detail"]
+    assert len(rows(tmp_path / "run" / "sample")) == 2  # the short prompt's two samples
+
+
+@pytest.mark.model
+def test_max_tokens_the_context_cannot_hold(tmp_path, capsys, model_path):
+    code = cai(tmp_path, "engine.kind=hf", "engine.max_model_len=64", "sample.max_tokens=100")
+    one_line(capsys, code, "sample.max_tokens=100", "context of 64")
+
+
+# -- constitutions and templates ----------------------------------------------------------------------------
+
+
+def constitution(tmp_path: Path, critique_template: str | None = None, drop: str | None = None) -> str:
+    text = (REPO / "constitutions" / "harmless.yaml").read_text()
+    if critique_template is not None:
+        shutil.copytree(REPO / "prompts", tmp_path / "tpl")
+        write(tmp_path / "tpl" / "critique.j2", critique_template)
+        text += "\ntemplates: tpl\n"
+    if drop:
+        text = text.replace(drop, "", 1)
+    return write(tmp_path / "c.yaml", text)
+
+
+def test_missing_constitution(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, f"constitution={tmp_path / 'none.yaml'}"), "none.yaml")
+
+
+def test_constitution_yaml_syntax_error(tmp_path, capsys):
+    path = write(tmp_path / "c.yaml", "name: x\nprinciples: [\n")
+    one_line(capsys, cai(tmp_path, f"constitution={path}"), "c.yaml:", "syntax error")
+
+
+def test_constitution_principle_without_a_critique(tmp_path, capsys):
+    first = (REPO / "constitutions" / "harmless.yaml").read_text().split("    critique: >-")[1].split("    revision:")[0]
+    path = constitution(tmp_path, drop="    critique: >-" + first)
+    one_line(capsys, cai(tmp_path, f"constitution={path}"), "c.yaml:", "critique")
+
+
+def test_template_with_an_undefined_variable(tmp_path, capsys):
+    path = constitution(tmp_path, "Critique against: {{ principl.critique }}")
+    one_line(capsys, cai(tmp_path, f"constitution={path}"), "critique.j2:1", "principl")
+
+
+def test_template_escape_attempt_is_refused_before_the_run(tmp_path, capsys):
+    path = constitution(tmp_path, "{{ principle.__class__.__mro__[1].__subclasses__() }}")
+    one_line(capsys, cai(tmp_path, f"constitution={path}"), "critique.j2:1", "__class__")
+
+
+def test_template_escape_past_the_static_check_is_refused_by_the_sandbox(tmp_path, capsys, echo):
+    """`attr()` hides the attribute from the static check; the sandbox still refuses it when rendered —
+    mid-run, after sampling, whose shards stay."""
+    path = constitution(tmp_path, "{{ principle | attr('__class__') }}")
+    code = cai(tmp_path, f"constitution={path}", "stages=[sample,revise]")
+    one_line(capsys, code, "critique.j2", "refused")
+    assert len(rows(tmp_path / "run" / "sample")) == 8  # rows already written are kept
+    assert not (tmp_path / "run" / "revise").exists()
+
+
+# -- servers ------------------------------------------------------------------------------------------------
+
+
+def test_unreachable_server(tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket closes
+    code = cai(tmp_path, "engine.kind=openai", f"engine.base_url=http://127.0.0.1:{port}/v1")
+    one_line(capsys, code, "engine.base_url", "cannot reach", str(port))
+
+
+def test_api_key_variable_not_set(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CAI_TEST_UNSET_KEY", raising=False)
+    with FaultProxy(None) as stub:
+        code = cai(tmp_path, "engine.kind=openai", f"engine.base_url={stub.url}", "engine.api_key_env=CAI_TEST_UNSET_KEY")
+    one_line(capsys, code, "CAI_TEST_UNSET_KEY", "not set")
+
+
+def test_server_returning_malformed_json(tmp_path):
+    with FaultProxy(None, malformed=1.0) as stub:
+        code = cai(tmp_path, "engine.kind=openai", f"engine.base_url={stub.url}", f"engine.served_model={STUB_MODEL}",
+                   "engine.max_retries=1")
+    assert code == 0  # the rows are rejected, the run goes on
+    rejects = rows(tmp_path / "run" / "rejects" / "sample")
+    assert len(rejects) == 4 and {r["reason"] for r in rejects} == {"server_error"}
+    assert "malformed response: not JSON" in rejects[0]["detail"]
+
+
+# -- the run folder -----------------------------------------------------------------------------------------
+
+
+def test_run_folder_from_a_different_config(tmp_path, capsys, echo):
+    assert cai(tmp_path) == 0
+    before = rows(tmp_path / "run" / "sample")
+    capsys.readouterr()
+    one_line(capsys, cai(tmp_path, "sample.n=3", "sample.temperature=0.3"), "sample.n", "sample.temperature",
+             "--restart")
+    assert rows(tmp_path / "run" / "sample") == before
+
+
+def test_damaged_manifest(tmp_path, capsys, echo):
+    assert cai(tmp_path) == 0
+    write(tmp_path / "run" / "manifest.json", '{"stages": {')
+    capsys.readouterr()
+    one_line(capsys, cai(tmp_path), "damaged manifest", "--restart")
+
+
+def test_stage_whose_input_is_missing(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, flags=("--stages", "revise")), "stage revise needs sample/", "--stages sample")
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = write(tmp_path / "a-file", "not a folder")
+    one_line(capsys, main(["run", CONFIG, f"out_dir={blocker}/run", *BASE]), "out_dir", "cannot write")
+
+
+def test_unknown_model(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, "model=./no/such/model", "engine.kind=hf"), "model:", "does not exist")
+
+
+def test_full_disk_injected_at_a_write(tmp_path, capsys, echo, monkeypatch):
+    """The third shard's write fails with ENOSPC: one line; the two shards before it stay whole, and the
+    same command resumes once there is space."""
+    import cai_pipeline.store as store
+
+    real, calls = store.pq.write_table, []
+
+    def write_table(table, where, *a, **k):
+        calls.append(where)
+        if "part-00002" in str(where) and "rejects" not in str(where):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(table, where, *a, **k)
+
+    monkeypatch.setattr(store.pq, "write_table", write_table)
+    one_line(capsys, cai(tmp_path, "prompts.limit=6"), "No space left on device", "part-00002")
+    assert len(rows(tmp_path / "run" / "sample")) == 8 and not list((tmp_path / "run").rglob("*.tmp"))
+    monkeypatch.setattr(store.pq, "write_table", real)
+    assert cai(tmp_path, "prompts.limit=6") == 0
+    assert len(rows(tmp_path / "run" / "sample")) == 12
+
+
+def test_full_disk_on_a_tiny_tmpfs(tmp_path, capsys, echo):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; test_full_disk_injected_at_a_write covers the same path")
+    try:
+        prompts = jsonl(tmp_path / "p.jsonl", [{"prompt": f"question {i} " + "x" * 300} for i in range(60)])
+        code = main(["run", CONFIG, f"out_dir={mount / 'run'}", *BASE, "prompts.limit=60", f"prompts.path={prompts}"])
+        line = one_line(capsys, code, "No space left on device")
+        done = rows(mount / "run" / "sample")
+        assert 0 < len(done) < 120, line  # some shards made it, whole and readable; the rest did not start
+        assert len(done) % 4 == 0  # whole shards only: 2 prompts × n=2
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
