@@ -13,12 +13,11 @@ from cai_pipeline.constitution import (
     Constitution,
     Principle,
     dump_constitution,
-    import_cai_paper,
-    import_hf_recipe,
     load_constitution,
     validate_file,
 )
 from cai_pipeline.errors import UserError
+from cai_pipeline.importers import import_cai_paper, import_hf_recipe
 
 _IMPORTERS = {"cai-paper": import_cai_paper, "hf-recipe": import_hf_recipe}
 _HEADER_FIELDS = ("name", "version", "description", "templates")

@@ -13,18 +13,16 @@ import pytest
 import yaml
 
 from cai_pipeline.constitution import (
-    GENERIC_COMPARISON,
     Constitution,
     Principle,
     constitution_sha256,
     draw_principles,
     dump_constitution,
-    import_cai_paper,
-    import_hf_recipe,
     load_constitution,
     validate_file,
 )
 from cai_pipeline.errors import UserError
+from cai_pipeline.importers import GENERIC_COMPARISON, import_cai_paper, import_hf_recipe
 from cai_pipeline.rng import rng_for
 
 REPO = Path(__file__).resolve().parents[1]
