@@ -21,6 +21,7 @@ examples:
   cai constitution validate constitutions/*.yaml      check constitution files, every problem with its line
   cai judge-eval --data hh-rlhf-harmless-base-test.jsonl.gz --limit 100
   cai train configs/demo.yaml train.loss=simpo        train on the run's preference dataset
+  cai compare outputs/v1 outputs/v2                   what changed between two runs (say, two constitutions)
 
 A run writes everything to its out_dir: sample/ revise/ pairs/ judge/ shards, datasets/ (sft, preferences, a
 dataset card), rejects/ (every dropped row with its reason) and manifest.json. Running again resumes.
@@ -84,6 +85,21 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     csub.add_parser("reference", help="every key with its default, as a Markdown table").set_defaults(func=_cmd_config)
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from cai_pipeline.compare import compare
+
+    compare(args.run_a, args.run_b, examples=args.examples)
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="what changed between two runs (e.g. two versions of a constitution)")
+    p.add_argument("run_a", help="a run folder (out_dir)")
+    p.add_argument("run_b", help="another run folder")
+    p.add_argument("--examples", type=int, default=3, help="side-by-side final revisions to show")
+    p.set_defaults(func=_cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cai",
@@ -97,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_models(sub)
     _add_config(sub)
+    _add_compare(sub)
     from cai_pipeline import cli_constitution, cli_judge
     from cai_pipeline.train import cli as train_cli
 

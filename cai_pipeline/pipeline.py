@@ -24,7 +24,7 @@ from cai_pipeline.errors import UserError
 from cai_pipeline.inputs import LoadedPrompts, load_prompts
 from cai_pipeline.report import print_summary, progress, quiet_libraries
 from cai_pipeline.stages.base import StageContext, StageResult
-from cai_pipeline.store import RunStore, write_parquet
+from cai_pipeline.store import RunStore, atomic_write_text, write_parquet
 
 
 @dataclass(frozen=True)
@@ -271,6 +271,13 @@ def check_inputs(names: list[str], cfg: RunConfig, store: RunStore, manifest: di
                                 f"run --stages {needed} first (or the whole pipeline)")
 
 
+def snapshot_constitution(store: RunStore, cfg: RunConfig) -> None:
+    """Keep the exact constitution the run used beside its data, so `cai compare` can diff two runs' rules
+    even after the file has been edited."""
+    source = resolve_resource(cfg.constitution)
+    atomic_write_text(store.root / "constitution.yaml", source.read_text(encoding="utf-8"))
+
+
 def _record_prompts(store: RunStore, assets: Assets, manifest: dict) -> None:
     write_parquet(store.rejects_path("prompts", 0), assets.prompts.rejects, records.RejectRecord)
     manifest["prompts"] = {"source": assets.prompts.source, "kept": len(assets.prompts.rows),
@@ -309,6 +316,7 @@ def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bo
     manifest["fingerprints"] = prints
     check_inputs(names, cfg, store, manifest)
     _record_prompts(store, assets, manifest)
+    snapshot_constitution(store, cfg)
     engines = Engines(cfg, given=engine)
     try:
         with progress() as bar:

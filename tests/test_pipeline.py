@@ -71,6 +71,7 @@ def test_cli_run_through_hf_then_resume(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/part-*.parquet")} == mtimes
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["engine"]["kind"] == "hf" and manifest["version"]
+    assert (out / "constitution.yaml").read_text() == (REPO / "constitutions" / "harmless.yaml").read_text()
 
 
 def test_a_stage_without_its_input_is_a_clear_error(tmp_path, capsys):

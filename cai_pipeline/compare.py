@@ -1,0 +1,100 @@
+"""`cai compare RUN_A RUN_B`: what changed between two runs — typically the same prompts and seed under two
+versions of a constitution. The constitutions' differences (from each run's snapshot), per-stage counts,
+revision behaviour, the preference data, and a few side-by-side final revisions of the same rows."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cai_pipeline.errors import UserError
+from cai_pipeline.store import RunStore
+
+
+def open_run(path: str) -> RunStore:
+    store = RunStore(path)
+    if store.read_manifest() is None:
+        raise UserError(f"{path}: not a run folder (no manifest.json); give the out_dir of a `cai run`")
+    return store
+
+
+def _rate(hits: int, total: int) -> str:
+    return f"{hits / total:.2f}" if total else "—"
+
+
+def run_stats(store: RunStore) -> dict[str, str]:
+    """The numbers worth comparing, as display strings keyed by a stable label."""
+    manifest = store.read_manifest()
+    stats = {"model": manifest.get("model", ""), "seed": str(manifest.get("seed", "")),
+             "constitution sha256": manifest.get("constitution_sha256", "")[:12]}
+    for name, s in manifest.get("stages", {}).items():
+        stats[f"{name}: out / in"] = f"{s.get('out', 0)} / {s.get('in', 0)}"
+        stats[f"{name}: rejected"] = str(sum(s.get("rejected", {}).values()))
+    revised = store.read_stage("revise")
+    rounds = [r for row in revised for r in row["rounds"]]
+    stats["revise: preamble cut rate"] = _rate(sum(r["cleaned"] for r in rounds), len(rounds))
+    stats["revise: kept-previous rate"] = _rate(sum(r["kept_previous"] is not None for r in rounds), len(rounds))
+    stats["revise: final changed rate"] = _rate(sum(r["final"] != r["initial"] for r in revised), len(revised))
+    if revised:
+        stats["revise: words initial → final"] = (
+            f"{statistics.fmean(len(r['initial'].split()) for r in revised):.0f} → "
+            f"{statistics.fmean(len(r['final'].split()) for r in revised):.0f}")
+    used = Counter(r["principle_id"] for r in rounds)
+    stats["revise: most used principles"] = ", ".join(f"{k} {v}" for k, v in used.most_common(3))
+    judged = store.read_stage("judge")
+    revision_pairs = [p for p in judged if p["origin"] == "revision"]
+    stats["judge: revision preferred"] = _rate(sum(p["p_a"] > 0.5 for p in revision_pairs), len(revision_pairs))
+    if judged:
+        stats["judge: mean margin"] = f"{statistics.fmean(abs(p['p_a'] - 0.5) for p in judged):.3f}"
+    return stats
+
+
+def side_by_side(a: RunStore, b: RunStore, limit: int) -> list[tuple[str, str, str, str]]:
+    """(prompt, final in A, final in B) for rows both runs revised, same (prompt_id, sample_idx)."""
+    rows_b = {(r["prompt_id"], r["sample_idx"]): r for r in b.read_stage("revise")}
+    out = []
+    for r in a.read_stage("revise"):
+        other = rows_b.get((r["prompt_id"], r["sample_idx"]))
+        if other is not None and other["final"] != r["final"]:
+            out.append((r["prompt"][-1]["content"], r["initial"], r["final"], other["final"]))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def constitution_changes(a: RunStore, b: RunStore) -> list[str]:
+    from cai_pipeline.cli_constitution import diff_constitutions
+    from cai_pipeline.constitution import load_constitution
+
+    paths = [s.root / "constitution.yaml" for s in (a, b)]
+    if not all(p.exists() for p in paths):
+        return ["(a run has no constitution snapshot; made before snapshots were kept)"]
+    return diff_constitutions(load_constitution(paths[0]), load_constitution(paths[1]))
+
+
+def compare(path_a: str, path_b: str, *, examples: int = 3, console: Console | None = None) -> dict:
+    a, b = open_run(path_a), open_run(path_b)
+    console = console or Console()
+    changes = constitution_changes(a, b)
+    console.print("[bold]Constitution[/bold]: " + ("no differences" if not changes else ""))
+    for line in changes:
+        console.print(f"  {line}", markup=False, highlight=False)
+    stats_a, stats_b = run_stats(a), run_stats(b)
+    table = Table(title="Runs", title_justify="left")
+    for col in ("", Path(path_a).name or path_a, Path(path_b).name or path_b):
+        table.add_column(col)
+    for key in dict.fromkeys([*stats_a, *stats_b]):
+        va, vb = stats_a.get(key, "—"), stats_b.get(key, "—")
+        table.add_row(key, escape(va), escape(vb) if vb == va else f"[bold]{escape(vb)}[/bold]")
+    console.print(table)
+    pairs = side_by_side(a, b, examples)
+    for prompt, initial, fa, fb in pairs:
+        console.print(f"\n[bold]prompt[/bold]: {escape(prompt)}", highlight=False)
+        for label, text in (("initial", initial), ("A final", fa), ("B final", fb)):
+            console.print(f"  [dim]{label}[/dim]: {escape(text[:400])}", highlight=False)
+    return {"constitution": changes, "a": stats_a, "b": stats_b, "examples": len(pairs)}
