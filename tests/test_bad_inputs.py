@@ -169,10 +169,10 @@ def test_empty_prompts_are_rejected_per_row(tmp_path, echo):
 
 @pytest.mark.model
 def test_prompts_longer_than_the_context_are_rejected_per_row(tmp_path, model_path):
-    path = jsonl(tmp_path / "p.jsonl", [{"prompt": "word " * 300}, {"prompt": "Say hello."}])
-    assert cai(tmp_path, f"prompts.path={path}", "engine.kind=hf", "engine.max_model_len=128") == 0
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt": "word " * 400}, {"prompt": "Say hello."}])
+    assert cai(tmp_path, f"prompts.path={path}", "engine.kind=hf", "engine.max_model_len=256") == 0
     [reject] = rows(tmp_path / "run" / "rejects" / "sample")
-    assert reject["reason"] == "too_long" and "fills the context (128)" in reject["detail"]
+    assert reject["reason"] == "too_long" and "fills the context (256)" in reject["detail"]
     assert len(rows(tmp_path / "run" / "sample")) == 2  # the short prompt's two samples
 
 
