@@ -6,8 +6,8 @@ log P(B) after "The answer is: (", both orders; (2) a generate-then-parse judge:
 the prefix, greedy, up to --gen-max-tokens tokens, then the first "(A)"/"A"/"Response B"… in the text is the
 verdict, also in both orders. A verdict is one (pair, principle) judged in both orders. On vLLM we also time
 the log-prob judge with both choices read from one request per conversation (`logprob_token_ids`), which the
-engine does not do yet. All variants run interleaved, twice, in one process on one engine, and each keeps its
-faster run, so load from other work on the machine hits them alike.
+engine does not do yet. All variants run interleaved, twice, in one process on one engine, each from a cold
+prefix cache, and each keeps its faster run, so load from other work on the machine hits them alike.
 
 Quality: `cai judge-eval` on the first --rows usable rows (accuracy vs the human label, order consistency,
 first-position rate, margin), plus the generate-then-parse judge's accuracy and position bias on the speed pairs.
@@ -108,6 +108,12 @@ class OneRequestChoices:
         return [{c: float(o.outputs[0].logprobs[0][t].logprob) for c, t in zip(choices, ids)} for o in outs]
 
 
+def cold_cache(engine) -> None:
+    """vLLM keeps computed prefixes across calls; without this, every run after the first would time cache hits."""
+    if engine.name == "vllm":
+        engine.llm.reset_prefix_cache()
+
+
 def speed(engine, pairs, chosen_first, principles, templates, gen_budgets: list[int]) -> dict:
     judge.judge_pairs(engine, pairs[:2], principles, k=1, templates=templates)  # warm-up
     judges = {"logprob": lambda: logprob_judge(engine, pairs, principles, 1, templates)}
@@ -118,6 +124,7 @@ def speed(engine, pairs, chosen_first, principles, templates, gen_budgets: list[
     best, outputs = {}, {}
     for _ in range(2):  # interleaved, best of two: load from other work hits every judge alike
         for name, run in judges.items():
+            cold_cache(engine)
             outputs[name], seconds = run()
             best[name] = min(best.get(name, float("inf")), seconds)
     n = len(pairs)
