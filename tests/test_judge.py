@@ -284,9 +284,12 @@ def swapped(pairs):
 
 @pytest.mark.model
 def test_symmetry_is_exact_on_the_real_model(engine):
-    principles = CONSTITUTION.principles
-    forward = judge.judge_pairs(engine, PAIRS, principles)
-    backward = judge.judge_pairs(engine, list(reversed(swapped(PAIRS))), principles)[::-1]
+    """(x, y) and (y, x) judged in separate calls: exact because both calls send the engine the same canonical
+    batch. On vLLM that needs `choice_logprobs` to start from an empty prefix cache: a warm cache takes another
+    kernel path and moves the numbers (0.500 → 0.554 for one of these pairs)."""
+    principles = CONSTITUTION.principles  # k = 1 keeps it quick; the ensemble is the same arithmetic on top
+    forward = judge.judge_pairs(engine, PAIRS, principles, k=1)
+    backward = judge.judge_pairs(engine, list(reversed(swapped(PAIRS))), principles, k=1)[::-1]
     for f, b in zip(forward, backward):
         assert f["error"] is None and 0.0 < f["p_a"] < 1.0
         assert f["p_a"] + b["p_a"] == 1.0
@@ -294,14 +297,14 @@ def test_symmetry_is_exact_on_the_real_model(engine):
         for vf, vb in zip(f["verdicts"], b["verdicts"]):
             assert vf["principle_id"] == vb["principle_id"]
             assert vf["p_a_first"] + vb["p_a_second"] == 1.0 and vf["p_a_second"] + vb["p_a_first"] == 1.0
-    mixed = judge.judge_pairs(engine, [PAIRS[0], swapped(PAIRS)[0]], principles)  # a pair and its mirror, one call
+    mixed = judge.judge_pairs(engine, [PAIRS[0], swapped(PAIRS)[0]], principles, k=1)  # a pair and its mirror
     assert mixed[0]["p_a"] + mixed[1]["p_a"] == 1.0
 
 
 @pytest.mark.model
 def test_chain_of_thought_on_the_real_model_stores_reasoning(engine):
     pairs = [PAIRS[0], swapped(PAIRS)[0]]
-    recs = judge.judge_pairs(engine, pairs, CONSTITUTION.principles, k=1, reasoning=True, reasoning_max_tokens=12)
+    recs = judge.judge_pairs(engine, pairs, CONSTITUTION.principles, k=1, reasoning=True, reasoning_max_tokens=8)
     for rec in recs:
         assert rec["error"] is None and 0.4 <= rec["p_a"] <= 0.6
         v = rec["verdicts"][0]
