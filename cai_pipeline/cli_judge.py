@@ -195,6 +195,8 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     labelled, skipped = read_labelled(args.data, args.limit)  # a bad file fails here, before a model loads
+    if args.engine == "openai" and not args.base_url:
+        raise UserError("--base-url: required with --engine openai, e.g. --base-url http://127.0.0.1:8000/v1")
     if args.out and not Path(args.out).expanduser().resolve().parent.is_dir():
         raise UserError(f"--out: the folder of {args.out} does not exist; create it or choose another path")
     constitution = load_constitution(resolve_resource(args.constitution))

@@ -109,7 +109,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
               "no usable rows (skipped: {'identical': 1})"),
              (["--data", str(write_jsonl(tmp_path / "m.jsonl", [{"prompt": "q"}]))], "m.jsonl:1: missing 'chosen'"),
              (["--data", str(write_jsonl(tmp_path / "ok.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])),
-               "--out", str(tmp_path / "no" / "r.json")], "--out: the folder")]
+               "--out", str(tmp_path / "no" / "r.json")], "--out: the folder"),
+             (["--data", str(tmp_path / "ok.jsonl"), "--engine", "openai"], "--base-url: required")]
     for argv, message in cases:
         assert cli.main(["judge-eval", *argv]) == 2
         err = capsys.readouterr().err
