@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from cai_pipeline.errors import UserError
-from cai_pipeline.inputs import _read_rows, hh_split
+from cai_pipeline.inputs import hh_split, read_rows
 from cai_pipeline.rng import rng_for, stable_id
 
 _SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
@@ -74,7 +74,7 @@ def read_labelled(path: str, limit: int | None) -> tuple[list[dict], Counter]:
     if not file.name.lower().endswith(_SUFFIXES):
         raise UserError(f"--data: {file}: unknown file type; use {', '.join(_SUFFIXES)}")
     pairs, skipped = [], Counter()
-    for lineno, obj in _read_rows(file, "auto"):
+    for lineno, obj in read_rows(file, "auto"):
         if limit is not None and len(pairs) >= limit:
             break
         pair, why = labelled_pair(f"{file}:{lineno}", obj)

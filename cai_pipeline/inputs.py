@@ -121,7 +121,8 @@ def _reject(key: str, reason: str, detail: str, row: dict) -> dict:
             "row": json.dumps(row, ensure_ascii=False, default=str)}
 
 
-def _read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
+def read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
+    """(line or row number, row) for every row of a JSONL/Parquet/CSV file, by `fmt` or the file name."""
     name = path.name.lower()
     if fmt == "parquet" or (fmt == "auto" and name.endswith(".parquet")):
         return _parquet_rows(path)
@@ -138,7 +139,7 @@ def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = Non
     file = Path(path).expanduser() if path else BUNDLED_PROMPTS
     if not file.exists():
         raise UserError(f"prompts.path: {file} does not exist; point it at a JSONL, Parquet or CSV file")
-    rows = _read_rows(file, fmt)
+    rows = read_rows(file, fmt)
     if not rows:
         raise UserError(f"{file}: no prompts in the file; add rows with a 'prompt' or 'messages' field")
     out = LoadedPrompts(rows=[], source=str(file))

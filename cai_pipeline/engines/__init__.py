@@ -62,8 +62,10 @@ def make_engine(cfg: Any = None, *, kind: str | None = None, model: str | None =
         return VLLMEngine(path, dtype=engine_cfg.dtype, seed=seed, max_model_len=engine_cfg.max_model_len,
                           gpu_memory_utilization=engine_cfg.gpu_memory_utilization,
                           tensor_parallel_size=engine_cfg.tensor_parallel_size,
-                          kv_cache_gb=engine_cfg.kv_cache_gb, trust_remote_code=engine_cfg.trust_remote_code)
+                          kv_cache_gb=engine_cfg.kv_cache_gb, trust_remote_code=engine_cfg.trust_remote_code,
+                          fp32_head=engine_cfg.fp32_head)
     from cai_pipeline.engines.hf import HFEngine
 
     return HFEngine(path, dtype=engine_cfg.dtype, batch_size=engine_cfg.batch_size,
-                    max_model_len=engine_cfg.max_model_len, trust_remote_code=engine_cfg.trust_remote_code)
+                    max_model_len=engine_cfg.max_model_len, trust_remote_code=engine_cfg.trust_remote_code,
+                    fp32_head=engine_cfg.fp32_head)

@@ -44,10 +44,11 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", batch_size: int = 16,
-                 max_model_len: int | None = None, trust_remote_code: bool = False):
+                 max_model_len: int | None = None, trust_remote_code: bool = False, fp32_head: bool = True):
         self.model = model
         self.tokenizer, self.lm = load_model(model, dtype, trust_remote_code)
         self.batch_size = batch_size
+        self.fp32_head = fp32_head
         self.max_model_len = max_model_len or min(self.lm.config.max_position_embeddings, 4096)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = self._eos_ids()
@@ -131,7 +132,8 @@ class HFEngine:
         probabilities for no saving. Models that post-process logits (soft-capping, scaling) keep their own."""
         cfg = self.lm.config
         head = self.lm.get_output_embeddings()
-        if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) or head is None:
+        custom = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
+        if not self.fp32_head or custom or head is None:
             out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
             return out.logits[:, -1].float()
         hidden = self.lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state

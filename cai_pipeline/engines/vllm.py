@@ -55,7 +55,7 @@ class VLLMEngine:
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", seed: int = 0, max_model_len: int | None = None,
                  gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1,
-                 kv_cache_gb: float = 2, trust_remote_code: bool = False):
+                 kv_cache_gb: float = 2, trust_remote_code: bool = False, fp32_head: bool = True):
         self.model = model
         self.on_cpu = not has_cuda()
         if self.on_cpu:
@@ -67,7 +67,7 @@ class VLLMEngine:
             model=model, dtype=dtype, seed=seed, max_model_len=max_model_len or self._default_len(model),
             enforce_eager=self.on_cpu, gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code,
-            load_format="safetensors",
+            load_format="safetensors", hf_overrides={"head_dtype": "float32"} if fp32_head else None,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
@@ -163,25 +163,22 @@ class VLLMEngine:
             self._pending.clear()
 
     def choice_logprobs(self, convs: list[list[Message]], choices: list[str]) -> list[dict[str, float]]:
-        """One request per (conversation, choice), each allowed only that token; vLLM's logprobs are the raw
-        model's (before the allowed-token mask), so this is log P(choice | conversation). Prefix caching
-        makes the second choice of a conversation nearly free."""
+        """One request per conversation, one decoded token, asking vLLM for the log-probs of exactly the
+        choice tokens (`logprob_token_ids`): the raw model's log P(choice | conversation), one prefill.
+        The prefix cache is emptied first so a conversation scores the same whatever ran before it (the
+        judge's exact symmetry rests on that)."""
         choice_ids = choice_token_ids(self.tokenizer, choices)
         encoded = [prompt_ids(self.tokenizer, conv) for conv in convs]
         fits = [i for i, ids in enumerate(encoded) if len(ids) < self.max_model_len]
-        prompts, params = [], []
-        for i in fits:
-            for cid in choice_ids:
-                prompts.append(self._vllm.inputs.TokensPrompt(prompt_token_ids=encoded[i]))
-                params.append(self._vllm.SamplingParams(max_tokens=1, temperature=0, logprobs=0,
-                                                        allowed_token_ids=[cid]))
-        results = iter(self.llm.generate(prompts, params, use_tqdm=False) if prompts else [])
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=choice_ids)
+        prompts = [self._vllm.inputs.TokensPrompt(prompt_token_ids=encoded[i]) for i in fits]
+        self.llm.reset_prefix_cache()
+        results = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
         out: list[dict[str, float]] = [{} for _ in convs]  # empty: the conversation does not fit the context
-        for i in fits:
-            for choice, cid in zip(choices, choice_ids):
-                res = next(results)
-                self.stats.prompt_tokens += len(res.prompt_token_ids or ())
-                out[i][choice] = float(res.outputs[0].logprobs[0][cid].logprob)
+        for i, res in zip(fits, results):
+            self.stats.prompt_tokens += len(res.prompt_token_ids or ())
+            scored = res.outputs[0].logprobs[0]
+            out[i] = {choice: float(scored[cid].logprob) for choice, cid in zip(choices, choice_ids)}
         return out
 
     def close(self) -> None:
