@@ -81,6 +81,9 @@ def ceiling(engine, lengths: list[tuple[int, int]]) -> float:
 
 
 def main() -> None:
+    global N_PROMPTS
+    if len(sys.argv) > 1:  # a smaller smoke run: bench/pipeline.py 8
+        N_PROMPTS = int(sys.argv[1])
     from cai_pipeline.config import load_config
     from cai_pipeline.engines import make_engine
     from cai_pipeline.report import quiet_libraries
