@@ -6,7 +6,9 @@
 Same 64 pairs (the first real hh-rlhf harmless-base test conversations from ../shared/data, as chat messages),
 same token ids (TRL gets ours pre-tokenised, so both score exactly the same sequences), same batch size,
 max_length, β, learning rate, constant schedule, AdamW, clipping and order (no shuffling), one epoch.
-Each trainer runs in its own subprocess so its peak RSS (getrusage ru_maxrss) is its own.
+Each trainer runs in its own subprocess so its peak RSS (getrusage ru_maxrss) is its own. Besides wall-clock
+pairs/s, pairs per CPU-second (process CPU time over the same span) is reported: on a machine shared with other
+jobs it moves far less than wall time does.
 
 Variants: ours (empty reference cache, so its reference pass counts in its time), with and without gradient
 checkpointing; TRL as its config defaults (a resident reference model, gradient checkpointing on) and TRL with
@@ -70,9 +72,12 @@ def worker_ours(a) -> dict:
         "warmup_ratio": 0.0, "batch_size": a.batch_size, "epochs": 1, "max_length": a.max_length,
         "max_prompt_length": a.max_prompt_length, "precision": a.precision, "shuffle": False, "plots": False,
         "gradient_checkpointing": a.grad_ckpt}})
+    cpu = time.process_time()
     s = train(cfg)
+    cpu = time.process_time() - cpu  # the whole call, model loading and saving included: conservative
     steps = [r for r in read_metrics(Path(s["log_dir"]) / "metrics.jsonl") if "loss" in r]
     return {"seconds": s["train_seconds"] + s["reference_seconds"], "loop_seconds": s["train_seconds"],
+            "cpu_seconds": cpu,
             "reference": s["reference"], "losses": [r["loss"] for r in steps],
             "logps_chosen": steps[0]["logps/chosen"], "logps_rejected": steps[0]["logps/rejected"]}
 
@@ -110,11 +115,11 @@ def worker_trl(a) -> dict:
                      disable_tqdm=True, dataloader_num_workers=0, use_cpu=True,
                      precompute_ref_log_probs=a.trl_precompute, gradient_checkpointing=a.grad_ckpt)
     trainer = PreTokenized(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.train()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     steps = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
-    return {"seconds": seconds, "losses": [h["loss"] for h in steps],
+    return {"seconds": seconds, "cpu_seconds": cpu, "losses": [h["loss"] for h in steps],
             "logps_chosen": steps[0]["logps/chosen"], "logps_rejected": steps[0]["logps/rejected"]}
 
 
@@ -125,9 +130,11 @@ def run_worker(kind: str, a, *, precision: str, cai_home: str, **flags) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--precision", precision, "--model", a.model,
            "--data", a.data, "--pairs", str(a.pairs), "--batch-size", str(a.batch_size),
            "--max-length", str(a.max_length), "--max-prompt-length", str(a.max_prompt_length),
-           "--beta", str(a.beta), "--lr", str(a.lr)]
+           "--beta", str(a.beta), "--lr", str(a.lr), "--threads", str(a.threads)]
     cmd += [f"--{k.replace('_', '-')}" for k, v in flags.items() if v]
     env = {**os.environ, "CAI_HOME": cai_home, "TOKENIZERS_PARALLELISM": "false"}
+    if a.threads:
+        env["OMP_NUM_THREADS"] = str(a.threads)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{out.stderr[-4000:]}")
@@ -149,6 +156,7 @@ def bench_precision(a, precision: str) -> list[dict]:
             load_before = os.getloadavg()[0]
             r = run_worker(kind, a, precision=precision, cai_home=tempfile.mkdtemp(prefix="bench-cai-home-"), **flags)
             r.update(label=label, precision=precision, pairs_per_s=a.pairs / r["seconds"],
+                     pairs_per_cpu_s=a.pairs / r["cpu_seconds"],
                      load=[round(load_before, 2), round(os.getloadavg()[0], 2)])
             print(json.dumps(r), flush=True)
             runs[label].append(r)
@@ -157,11 +165,12 @@ def bench_precision(a, precision: str) -> list[dict]:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| precision | trainer | pairs/s | pairs/s, loop only | peak RSS (MB) | step-1 loss | step-2 loss | "
-             "step-1 logps/chosen | load avg (start, end) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| precision | trainer | pairs/s | pairs/s, loop only | pairs per CPU-s | peak RSS (MB) | step-1 loss | "
+             "step-2 loss | step-1 logps/chosen | load avg (start, end) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         loop = r["pairs_per_s"] * r["seconds"] / r.get("loop_seconds", r["seconds"])
         lines.append(f"| {r['precision']} | {r['label']} | {r['pairs_per_s']:.3f} | {loop:.3f} | "
+                     f"{r['pairs_per_cpu_s']:.3f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['losses'][0]:.6f} | {r['losses'][1]:.6f} | "
                      f"{r['logps_chosen']:.4f} | {r['load'][0]}, {r['load'][1]} |")
     return "\n".join(lines)
@@ -175,6 +184,7 @@ def ratios(results: list[dict]) -> str:
             for trl in (label for label in by if label.startswith("TRL")):
                 o, t = by[ours], by[trl]
                 lines.append(f"- {precision}, {ours} vs {trl}: pairs/s ×{o['pairs_per_s'] / t['pairs_per_s']:.2f}, "
+                             f"pairs per CPU-s ×{o['pairs_per_cpu_s'] / t['pairs_per_cpu_s']:.2f}, "
                              f"peak RSS ×{o['peak_rss_mb'] / t['peak_rss_mb']:.2f}, step-1 loss Δ "
                              f"{abs(o['losses'][0] - t['losses'][0]):.1e}, step-2 loss Δ "
                              f"{abs(o['losses'][1] - t['losses'][1]):.1e}")
@@ -196,8 +206,13 @@ def main() -> None:
     p.add_argument("--trl-precompute", action="store_true")
     p.add_argument("--grad-ckpt", action="store_true")
     p.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest counts")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per worker; 0: torch's default")
     a = p.parse_args()
     if a.worker:
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
         with tempfile.TemporaryDirectory() as tmp:
             a.tmp = tmp
             result = worker_ours(a) if a.worker == "ours" else worker_trl(a)
@@ -215,7 +230,7 @@ def main() -> None:
     results = [r for precision in a.precision.split(",") for r in bench_precision(a, precision)]
     report = table(results) + "\n\n" + ratios(results)
     print(report)
-    out = REPO / "bench" / "results" / "train.json"
+    out = REPO / "bench" / "results" / f"train-{a.precision.replace(',', '-')}-threads{a.threads or 'default'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if k != "worker"}, "results": results,
                                "cpus": os.cpu_count()}, indent=2) + "\n")

@@ -47,7 +47,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(4, gt=0, description="pairs per forward pass (per device)")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     shuffle: bool = Field(True, description="reshuffle the pairs each epoch (seeded); false keeps file order")
-    eval_batch_size: int | None = Field(None, gt=0, description="default: 2·batch_size")
+    eval_batch_size: int | None = Field(None, gt=0, description="test split batches; default: 2·batch_size")
     eval_every: int | None = Field(None, gt=0, description="steps; the test split is always scored before and after")
     # Sequences
     max_length: int = Field(512, gt=1, description="tokens of prompt + one completion; longer pairs are truncated")

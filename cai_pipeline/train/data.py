@@ -12,6 +12,7 @@ block mask keeps the rejected tokens from seeing the chosen ones; the prompt is 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from torch.utils.data import DataLoader
 
 from cai_pipeline.errors import UserError
 
@@ -252,3 +254,10 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             "labels": labels, "completion_mask": mask, "idx": torch.tensor([e["idx"] for e in examples]),
             "target": torch.tensor([e["target"] for e in examples], dtype=torch.float32),
             "n_tokens": torch.tensor(sum(len(x[0]) for x in packed))}
+
+
+def pair_loader(pairs: PairSet, batch_size: int, *, shuffle: bool, seed: int, pad_id: int) -> DataLoader:
+    """The one way batches are made. Built twice with the same arguments it yields the same batches: the
+    reference pass relies on that to score exactly the first epoch's batches."""
+    return DataLoader(pairs, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
+                      collate_fn=functools.partial(collate_pairs, pad_id=pad_id))

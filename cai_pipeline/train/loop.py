@@ -22,14 +22,7 @@ from torch.utils.data import DataLoader
 from cai_pipeline.errors import UserError
 from cai_pipeline.models import resolve_model
 from cai_pipeline.train.config import TrainConfig
-from cai_pipeline.train.data import (
-    PairSet,
-    collate_pairs,
-    end_token_ids,
-    find_splits,
-    read_rows,
-    tokenize_rows,
-)
+from cai_pipeline.train.data import PairSet, end_token_ids, find_splits, pair_loader, read_rows, tokenize_rows
 from cai_pipeline.train.losses import dpo_loss, ipo_loss, orpo_loss, simpo_loss
 from cai_pipeline.train.modeling import MODEL_INPUTS, PairScorer, add_lora, load_policy, save_checkpoint
 from cai_pipeline.train.reference import cache_key, reference_logps
@@ -48,16 +41,19 @@ def train(run_cfg) -> dict:
     set_seed(seed)
     files = find_splits(paths["data"])  # a wrong path fails here, before minutes of model loading
     tokenizer, lm = load_policy(paths["model"])
-    pad_id = tokenizer.pad_token_id
     splits = load_splits(paths["data"], files, tokenizer, lm, cfg)
-    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+    batch_sizes = {"train": cfg.batch_size, "test": cfg.eval_batch_size or 2 * cfg.batch_size}
+
+    def loader(name: str) -> DataLoader:  # the training batches (reshuffled each epoch) or the test split's
+        return pair_loader(splits[name], batch_sizes[name], shuffle=cfg.shuffle and name == "train", seed=seed,
+                           pad_id=tokenizer.pad_token_id)
 
     # The reference is this very model before its first update: score every pair now, then train alone.
     refs, ref_status, ref_start = {}, "none", time.perf_counter()
     if cfg.needs_reference:
         for name, pairs in splits.items():
-            key = ref_key(paths["model"], pairs, cfg, accelerator) if cfg.reference_cache else None
-            refs[name], ref_status = reference_logps(accelerator, lm, pairs, key=key, batch_size=eval_bs, pad_id=pad_id)
+            key = ref_key(paths["model"], pairs, cfg, accelerator, batch_sizes[name], seed) if cfg.reference_cache else None
+            refs[name], ref_status = reference_logps(accelerator, lm, loader(name), key=key)
         gc.collect()
     ref_seconds = time.perf_counter() - ref_start
 
@@ -68,19 +64,14 @@ def train(run_cfg) -> dict:
     scorer = PairScorer(lm)
     optimizer = torch.optim.AdamW([p for p in scorer.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    loader = DataLoader(splits["train"], batch_size=cfg.batch_size, shuffle=cfg.shuffle, drop_last=False,
-                        generator=torch.Generator().manual_seed(seed), collate_fn=lambda ex: collate_pairs(ex, pad_id))
-    scorer, optimizer, loader = accelerator.prepare(scorer, optimizer, loader)
-    total_steps = cfg.max_steps or cfg.epochs * math.ceil(len(loader) / cfg.grad_accum)
+    scorer, optimizer, train_loader = accelerator.prepare(scorer, optimizer, loader("train"))
+    total_steps = cfg.max_steps or cfg.epochs * math.ceil(len(train_loader) / cfg.grad_accum)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
-    eval_loader = None
-    if "test" in splits:
-        eval_loader = accelerator.prepare(DataLoader(splits["test"], batch_size=eval_bs, shuffle=False,
-                                                     collate_fn=lambda ex: collate_pairs(ex, pad_id)))
+    eval_loader = accelerator.prepare(loader("test")) if "test" in splits else None
 
     metrics = MetricsLog(paths["log"] / "metrics.jsonl", enabled=accelerator.is_main_process)
     metrics.write({"step": 0, "counts": {name: s.counts for name, s in splits.items()}, "reference": ref_status})
-    result = fit(accelerator, scorer, optimizer, scheduler, loader, eval_loader, refs, cfg, total_steps, metrics)
+    result = fit(accelerator, scorer, optimizer, scheduler, train_loader, eval_loader, refs, cfg, total_steps, metrics)
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -261,8 +252,10 @@ def load_splits(path: Path, files: dict[str, list[Path]], tokenizer, lm, cfg: Tr
     return splits
 
 
-def ref_key(model_path: str, pairs: PairSet, cfg: TrainConfig, accelerator) -> str:
-    settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length}
+def ref_key(model_path: str, pairs: PairSet, cfg: TrainConfig, accelerator, batch_size: int, seed: int) -> str:
+    # Batching is part of the key: in bf16 the log-probs depend (slightly) on the batch a pair was scored in.
+    settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length, "batch_size": batch_size,
+                "shuffle": cfg.shuffle, "seed": seed}
     return cache_key(model_path, pairs, precision=accelerator.mixed_precision, settings=settings)
 
 

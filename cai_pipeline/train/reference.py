@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cai_pipeline.models import cai_home
-from cai_pipeline.train.data import PairSet, collate_pairs
+from cai_pipeline.train.data import PairSet
 from cai_pipeline.train.modeling import MODEL_INPUTS, PairScorer
 
 # Bump when the way log-probs are computed changes, so old cache entries are never read as current.
@@ -35,7 +35,7 @@ def model_identity(path: str) -> dict:
 
 def cache_key(model_path: str, pairs: PairSet, *, precision: str, settings: dict) -> str:
     """sha256 over the model identity, the token ids of every pair (so the dataset content, tokenizer, chat
-    template and truncation all count), the precision and the tokenisation settings."""
+    template and truncation all count), the precision and the length and batching settings."""
     blob = json.dumps({"version": CACHE_VERSION, "identity": model_identity(model_path), "precision": precision,
                        "settings": settings, "data": pairs.fingerprint()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
@@ -46,14 +46,15 @@ def cache_path(key: str) -> Path:
 
 
 @torch.no_grad()
-def compute_reference(accelerator, lm, pairs: PairSet, *, batch_size: int, pad_id: int) -> torch.Tensor:
+def compute_reference(accelerator, lm, loader: DataLoader) -> torch.Tensor:
     """(N, 2) log-prob sums [chosen, rejected] of every pair under `lm` as it is now (before any update).
-    Runs under the same autocast as training, so at step 0 the policy and its reference agree."""
+
+    `loader` yields the very batches the first epoch trains on (same seed, size and order), under the same
+    autocast: at step 0 the policy and its reference then compute on identical tensors and agree bit for bit,
+    also in bf16, where a different batch shape alone moves a completion's log-prob by tenths of a nat."""
     scorer = PairScorer(lm).to(accelerator.device).eval()
-    loader = accelerator.prepare(DataLoader(pairs, batch_size=batch_size, shuffle=False,
-                                            collate_fn=lambda ex: collate_pairs(ex, pad_id)))
-    out = torch.zeros(len(pairs), 2, dtype=torch.float32)
-    for batch in loader:
+    out = torch.zeros(len(loader.dataset), 2, dtype=torch.float32)
+    for batch in accelerator.prepare(loader):
         with accelerator.autocast():
             logps, _ = scorer(**{k: batch[k] for k in MODEL_INPUTS})
         idx, logps = accelerator.gather_for_metrics((batch["idx"], logps.view(2, -1).T.contiguous()))
@@ -62,14 +63,14 @@ def compute_reference(accelerator, lm, pairs: PairSet, *, batch_size: int, pad_i
     return out
 
 
-def reference_logps(accelerator, lm, pairs: PairSet, *, key: str | None, batch_size: int, pad_id: int):
+def reference_logps(accelerator, lm, loader: DataLoader, *, key: str | None):
     """(logps (N, 2), "cached" | "computed"). key None: do not cache."""
     path = cache_path(key) if key else None
     if path is not None and path.exists():
         cached = torch.load(path, weights_only=True)
-        if cached.shape == (len(pairs), 2):
+        if cached.shape == (len(loader.dataset), 2):
             return cached, "cached"
-    logps = compute_reference(accelerator, lm, pairs, batch_size=batch_size, pad_id=pad_id)
+    logps = compute_reference(accelerator, lm, loader)
     if path is not None and accelerator.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

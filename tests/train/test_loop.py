@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def _weights(folder) -> dict[str, torch.Tensor]:
 
 def test_grad_accumulation_invariance_of_gradients(tiny_model, make_cfg, pairs_dir):
     """Batch 4, one backward == batch 1, four accumulated backwards (accelerate divides each by 4), to 1e-5."""
-    from cai_pipeline.train.data import collate_pairs, end_token_ids, tokenize_rows
+    from cai_pipeline.train.data import collate_pairs, end_token_ids, pair_loader, tokenize_rows
     from cai_pipeline.train.modeling import PairScorer, load_policy
     from cai_pipeline.train.reference import compute_reference
 
@@ -32,8 +33,9 @@ def test_grad_accumulation_invariance_of_gradients(tiny_model, make_cfg, pairs_d
     rows = [{"_file": "m", **r} for r in SMALL_PAIRS[:4]]
     pairs = tokenize_rows(rows, tokenizer, max_length=64, max_prompt_length=32, end_ids=end_token_ids(tokenizer))
     with torch.no_grad():  # a reference that differs from the policy, so the DPO gradient is not trivial
-        ref = compute_reference(make_accelerator(make_cfg(tiny_model, pairs_dir).train), lm, pairs,
-                                batch_size=4, pad_id=tokenizer.pad_token_id) - 0.3 * torch.arange(8.0).view(4, 2)
+        loader = pair_loader(pairs, 4, shuffle=False, seed=0, pad_id=tokenizer.pad_token_id)
+        ref = compute_reference(make_accelerator(make_cfg(tiny_model, pairs_dir).train), lm, loader)
+        ref = ref - 0.3 * torch.arange(8.0).view(4, 2)
     scorer = PairScorer(lm)
     grads = []
     for batch_size, accum in ((4, 1), (1, 4)):
@@ -73,6 +75,17 @@ def test_gradient_checkpointing_changes_nothing(tiny_model, make_cfg, pairs_dir)
     assert ckpt["final_loss"] == pytest.approx(plain["final_loss"], abs=1e-5)
     wa, wb = _weights(plain["checkpoint"]), _weights(ckpt["checkpoint"])
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_policy_equals_reference_at_step_0_in_bf16(tiny_model, make_cfg, pairs_dir, shuffle):
+    """The reference pass scores the first epoch's own batches, so DPO's first loss is exactly ln 2 even under
+    bf16 autocast (where a different batch shape would move the log-probs)."""
+    s = train(make_cfg(tiny_model, pairs_dir, precision="bf16", batch_size=3, shuffle=shuffle, max_steps=1))
+    first = [r for r in read_metrics(Path(s["log_dir"]) / "metrics.jsonl") if "loss" in r][0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-7)
+    assert first["rewards/margins"] == 0.0
+    assert s["eval_before"]["loss"] == pytest.approx(math.log(2), abs=1e-7)
 
 
 def test_reference_cache_is_reused(tiny_model, make_cfg, pairs_dir, cai_home, monkeypatch):
