@@ -52,7 +52,12 @@ class Table:
         for conv in convs:
             pid, first, text = self.parse(conv)
             p = self.p_first[(pid, first)]
-            out.append({} if "TOO_LONG" in text else {"A": LOG(p) - 0.7, "B": LOG(1 - p) - 0.7})
+            if "TOO_LONG" in text:
+                out.append({})
+            elif "SERVER_DOWN" in text:  # a server engine's failure string
+                out.append("server_error: 503 Service Unavailable (after 6 tries)")
+            else:
+                out.append({"A": LOG(p) - 0.7, "B": LOG(1 - p) - 0.7})
         return out
 
     def generate(self, convs, params):
@@ -160,6 +165,10 @@ def test_failures_are_records_with_a_reason_never_numbers():
     broken = Table({("u", "x"): 0.7, ("u", "BROKEN"): 0.4})
     [rec] = judge.judge_pairs(broken, [pair("x", "BROKEN")], [principle("u")], reasoning=True)
     assert rec["error"].startswith("server_error:") and "verdicts" not in rec
+    # A failed scoring call keeps its own reason: a server outage is not reported as a too-long prompt.
+    down = Table({("u", "x"): 0.7, ("u", "SERVER_DOWN y"): 0.4, ("u", "y"): 0.4})
+    [rec] = judge.judge_pairs(down, [pair("x", "SERVER_DOWN y")], [principle("u")])
+    assert rec["error"] == "server_error: 503 Service Unavailable (after 6 tries)" and "p_a" not in rec
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -70,7 +70,9 @@ def start_server(model_path: str, *, timeout: float = 300) -> Server:
     log = Path(tempfile.mkdtemp(prefix="cai-vllm-server-")) / "server.log"
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
            "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-           "--dtype", "bfloat16", "--max-model-len", "2048", "--api-key", key, "--disable-uvicorn-access-log"]
+           "--dtype", "bfloat16", "--max-model-len", "2048", "--api-key", key, "--disable-uvicorn-access-log",
+           # the same fp32 output head as our offline engine (EngineConfig.fp32_head), so log-probs match
+           "--hf-overrides", '{"head_dtype": "float32"}']
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}/v1", key, proc, log)

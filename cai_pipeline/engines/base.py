@@ -2,7 +2,8 @@
 
 - `generate` takes the whole batch at once; the engine schedules it.
 - `choice_logprobs` gives, per conversation, log P(next assistant token = choice) for single-token choices:
-  one prefill, no decoding. The judge is built on it. A conversation too long for the context gets `{}`.
+  one prefill, no decoding. The judge is built on it. A conversation too long for the context gets `{}`;
+  one that failed otherwise (a server that kept erroring) gets its `"reason: detail"` string instead.
 - Engines with continuous batching also offer `agenerate` (one conversation, awaitable), so a multi-step
   stage can run every row's chain concurrently and keep the engine full between steps.
 
@@ -59,7 +60,7 @@ class Engine(Protocol):
 
     def generate(self, convs: list[list[Message]], params: GenParams) -> list[list[Completion]]: ...
 
-    def choice_logprobs(self, convs: list[list[Message]], choices: list[str]) -> list[dict[str, float]]: ...
+    def choice_logprobs(self, convs: list[list[Message]], choices: list[str]) -> list[dict[str, float] | str]: ...
 
     def count_tokens(self, conv: list[Message]) -> int: ...
 

@@ -282,7 +282,7 @@ class OpenAIEngine:
         future = asyncio.run_coroutine_threadsafe(self._generate_one(conv, params), self._loop)
         return await asyncio.wrap_future(future)
 
-    def choice_logprobs(self, convs: list[list[Message]], choices: list[str]) -> list[dict[str, float]]:
+    def choice_logprobs(self, convs: list[list[Message]], choices: list[str]) -> list[dict[str, float] | str]:
         ids = choice_token_ids(self.tokenizer, choices) if self.tokenizer is not None else None
         if ids is not None and self.is_vllm:
             jobs = [self._exact_choices(c, choices, ids) for c in convs]
@@ -365,7 +365,7 @@ class OpenAIEngine:
         comps = [Completion(text=t, finish_reason=r, n_tokens=c) for (t, r), c in zip(texts, counts)]
         return comps * n if len(comps) == 1 else comps  # greedy: one decode, copied (as the local engines do)
 
-    async def _exact_choices(self, conv: list[Message], choices: list[str], ids: list[int]) -> dict[str, float]:
+    async def _exact_choices(self, conv: list[Message], choices: list[str], ids: list[int]) -> dict[str, float] | str:
         tokens = prompt_ids(self.tokenizer, conv)
         if self.info.max_model_len and len(tokens) >= self.info.max_model_len:
             return {}  # does not fit the context, as the other engines say it
@@ -378,21 +378,20 @@ class OpenAIEngine:
         try:
             values = await asyncio.gather(*(one(t) for t in ids))
         except Exception as e:
-            self._failure(e)
-            return {}
+            return self._failure(e)
         return dict(zip(choices, values))
 
-    async def _top_choices(self, conv: list[Message], choices: list[str]) -> dict[str, float]:
+    async def _top_choices(self, conv: list[Message], choices: list[str]) -> dict[str, float] | str:
         body = {"model": self.info.model, "messages": [dict(m) for m in conv], "max_tokens": 1, "temperature": 0,
                 "logprobs": True, "top_logprobs": TOP_LOGPROBS}
         try:
             top = await self._call(self._client.chat.completions, body, self._prefix_extra(conv), parse_top_logprobs)
         except Exception as e:
-            self._failure(e)
-            return {}
+            return self._failure(e)
         picked = pick_choices(top, choices)
-        if not picked:
-            self.stats.errors["choices_not_in_top_logprobs"] = self.stats.errors.get("choices_not_in_top_logprobs", 0) + 1
+        if not picked:  # the model put its mass elsewhere: no verdict, and not the same thing as too long
+            self.stats.errors["no_choice_in_top_logprobs"] = self.stats.errors.get("no_choice_in_top_logprobs", 0) + 1
+            return f"no_choice_in_top_logprobs: none of {choices} among the server's top {TOP_LOGPROBS} tokens"
         return picked
 
     async def _call(self, resource, body: dict, extra: dict, parse: Callable[[dict], Any]) -> Any:
