@@ -26,8 +26,8 @@ N_PROMPTS, N, MAX_TOKENS, SEED = 32, 2, 128, 0
 def measure(kind: str) -> dict:
     from cai_pipeline.config import load_config
     from cai_pipeline.engines import GenParams, make_engine
-    from cai_pipeline.report import quiet_libraries
     from cai_pipeline.records import SampleRecord
+    from cai_pipeline.report import quiet_libraries
     from cai_pipeline.stages import sample
     from cai_pipeline.stages.base import StageContext
     from cai_pipeline.store import RunStore
@@ -43,7 +43,7 @@ def measure(kind: str) -> dict:
     raw, stage, tokens = [], [], 0
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(tmp)
-        for rep in range(3):  # alternate, so drift in machine load hits both alike
+        for rep in range(2):  # alternate, so drift in machine load hits both alike
             ctx = StageContext(seed=SEED, shard=rep, cfg=cfg)
             same = sample.params_for(cfg, ctx.call_seed("sample"))  # the stage's own call: identical output
             before = engine.stats.output_tokens

@@ -68,6 +68,25 @@ def test_checkpoint_loads_in_hf_engine_and_generates(real_runs):
     assert out[0][0].finish_reason in ("stop", "length") and out[0][0].text.strip()
 
 
+@pytest.mark.vllm
+def test_checkpoint_loads_in_vllm_engine_and_generates(real_runs):
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("vllm") is None:  # like tests/conftest.py: skip locally, fail under CI=true
+        reason = "vLLM is not installed (pip install 'cai-pipeline[cpu]')"
+        pytest.fail(reason) if os.environ.get("CI", "").lower() in ("1", "true", "yes") else pytest.skip(reason)
+    from cai_pipeline.engines import GenParams, make_engine
+
+    engine = make_engine(kind="vllm", model=real_runs("dpo")["checkpoint"], seed=0, max_model_len=512)
+    try:
+        out = engine.generate([[{"role": "user", "content": "What is the capital of France?"}]],
+                              GenParams(n=1, temperature=0.0, max_tokens=12))
+    finally:
+        engine.close()
+    assert out[0][0].finish_reason in ("stop", "length") and out[0][0].text.strip()
+
+
 def test_checkpoint_loads_in_transformers(real_runs):
     """The same folder through plain transformers: weights, tokenizer and chat template all there."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
