@@ -175,7 +175,8 @@ def score_all(engine, convs: list) -> list[dict | str]:
     logps = engine.choice_logprobs([convs[i] for i in live], CHOICES) if live else []
     out: list[dict | str] = list(convs)
     for i, lp in zip(live, logps):
-        out[i] = lp if isinstance(lp, str) else (lp or "too_long: the judge prompt does not fit the judge model's context")
+        # `{}` means too long for the context; a failure the engine named ("server_error: ...") passes through.
+        out[i] = lp or "too_long: the judge prompt does not fit the judge model's context"
     return out
 
 
