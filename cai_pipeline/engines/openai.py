@@ -390,8 +390,7 @@ class OpenAIEngine:
             return self._failure(e)
         picked = pick_choices(top, choices)
         if not picked:  # the model put its mass elsewhere: no verdict, and not the same thing as too long
-            self.stats.errors["no_choice_in_top_logprobs"] = self.stats.errors.get("no_choice_in_top_logprobs", 0) + 1
-            return f"no_choice_in_top_logprobs: none of {choices} among the server's top {TOP_LOGPROBS} tokens"
+            return self._error("no_choice_in_top_logprobs", f"none of {choices} among the server's top {TOP_LOGPROBS} tokens")
         return picked
 
     async def _call(self, resource, body: dict, extra: dict, parse: Callable[[dict], Any]) -> Any:
@@ -431,6 +430,10 @@ class OpenAIEngine:
             reason = "too_long"
         else:
             reason = "bad_request"
+        return self._error(reason, detail)
+
+    def _error(self, reason: str, detail: str) -> str:
+        """'reason: detail' for a conversation that failed, counted by reason in the engine's stats."""
         self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
         return f"{reason}: {detail}"
 

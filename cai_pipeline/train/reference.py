@@ -20,7 +20,7 @@ from cai_pipeline.train.data import PairSet
 from cai_pipeline.train.modeling import MODEL_INPUTS, PairScorer
 
 # Bump when the way log-probs are computed changes, so old cache entries are never read as current.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the LM head in fp32 under autocast (modeling._head_logps)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
