@@ -26,11 +26,14 @@ def check_run_folder(out):
     assert len(revised) + len(pq.read_table(out / "rejects" / "revise" / "part-00000.parquet")) == len(samples)
     for r in revised:
         assert len(r["rounds"]) == 2
-        assert all(x["critique"].strip() for x in r["rounds"])
         assert {x["principle_id"] for x in r["rounds"]} <= PRINCIPLE_IDS
+    critiques = [x["critique"] for r in revised for x in r["rounds"]]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages"]["sample"]["out"] == len(samples)
-    assert manifest["stages"]["revise"]["counts"]["rounds"] == 2 * len(revised)
+    counts = manifest["stages"]["revise"]["counts"]
+    assert counts["rounds"] == len(critiques) == 2 * len(revised)
+    # The model may leave a critique empty now and then; the manifest counts each one, and most carry text.
+    assert counts["empty_critique"] == sum(not c.strip() for c in critiques) < len(critiques) / 2
     assert len(manifest["constitution_sha256"]) == 64 and manifest["template_sha256"]
     return revised
 
@@ -43,7 +46,7 @@ def check_datasets(out, n_revised):
     assert sum(len(s) for s in sft.values()) == n_revised
     train = prefs["train"]
     assert set(train.column_names) >= {"prompt", "chosen", "rejected", "p_chosen", "origin", "prompt_id"}
-    assert train[0]["chosen"][0]["role"] == "assistant" and train[0]["prompt"][-1]["role"] == "user"
+    assert all(r["chosen"][0]["role"] == "assistant" and r["prompt"][-1]["role"] == "user" for r in train)
     assert set(train["origin"]) == {"revision"}
     if "test" in prefs:  # no prompt in both splits
         assert not set(prefs["test"]["prompt_id"]) & set(train["prompt_id"])

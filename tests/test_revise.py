@@ -130,6 +130,7 @@ def test_revise_on_the_real_model(engine):
     assert len(result.rows) == 3 and not result.rejects
     ids = {p.id for p in CONSTITUTION.principles}
     for r in result.rows:
-        assert len(r["rounds"]) == 2 and all(x["critique"] for x in r["rounds"])
-        assert {x["principle_id"] for x in r["rounds"]} <= ids
-    assert Counter(result.counts)["rounds"] == 6
+        assert len(r["rounds"]) == 2 and {x["principle_id"] for x in r["rounds"]} <= ids
+    critiques = [x["critique"] for r in result.rows for x in r["rounds"]]
+    assert Counter(result.counts)["rounds"] == len(critiques) == 6
+    assert result.counts["empty_critique"] == sum(not c.strip() for c in critiques) < 3

@@ -95,8 +95,10 @@ async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
         revision = await _ask(gen, shots + conv, _params(ctx, r, "revision"), f"round {r} revision", rounds)
         text, cleaned = clean_revision(revision.text)
         kept = "empty_revision" if not text else None
-        counts.update({"rounds": 1, "cleaned_preamble": int(cleaned), "truncated_critique":
-                       int(critique.finish_reason == "length"), "truncated_revision": int(revision.finish_reason == "length")})
+        # An empty critique is kept (the revision still ran) and counted, so a run shows how often it happens.
+        counts.update({"rounds": 1, "cleaned_preamble": int(cleaned), "empty_critique": int(not critique.text.strip()),
+                       "truncated_critique": int(critique.finish_reason == "length"),
+                       "truncated_revision": int(revision.finish_reason == "length")})
         if kept:
             counts[f"kept_previous:{kept}"] += 1
         else:
