@@ -2,8 +2,8 @@
 
 Reports output tokens/s of each, their ratio, peak RSS and start time (each engine in its own process),
 and the sampling stage's wall time over the raw `Engine.generate` time on the same batch (the stage should
-add no real overhead: Parquet write, manifest, rejects). `vllm` runs with the default fp32 output head,
-`vllm-bf16head` without it, to show what the sharper judge log-probs cost in generation.
+add no real overhead: Parquet write, manifest, rejects). Both sample with the model's bf16 output head (their
+fp32 head is for scoring choices only).
 
     .venv/bin/python bench/engines.py            # both engines, results in bench/results/engines.json
 """
@@ -35,7 +35,7 @@ def measure(kind: str) -> dict:
     quiet_libraries()
     convs = bench_prompts(N_PROMPTS)
     start = time.perf_counter()
-    engine = make_engine(kind=kind.split("-")[0], model="embedded", batch_size=64, fp32_head=not kind.endswith("bf16head"))
+    engine = make_engine(kind=kind, model="embedded", batch_size=64)
     started = time.perf_counter() - start
     engine.generate(convs[:2], GenParams(max_tokens=8))  # warm-up
     cfg = load_config(None, ["out_dir=unused", f"sample.n={N}", f"sample.max_tokens={MAX_TOKENS}"])
@@ -69,7 +69,7 @@ def main() -> None:
         print(json.dumps(measure(sys.argv[1])))
         return
     load = load_average()
-    results = {kind: run_child([__file__, kind]) for kind in ("vllm", "vllm-bf16head", "hf")}
+    results = {kind: run_child([__file__, kind]) for kind in ("vllm", "hf")}
     summary = {"machine": machine(), "load_avg_at_start": round(load, 2),
                "workload": f"{N_PROMPTS} prompts x n={N} x {MAX_TOKENS} max tokens, bf16", **results,
                "vllm_over_hf": round(results["vllm"]["tok_per_s"] / results["hf"]["tok_per_s"], 2)}

@@ -34,8 +34,9 @@ class EngineConfig(Strict):
     max_model_len: int | None = Field(None, gt=0, description="context length; default min(model's, 4096)")
     batch_size: int = Field(16, gt=0, description="hf: sequences per forward pass")
     trust_remote_code: bool = Field(False, description="run code shipped with the model (warns when on)")
-    fp32_head: bool = Field(True, description="output projection in fp32: judge log-probs without bf16 "
-                            "quantisation (~0.1 nat here) and the same on every engine")
+    fp32_head: bool = Field(True, description="score choices (the judge) with an fp32 output projection: "
+                            "log-probs without bf16 quantisation (~0.1 nat here), the same on every engine; "
+                            "sampling keeps the model's head")
     # vLLM
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM on GPU: share of memory to use")
     tensor_parallel_size: int = Field(1, gt=0, description="vLLM: GPUs per model")

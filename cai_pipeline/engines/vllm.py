@@ -6,7 +6,9 @@ stage's rows each send their next request the moment their last one finished and
 
 On a machine without a GPU we apply the CPU settings that work here (see DESIGN.md): KV cache size, OpenMP
 threads bound to every core we may use, eager mode, caches under $CAI_HOME, and the engine core in-process —
-which starts faster and makes a seeded call reproducible (we reseed torch before each call).
+which starts faster and makes a seeded call reproducible (we reseed torch before each call). There the fp32
+output head is used only to score choices; sampling uses the model's own head, as transformers does, and
+top-p goes through our sort-free nucleus processor (engines/nucleus.py).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from functools import partial
 
 from cai_pipeline.engines.base import Completion, EngineStats, GenParams, Message, error_completion
 from cai_pipeline.engines.chat import choice_token_ids, prompt_ids
 from cai_pipeline.errors import UserError
 from cai_pipeline.models import cai_home
+
+NUCLEUS, NUCLEUS_KEY = "cai_pipeline.engines.nucleus:Nucleus", "cai_top_p"  # the module imports vLLM
 
 
 def has_cuda() -> bool:
@@ -39,17 +44,21 @@ def cpu_environment(kv_cache_gb: float) -> dict[str, str]:
     }
 
 
-def keep_fp32_head(model) -> str:
-    """Give the output head its own fp32 weight, once. On CPU, vLLM's fp32 head casts the (tied, bf16) head
-    weight to fp32 at every decode step, ~20% of a step for a 49k vocabulary; an fp32 copy makes that cast a
-    no-op and leaves the numbers unchanged. The embedding keeps its bf16 weight, so the two are untied."""
+def set_head(model, fp32: bool) -> bool:
+    """Switch the output head between the model's dtype (sampling) and fp32 (scoring); False where this model
+    does not expose the pieces. On CPU, vLLM's fp32 head casts the bf16 weight (49k x 576 here) to fp32 at
+    every decode step, a fifth of the step: we keep one fp32 copy for scoring and sample with the bf16 head,
+    as transformers' generate does. The embedding keeps its own bf16 weight throughout."""
     import torch
 
-    head = getattr(model, "lm_head", None)
-    if not isinstance(getattr(head, "weight", None), torch.Tensor) or head.weight.dtype == torch.float32:
-        return "unchanged"
-    head.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
-    return "fp32 copy"
+    head, logits = getattr(model, "lm_head", None), getattr(model, "logits_processor", None)
+    if not isinstance(getattr(head, "weight", None), torch.Tensor) or not hasattr(logits, "head_dtype"):
+        return False
+    if not hasattr(model, "_cai_heads"):  # first call: remember both weights and vLLM's own head dtype
+        weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
+        model._cai_heads = {True: (weight, torch.float32), False: (head.weight, head.weight.dtype)}
+    head.weight, logits.head_dtype = model._cai_heads[fp32]
+    return True
 
 
 def import_vllm():
@@ -81,9 +90,12 @@ class VLLMEngine:
             enforce_eager=self.on_cpu, gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code,
             load_format="safetensors", hf_overrides={"head_dtype": "float32"} if fp32_head else None,
+            logits_processors=[NUCLEUS] if self.on_cpu else None,
         )
-        if fp32_head and self.on_cpu:
-            self.llm.apply_model(keep_fp32_head)  # on CUDA vLLM already accumulates in fp32 without a cast
+        self.nucleus = self.on_cpu  # on GPU vLLM's own top-p is fast
+        # On CUDA vLLM accumulates the fp32 head without a cast, so it stays on for every call there.
+        self._head_modes = fp32_head and self.on_cpu and all(self.llm.apply_model(partial(set_head, fp32=False)))
+        self._head_fp32 = False
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.stats = EngineStats()
@@ -102,8 +114,12 @@ class VLLMEngine:
 
     def _sampling(self, params: GenParams, prompt_len: int):
         # vLLM refuses n > 1 when greedy; greedy samples are identical anyway, so we copy one (see _completions).
+        sampling = params.temperature > 0
+        top_p = params.top_p if sampling else 1.0
+        nucleus = self.nucleus and top_p < 1.0  # our processor finds the nucleus without a vocabulary sort
         return self._vllm.SamplingParams(
-            n=params.n if params.temperature > 0 else 1, temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
+            n=params.n if sampling else 1, temperature=params.temperature, top_p=1.0 if nucleus else top_p,
+            extra_args={NUCLEUS_KEY: top_p} if nucleus else None,
             max_tokens=min(params.max_tokens, self.max_model_len - prompt_len), stop=list(params.stop),
         )
 
@@ -115,6 +131,11 @@ class VLLMEngine:
 
             torch.manual_seed(seed)
             self.llm.reset_prefix_cache()
+
+    def _use_head(self, fp32: bool) -> None:
+        if self._head_modes and self._head_fp32 != fp32:
+            self.llm.apply_model(partial(set_head, fp32=fp32))
+            self._head_fp32 = fp32
 
     def _request(self, conv: list[Message], params: GenParams):
         ids = prompt_ids(self.tokenizer, conv)
@@ -132,6 +153,7 @@ class VLLMEngine:
         return comps * n if len(comps) == 1 else comps
 
     def generate(self, convs: list[list[Message]], params: GenParams) -> list[list[Completion]]:
+        self._use_head(fp32=False)
         self._reseed(params.seed)
         requests, out = [], [None] * len(convs)
         for i, conv in enumerate(convs):
@@ -152,6 +174,7 @@ class VLLMEngine:
             return [error_completion(err)]
         if self._pump is None or self._pump.done():
             # A new burst of chains: reseed once, so the same shard replays the same way on resume.
+            self._use_head(fp32=False)
             self._reseed(params.seed)
             self._pump = asyncio.get_running_loop().create_task(self._step_while_pending())
         rid = f"chain-{next(self._ids)}"
@@ -187,6 +210,7 @@ class VLLMEngine:
         fits = [i for i, ids in enumerate(encoded) if len(ids) < self.max_model_len]
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=choice_ids)
         prompts = [self._vllm.inputs.TokensPrompt(prompt_token_ids=encoded[i]) for i in fits]
+        self._use_head(fp32=True)
         self.llm.reset_prefix_cache()
         results = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
         out: list[dict[str, float]] = [{} for _ in convs]  # empty: the conversation does not fit the context
