@@ -1,7 +1,9 @@
 """The sample → revise pass (K=2) against the engine's ceiling, on 48 prompts of the hh-rlhf harmless test.
 
-Ceiling: one `generate` call over independent single-turn prompts with exactly the prompt and output lengths
-the pass produced (ignore_eos, so every output is as long as in the pass). The pass's throughput over that
+Ceiling: the pass's own requests (the same conversations, so the same prefix-cache hits, each generating
+exactly as many tokens as in the pass: ignore_eos) with no dependencies between them, the same sampling, at
+most as many in flight as the pass had (N_PROMPTS x n), each slot refilled the moment it frees. The pass's
+throughput over that
 ceiling says how much the multi-step stage loses to waiting: chains (each row's next request goes in as
 soon as its last finished) vs rounds (one batch per step, every round waits for its slowest sequence).
 
@@ -10,7 +12,6 @@ soon as its last finished) vs rounds (one batch per step, every round waits for 
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from pathlib import Path
@@ -57,27 +58,40 @@ def run_pass(engine, mode: str, cfg) -> dict:
     samples = sample.run({"prompts": rows}, rec, ctx).rows
     revised = revise.run({"sample": samples}, rec, ctx)
     wall = time.perf_counter() - start
-    lengths = [(engine.count_tokens(conv), n) for conv, ns in rec.calls for n in ns]
-    tokens = sum(n for _, n in lengths)
+    from cai_pipeline.engines.chat import prompt_ids
+
+    requests = [(prompt_ids(engine.tokenizer, conv), n) for conv, ns in rec.calls for n in ns]
+    tokens = sum(n for _, n in requests)
     return {"mode": mode, "wall_s": round(wall, 1), "output_tokens": tokens, "tok_per_s": round(tokens / wall, 1),
             "prompts_per_min": round(N_PROMPTS / wall * 60, 1), "rows": len(revised.rows),
-            "requests": len(lengths), "lengths": lengths}
+            "requests": len(requests), "calls": requests}
 
 
-def ceiling(engine, lengths: list[tuple[int, int]]) -> float:
-    """tok/s of one generate call over independent prompts with the same (prompt, output) lengths."""
-    from vllm import SamplingParams
+def ceiling(engine, requests: list[tuple[list[int], int]], in_flight: int) -> float:
+    """tok/s of the pass's own requests (each conversation as token ids, and its output length) with no
+    dependencies between them: each of `in_flight` slots takes the next request the moment its last one
+    finished. Same sampling as the pass (top_p 0.95 through the engine's own path), the same prompts (so the
+    same prefix-cache hits), and as many in flight as the pass had at most: more would overflow the KV cache
+    and measure preemption instead."""
     from vllm.inputs import TokensPrompt
 
-    rng = random.Random(SEED)
-    prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(1000, 40000) for _ in range(p)]) for p, _ in lengths]
-    params = [SamplingParams(max_tokens=max(o, 1), min_tokens=max(o, 1), ignore_eos=True, temperature=0.8)
-              for _, o in lengths]
+    from cai_pipeline.engines import GenParams
+
+    queue = [(TokensPrompt(prompt_token_ids=ids), max(out, 1)) for ids, out in reversed(requests)]
+    core, active, tokens = engine.llm.llm_engine, 0, 0
     engine.llm.reset_prefix_cache()
     start = time.perf_counter()
-    outs = engine.llm.generate(prompts, params, use_tqdm=False)
-    wall = time.perf_counter() - start
-    return sum(len(o.outputs[0].token_ids) for o in outs) / wall
+    while queue or active:
+        while queue and active < in_flight:
+            prompt, out = queue.pop()
+            params = engine._sampling(GenParams(max_tokens=out, temperature=0.8, top_p=0.95), 0)
+            params.min_tokens, params.ignore_eos = out, True  # exactly as long as in the pass
+            core.add_request(f"ceiling-{len(queue)}", prompt, params)
+            active += 1
+        for output in core.step():
+            if output.finished:
+                active, tokens = active - 1, tokens + len(output.outputs[0].token_ids)
+    return tokens / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -98,7 +112,7 @@ def main() -> None:
               "workload": f"{N_PROMPTS} hh-rlhf prompts, n={N}, K={ROUNDS}, {MAX_TOKENS} max tokens per step"}
     for mode in ("chains", "rounds"):
         run = run_pass(engine, mode, cfg)
-        top = ceiling(engine, run.pop("lengths"))
+        top = ceiling(engine, run.pop("calls"), in_flight=N_PROMPTS * N)
         run.update(ceiling_tok_per_s=round(top, 1), over_ceiling=round(run["tok_per_s"] / top, 3))
         result[mode] = run
         print(f"{mode:6} {run['tok_per_s']:6.1f} tok/s  ceiling {top:6.1f}  ratio {run['over_ceiling']:.3f}"
