@@ -306,6 +306,11 @@ def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bo
         raise UserError(f"--stages: unknown stage {unknown[0]!r}; stages are sample,revise,pairs,judge,export,train")
     store = RunStore(cfg.out_dir)
     store.check_writable()
+    with store.lock():
+        return _run_locked(cfg, store, names, restart, engine)
+
+
+def _run_locked(cfg: RunConfig, store: RunStore, names: list[str], restart: bool, engine) -> dict:
     if restart:
         store.clear()
     assets = load_assets(cfg)

@@ -3,14 +3,19 @@
 A shard exists only when whole: it is written to a temporary name, fsynced, and renamed into place. The data
 part is written last, after the shard's rejects and stats, so its presence is the one mark of a finished
 shard; a shard cut short by a crash is simply done again (its rejects and stats are overwritten, never
-appended), which keeps every row exactly once.
+appended), which keeps every row exactly once. One `cai run` at a time holds the folder (`RunStore.lock`).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +87,30 @@ class RunStore:
             probe.unlink()
         except OSError as e:
             raise UserError(f"out_dir: cannot write to {self.root} ({e.strerror}); choose a writable folder") from None
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for this process: two runs on one folder would redo each other's shards and
+        overwrite each other's manifest. The kernel drops a flock when its process dies, so a crashed run
+        never leaves the folder held."""
+        with open(self.root / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise UserError(f"out_dir: {self.root} is in use by another run ({holder}); wait for it to "
+                                "finish, or choose another out_dir") from None
+            except OSError as e:  # a filesystem without locks (some network mounts): run, but say so
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                    raise
+                print(f"warning: {self.root} cannot be locked ({e.strerror}); run one `cai run` on it at a time",
+                      file=sys.stderr)
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}\n")
+            f.flush()
+            yield
 
     def shard_path(self, stage: str, index: int) -> Path:
         return self.root / stage / f"part-{index:05d}.parquet"

@@ -277,6 +277,16 @@ def test_run_folder_from_a_different_config(tmp_path, capsys, echo):
     assert rows(tmp_path / "run" / "sample") == before
 
 
+def test_a_folder_another_run_holds_is_refused(tmp_path, capsys, echo):
+    from cai_pipeline.store import RunStore
+
+    (tmp_path / "run").mkdir()
+    with RunStore(tmp_path / "run").lock():  # as another `cai run` would hold it
+        one_line(capsys, cai(tmp_path), "in use by another run", f"pid {os.getpid()}", "another out_dir")
+        assert not (tmp_path / "run" / "manifest.json").exists()
+    assert cai(tmp_path) == 0  # free again once the holder lets go (or dies: the kernel drops the lock)
+
+
 def test_damaged_manifest(tmp_path, capsys, echo):
     assert cai(tmp_path) == 0
     write(tmp_path / "run" / "manifest.json", '{"stages": {')
