@@ -10,6 +10,7 @@ import torch
 
 from cai_pipeline.engines.base import Completion, EngineStats, GenParams, Message, error_completion
 from cai_pipeline.engines.chat import choice_token_ids, prompt_ids, trim_at_stop
+from cai_pipeline.engines.nucleus import mask_outside_nucleus_
 from cai_pipeline.errors import UserError
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -40,6 +41,19 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+class TemperatureNucleus:
+    """A transformers logits processor: temperature, then our sort-free top-p (nucleus.py). transformers runs
+    a custom processor before its own warpers, so this one does both, and generate gets temperature 1 and
+    top_p 1 (no warpers of its own): the same scores / T, the same kept tokens, without the vocabulary sort."""
+
+    def __init__(self, temperature: float, top_p: float):
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores / self.temperature
+        return mask_outside_nucleus_(scores, torch.full((scores.shape[0],), self.top_p))
+
+
 class HFEngine:
     name = "hf"
 
@@ -49,6 +63,7 @@ class HFEngine:
         self.tokenizer, self.lm = load_model(model, dtype, trust_remote_code)
         self.batch_size = batch_size
         self.fp32_head = fp32_head
+        self.nucleus = True  # top-p by TemperatureNucleus rather than transformers' sort
         self.max_model_len = max_model_len or min(self.lm.config.max_position_embeddings, 4096)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = self._eos_ids()
@@ -89,8 +104,7 @@ class HFEngine:
         per_row = params.n if sampling else 1
         gen = self.lm.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max(budget), do_sample=sampling,
-            temperature=params.temperature if sampling else None, top_p=params.top_p if sampling else None,
-            top_k=None, num_return_sequences=per_row, pad_token_id=self.pad_id,
+            **self._warping(params), top_k=None, num_return_sequences=per_row, pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
             stop_strings=list(params.stop) or None, tokenizer=self.tokenizer if params.stop else None,
         )
@@ -98,6 +112,16 @@ class HFEngine:
         self.stats.prompt_tokens += int(mask.sum()) * per_row
         return [[self._completion(new[b * per_row + (k % per_row)], budget[b], params) for k in range(params.n)]
                 for b in range(len(seqs))]
+
+    def _warping(self, params: GenParams) -> dict:
+        if params.temperature <= 0:
+            return {"temperature": None, "top_p": None}
+        if self.nucleus and params.top_p < 1.0:
+            from transformers import LogitsProcessorList
+
+            return {"temperature": 1.0, "top_p": 1.0,
+                    "logits_processor": LogitsProcessorList([TemperatureNucleus(params.temperature, params.top_p)])}
+        return {"temperature": params.temperature, "top_p": params.top_p}
 
     def _completion(self, tokens: list[int], budget: int, params: GenParams) -> Completion:
         end = next((j for j, t in enumerate(tokens) if t in self.eos_ids), None)

@@ -8,7 +8,7 @@ On a machine without a GPU we apply the CPU settings that work here (see DESIGN.
 threads bound to every core we may use, eager mode, caches under $CAI_HOME, and the engine core in-process —
 which starts faster and makes a seeded call reproducible (we reseed torch before each call). There the fp32
 output head is used only to score choices; sampling uses the model's own head, as transformers does, and
-top-p goes through our sort-free nucleus processor (engines/nucleus.py).
+top-p goes through our sort-free nucleus processor (engines/vllm_nucleus.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from functools import partial
 
 from cai_pipeline.engines.base import Completion, EngineStats, GenParams, Message, error_completion
 from cai_pipeline.engines.chat import choice_token_ids, prompt_ids
+from cai_pipeline.engines.nucleus import KEY as NUCLEUS_KEY
 from cai_pipeline.errors import UserError
 from cai_pipeline.models import cai_home
 
-NUCLEUS, NUCLEUS_KEY = "cai_pipeline.engines.nucleus:Nucleus", "cai_top_p"  # the module imports vLLM
+NUCLEUS = "cai_pipeline.engines.vllm_nucleus:Nucleus"  # by name: vLLM imports it, we need not
 
 
 def has_cuda() -> bool:
