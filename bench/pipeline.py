@@ -3,9 +3,9 @@
 Ceiling: the pass's own requests (the same conversations, so the same prefix-cache hits, each generating
 exactly as many tokens as in the pass: ignore_eos) with no dependencies between them, the same sampling, at
 most as many in flight as the pass had (N_PROMPTS x n), each slot refilled the moment it frees. The pass's
-throughput over that
-ceiling says how much the multi-step stage loses to waiting: chains (each row's next request goes in as
-soon as its last finished) vs rounds (one batch per step, every round waits for its slowest sequence).
+throughput over that ceiling says how much the multi-step stage loses to waiting: chains (each row's next
+request goes in as soon as its last finished) vs rounds (one batch per step, every round waits for its
+slowest sequence).
 
     .venv/bin/python bench/pipeline.py            # results in bench/results/pipeline.json
 """

@@ -102,14 +102,18 @@ def test_vllm_scores_with_an_fp32_head_and_samples_with_the_model_head(vllm_engi
     assert vllm_engine.choice_logprobs(JUDGE_LIKE, ["A", "B"]) == first  # switching back is exact
 
 
+def prompts_whose_samples_agree(out) -> int:
+    return sum(len({c.text for c in comps}) == 1 for comps in out)
+
+
 def test_top_p_reaches_the_sampler(engine):
     # top_p → 0 leaves only the most likely token (or tokens tied with it in bf16), so even at temperature 1.5
     # the n samples of a prompt agree; with top-p lost on the way (our nucleus processor not engaged, or
     # handed the wrong p) they would all differ.
     hot = GenParams(n=6, max_tokens=8, temperature=1.5, seed=4)
-    agree = lambda out: sum(len({c.text for c in comps}) == 1 for comps in out)  # noqa: E731
-    assert agree(engine.generate(PROMPTS, replace(hot, top_p=1e-6))) >= 2  # a tie at the top splits a prompt
-    assert agree(engine.generate(PROMPTS, hot)) == 0
+    tiny_p = engine.generate(PROMPTS, replace(hot, top_p=1e-6))
+    assert prompts_whose_samples_agree(tiny_p) >= 2  # a tie at the top splits a prompt
+    assert prompts_whose_samples_agree(engine.generate(PROMPTS, hot)) == 0
 
 
 def test_choices_must_be_single_tokens(engine):
