@@ -25,9 +25,9 @@ N_PROMPTS, N, MAX_TOKENS, SEED = 32, 2, 128, 0
 
 def measure(kind: str) -> dict:
     from cai_pipeline.config import load_config
+    from cai_pipeline.console import quiet_libraries
     from cai_pipeline.engines import GenParams, make_engine
     from cai_pipeline.records import SampleRecord
-    from cai_pipeline.report import quiet_libraries
     from cai_pipeline.stages import sample
     from cai_pipeline.stages.base import StageContext
     from cai_pipeline.store import RunStore

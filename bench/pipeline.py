@@ -99,8 +99,8 @@ def main() -> None:
     if len(sys.argv) > 1:  # a smaller smoke run: bench/pipeline.py 8
         N_PROMPTS = int(sys.argv[1])
     from cai_pipeline.config import load_config
+    from cai_pipeline.console import quiet_libraries
     from cai_pipeline.engines import make_engine
-    from cai_pipeline.report import quiet_libraries
 
     quiet_libraries()
     load = load_average()

@@ -199,8 +199,8 @@ def main() -> None:
     global N_PROMPTS
     import json
 
+    from cai_pipeline.console import quiet_libraries
     from cai_pipeline.engines import GenParams, make_engine
-    from cai_pipeline.report import quiet_libraries
 
     N_PROMPTS, parts = parse_args()
     quiet_libraries()

@@ -11,6 +11,7 @@ import sys
 
 from cai_pipeline import __version__
 from cai_pipeline.errors import UserError
+from cai_pipeline.stages import NAMES as STAGE_NAMES
 
 EPILOG = """\
 examples:
@@ -23,9 +24,34 @@ examples:
   cai train configs/demo.yaml train.loss=simpo        train on the run's preference dataset
   cai compare outputs/v1 outputs/v2                   what changed between two runs (say, two constitutions)
 
-A run writes everything to its out_dir: sample/ revise/ pairs/ judge/ shards, datasets/ (sft, preferences, a
-dataset card), rejects/ (every dropped row with its reason) and manifest.json. Running again resumes.
+Options and key=value overrides go in any order. A run writes everything to its out_dir: sample/ revise/
+pairs/ judge/ shards, datasets/ (sft, preferences, a dataset card), rejects/ (every dropped row with its
+reason) and manifest.json. Running again resumes; --restart deletes only what a run made (see README).
 """
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Options anywhere among the positionals (`cai run CONFIG --stages sample prompts.limit=2`): a command's
+    own parser uses argparse's intermixed parsing; a parser of subcommands dispatches as usual."""
+
+    _mixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._mixing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
+
+
+def add_overrides(p: argparse.ArgumentParser, example: str = "prompts.limit=4") -> None:
+    p.add_argument("overrides", nargs="*", default=[], help=f"dotted key=value overrides, e.g. {example}")
+
+
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="keep vLLM's and transformers' own log output")
 
 
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
@@ -49,17 +75,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from cai_pipeline.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
-    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    run_pipeline(cfg, stages=stages, restart=args.restart, config_path=args.config)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages is not None else None
+    run_pipeline(cfg, stages=stages, restart=args.restart, verbose=args.verbose)
     return 0
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the pipeline stages of a config (resumes an existing run folder)")
     p.add_argument("config", help="a run config YAML, e.g. configs/demo.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. prompts.limit=4")
-    p.add_argument("--stages", help="comma-separated subset: sample,revise,pairs,judge,export,train")
-    p.add_argument("--restart", action="store_true", help="discard the run folder's shards and start over")
+    add_overrides(p)
+    p.add_argument("--stages", help=f"comma-separated subset, in any order: {','.join(STAGE_NAMES)}")
+    p.add_argument("--restart", action="store_true", help="delete what earlier runs made in out_dir (only in a "
+                   "folder with a cai-pipeline manifest, only the entries a run writes) and start over")
+    add_verbose(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -80,7 +108,7 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     csub = p.add_subparsers(dest="config_cmd", required=True)
     show = csub.add_parser("show", help="the config after defaults and overrides, as YAML")
     show.add_argument("config")
-    show.add_argument("overrides", nargs="*")
+    add_overrides(show)
     show.set_defaults(func=_cmd_config)
     csub.add_parser("reference", help="every key with its default, as a Markdown table").set_defaults(func=_cmd_config)
 
@@ -101,7 +129,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = IntermixedParser(
         prog="cai",
         description="Constitutional AI data generation: sample, critique and revise against a constitution, "
         "judge pairs with AI feedback, export SFT and preference datasets, train with DPO/IPO/SimPO/ORPO.",

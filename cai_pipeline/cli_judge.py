@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from cai_pipeline.engines.base import Failure
 from cai_pipeline.errors import UserError
 from cai_pipeline.inputs import hh_split, read_rows
 from cai_pipeline.rng import rng_for, stable_id
@@ -65,25 +66,37 @@ def labelled_pair(where: str, obj: dict) -> tuple[dict | None, str]:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, ""
 
 
+def data_files(path: str) -> list[Path]:
+    """A file, or every file of a known type in a folder (a run's datasets/preferences, a Hugging Face dataset
+    folder), in name order."""
+    given = Path(path).expanduser()
+    if given.is_dir():
+        files = sorted(f for f in given.rglob("*") if f.is_file() and f.name.lower().endswith(_SUFFIXES))
+        if not files:
+            raise UserError(f"--data: {given} holds no {', '.join(_SUFFIXES)} files; give a file or a folder of them")
+        return files
+    if not given.is_file():
+        raise UserError(f"--data: {given} does not exist; give an hh-rlhf .jsonl(.gz), a prompt/chosen/rejected "
+                        "JSONL or Parquet file, or a folder of them")
+    if not given.name.lower().endswith(_SUFFIXES):
+        raise UserError(f"--data: {given}: unknown file type; use {', '.join(_SUFFIXES)}")
+    return [given]
+
+
 def read_labelled(path: str, limit: int | None) -> tuple[list[dict], Counter]:
-    """The first `limit` usable rows of the file, and the count of skipped rows by reason."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"--data: {file} does not exist; give an hh-rlhf .jsonl(.gz) or a prompt/chosen/rejected "
-                        "JSONL or Parquet file")
-    if not file.name.lower().endswith(_SUFFIXES):
-        raise UserError(f"--data: {file}: unknown file type; use {', '.join(_SUFFIXES)}")
+    """The first `limit` usable rows of the file (or folder), and the count of skipped rows by reason."""
     pairs, skipped = [], Counter()
-    for lineno, obj in read_rows(file, "auto"):
-        if limit is not None and len(pairs) >= limit:
-            break
-        pair, why = labelled_pair(f"{file}:{lineno}", obj)
-        if pair is None:
-            skipped[why] += 1
-        else:
-            pairs.append(pair)
+    for file in data_files(path):
+        for lineno, obj in read_rows(file, "auto"):
+            if limit is not None and len(pairs) >= limit:
+                return pairs, skipped
+            pair, why = labelled_pair(f"{file}:{lineno}", obj)
+            if pair is None:
+                skipped[why] += 1
+            else:
+                pairs.append(pair)
     if not pairs:
-        raise UserError(f"{file}: no usable rows (skipped: {dict(skipped) or 'none'}); {_EXAMPLE}")
+        raise UserError(f"{path}: no usable rows (skipped: {dict(skipped) or 'none'}); {_EXAMPLE}")
     return pairs, skipped
 
 
@@ -137,7 +150,7 @@ def eval_metrics(records: list[dict], chosen_first: list[bool]) -> dict:
     verdicts = [v for r, _ in ok for v in r["verdicts"] if v["p_a_second"] is not None]
     return {
         "n": len(ok),
-        "failed": dict(Counter(r["error"].split(":", 1)[0] for r in records if r["error"])),
+        "failed": dict(Counter(Failure(r["error"]).reason for r in records if r["error"])),
         "accuracy": _mean([float(_right(r["p_a"], c)) for r, c in ok]),
         "accuracy_first_order_only": _mean([float(_right(_first_order_p(r), c)) for r, c in ok]),
         "consistency": _mean([float(r["consistent"]) for (r, _), b in zip(ok, both) if b]),
@@ -187,10 +200,10 @@ def format_table(report: dict) -> str:
 
 
 def _cmd_judge_eval(args: argparse.Namespace) -> int:
-    from cai_pipeline.config import resolve_resource
+    from cai_pipeline.bundled import resolve_resource
+    from cai_pipeline.console import quiet_libraries
     from cai_pipeline.constitution import load_constitution
     from cai_pipeline.engines import make_engine
-    from cai_pipeline.report import quiet_libraries
     from cai_pipeline.templates import TemplateSet
 
     quiet_libraries()

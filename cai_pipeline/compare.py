@@ -33,6 +33,8 @@ def run_stats(store: RunStore) -> dict[str, str]:
     stats = {"model": manifest.get("model", ""), "seed": str(manifest.get("seed", "")),
              "constitution sha256": manifest.get("constitution_sha256", "")[:12]}
     for name, s in manifest.get("stages", {}).items():
+        if "shards_total" not in s:  # a run-scope stage: no rows in and out
+            continue
         stats[f"{name}: out / in"] = f"{s.get('out', 0)} / {s.get('in', 0)}"
         stats[f"{name}: rejected"] = str(sum(s.get("rejected", {}).values()))
     revised = store.read_stage("revise")
@@ -71,7 +73,7 @@ def constitution_changes(a: RunStore, b: RunStore) -> list[str]:
     from cai_pipeline.cli_constitution import diff_constitutions
     from cai_pipeline.constitution import load_constitution
 
-    paths = [s.root / "constitution.yaml" for s in (a, b)]
+    paths = [s.layout.constitution for s in (a, b)]
     if not all(p.exists() for p in paths):
         return ["(a run has no constitution snapshot; made before snapshots were kept)"]
     return diff_constitutions(load_constitution(paths[0]), load_constitution(paths[1]))

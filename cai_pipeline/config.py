@@ -14,14 +14,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cai_pipeline import stages as stage_list
+from cai_pipeline.bundled import PROJECT_ROOT, RESOURCES, resolve_resource
 from cai_pipeline.errors import UserError
 from cai_pipeline.train.config import TrainConfig
+from cai_pipeline.yamlio import dotted, duplicate_keys, parse, syntax_problem
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# The shipped constitutions and prompt templates. In a checkout these are links to the top-level folders
-# (edit those); a wheel carries copies, so an installed package finds them too.
-RESOURCES = Path(__file__).resolve().parent / "resources"
-STAGES = ("sample", "revise", "pairs", "judge", "export", "train")
+__all__ = ["PROJECT_ROOT", "RESOURCES", "RunConfig", "load_config", "resolve_resource"]
+
 
 
 class Strict(BaseModel):
@@ -96,12 +96,12 @@ class ExportConfig(Strict):
 
 
 class RunConfig(Strict):
-    out_dir: str = Field(description="the run folder; running again resumes it")
+    out_dir: str = Field(min_length=1, description="the run folder; running again resumes it")
     seed: int = Field(0, description="every random choice derives from it and the row's ids")
     model: str = Field("embedded", description="`embedded`, a local Hugging Face folder, or a hub id")
     constitution: str = Field("constitutions/harmless.yaml", description="constitution YAML")
-    stages: list[str] = Field(["sample", "revise", "pairs", "judge", "export"],
-                              description="sample, revise, pairs, judge, export, train")
+    stages: list[str] = Field(["sample", "revise", "pairs", "judge", "export"], min_length=1,
+                              description=", ".join(stage_list.NAMES))
     shard_size: int = Field(64, gt=0, description="prompts per shard: the unit of resume")
     engine: EngineConfig = EngineConfig()
     prompts: PromptsConfig = PromptsConfig()
@@ -113,10 +113,12 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
-    def _known_stages(self) -> RunConfig:
+    def _known(self) -> RunConfig:
+        if not self.out_dir.strip():
+            raise ValueError("out_dir must name a folder, e.g. out_dir=outputs/try (empty would mean the current one)")
         for s in self.stages:
-            if s not in STAGES:
-                raise ValueError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
+            if s not in stage_list.BY_NAME:
+                raise ValueError(stage_list.unknown_stage_message(s))
         return self
 
 
@@ -145,30 +147,23 @@ def reference_markdown() -> str:
     return "\n".join(lines)
 
 
-def resolve_resource(path: str) -> Path:
-    """A path as given (relative to the working directory), else one of the shipped resources, so
-    `constitutions/harmless.yaml` works from any folder and from an installed package."""
-    p = Path(path).expanduser()
-    if p.exists() or p.is_absolute():
-        return p
-    bundled = RESOURCES / p
-    return bundled if bundled.exists() else p
-
-
 def load_yaml(path: Path) -> Any:
     if not path.exists():
         raise UserError(f"{path}: file not found; check the path")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the YAML
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     try:
-        return yaml.safe_load(text)
+        node, data = parse(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{where}: YAML syntax error: {problem}") from None
+        line, problem = syntax_problem(e)
+        raise UserError(f"{path}:{line}: YAML syntax error: {problem}") from None
+    repeated = duplicate_keys(node)
+    if repeated:
+        line, loc, message = repeated[0]
+        raise UserError(f"{path}:{line}: {dotted(loc)}: {message}")
+    return data
 
 
 def apply_override(data: dict, item: str) -> None:

@@ -29,8 +29,9 @@ from pydantic import (
     model_validator,
 )
 
-from cai_pipeline.config import resolve_resource
+from cai_pipeline.bundled import resolve_resource
 from cai_pipeline.errors import UserError
+from cai_pipeline.yamlio import dotted, duplicate_keys, line_of, parse, syntax_problem
 
 # Variables a principle text may use: none (see the module docstring). Kept as a set so the check and the
 # docs name one source of truth if we ever allow some.
@@ -122,7 +123,7 @@ class Constitution(_Strict):
         problems = cross_reference_problems(self.model_dump())
         if problems:
             loc, message = problems[0]
-            raise ValueError(f"{_field(loc)}: {message}")
+            raise ValueError(f"{dotted(loc)}: {message}")
         return self
 
     def __eq__(self, other: object) -> bool:
@@ -130,12 +131,6 @@ class Constitution(_Strict):
         return isinstance(other, Constitution) and self.model_dump() == other.model_dump()
 
     __hash__ = None  # mutable model; equality is by content
-
-    def principle(self, principle_id: str) -> Principle:
-        for p in self.principles:
-            if p.id == principle_id:
-                return p
-        raise KeyError(f"{self.name}: no principle {principle_id!r}")
 
     def template_dir(self) -> Path | None:
         """The constitution's own template folder, resolved against the file it was loaded from."""
@@ -179,60 +174,6 @@ def cross_reference_problems(data: Any) -> list[tuple[tuple, str]]:
 # Loading and validation
 
 
-def _field(loc: Sequence[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _parse(text: str) -> tuple[yaml.Node | None, Any]:
-    """The YAML node tree (for line numbers) and the data it constructs, from one parse."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        return node, (loader.construct_document(node) if node is not None else None)
-    finally:
-        loader.dispose()
-
-
-def _line_of(root: yaml.Node | None, loc: Sequence[Any]) -> int:
-    """1-based line of the deepest node along `loc` that exists (the key's line for mapping entries)."""
-    if root is None:
-        return 1
-    node, line = root, root.start_mark.line + 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == part), None)
-            if match is None:
-                return line
-            line, node = match[0].start_mark.line + 1, match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-def _duplicate_keys(node: yaml.Node | None, loc: tuple = ()) -> list[tuple[int, tuple, str]]:
-    """(line, location, message) for each repeated key. PyYAML silently keeps the last of two equal keys, and
-    an edited file often has exactly that mistake."""
-    problems: list[tuple[int, tuple, str]] = []
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for k, v in node.value:
-            if k.value in seen:
-                msg = "appears twice in this mapping (the last one wins); remove one"
-                problems.append((k.start_mark.line + 1, loc + (k.value,), msg))
-            seen.add(k.value)
-            problems += _duplicate_keys(v, loc + (k.value,))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            problems += _duplicate_keys(item, loc + (i,))
-    return problems
-
-
 def _known_keys(loc: tuple) -> list[str]:
     parent = [p for p in loc[:-1] if isinstance(p, str)]
     model = {"principles": Principle, "few_shot": FewShot}.get(parent[0] if parent else "", Constitution)
@@ -273,15 +214,14 @@ def _read(path: Path, shown: str) -> tuple[yaml.Node | None, Any, list[str]]:
     except UnicodeDecodeError as e:
         return None, None, [f"{shown}:1: (file): not UTF-8 text (byte {e.start}); save it as UTF-8"]
     try:
-        node, data = _parse(text)
+        node, data = parse(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        return None, None, [f"{shown}:{mark.line + 1 if mark else 1}: (yaml): syntax error: {problem}"]
+        line, problem = syntax_problem(e)
+        return None, None, [f"{shown}:{line}: (yaml): syntax error: {problem}"]
     return node, data, []
 
 
-def _template_folder_problems(data: dict, path: Path, node: yaml.Node) -> tuple[list[tuple], list[str]]:
+def _template_folder_problems(data: dict, path: Path) -> tuple[list[tuple], list[str]]:
     """A missing folder is a problem in this file; problems inside its templates are in those files."""
     folder = data.get("templates")
     if not isinstance(folder, str) or not folder.strip():
@@ -302,11 +242,11 @@ def _check(path: str | Path) -> tuple[Any, list[str]]:
         return None, problems
     if not isinstance(data, dict):
         return None, [f"{shown}:1: (top level): expected a mapping with name, version, principles; see docs/constitutions.md"]
-    folder_problems, template_problems = _template_folder_problems(data, resolved, node)
+    folder_problems, template_problems = _template_folder_problems(data, resolved)
     located = _pydantic_problems(data) + cross_reference_problems(data) + folder_problems
-    lines = [(_line_of(node, loc), loc, msg) for loc, msg in located] + _duplicate_keys(node)
+    lines = [(line_of(node, loc), loc, msg) for loc, msg in located] + duplicate_keys(node)
     lines.sort(key=lambda t: t[0])
-    return data, [f"{shown}:{line}: {_field(loc)}: {msg}" for line, loc, msg in lines] + template_problems
+    return data, [f"{shown}:{line}: {dotted(loc)}: {msg}" for line, loc, msg in lines] + template_problems
 
 
 def validate_file(path: str | Path) -> list[str]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cai_pipeline.errors import UserError
+from cai_pipeline.records import make_reject
 from cai_pipeline.rng import stable_id
 
 BUNDLED_PROMPTS = Path(__file__).parent / "data" / "prompts.jsonl"
@@ -116,11 +117,6 @@ def _messages(where: str, obj: dict) -> list[dict]:
     raise UserError(f"{where}: row has neither 'prompt' nor 'messages' (nor hh-rlhf 'chosen'); add one of them")
 
 
-def _reject(key: str, reason: str, detail: str, row: dict) -> dict:
-    return {"stage": "prompts", "key": key, "reason": reason, "detail": detail,
-            "row": json.dumps(row, ensure_ascii=False, default=str)}
-
-
 def read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
     """(line or row number, row) for every row of a JSONL/Parquet/CSV file, by `fmt` or the file name."""
     name = path.name.lower()
@@ -152,9 +148,9 @@ def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = Non
             messages = [{"role": "system", "content": system_prompt}, *messages]
         pid = str(obj.get("prompt_id") or prompt_id(messages))
         if not any(m["content"].strip() for m in messages if m["role"] == "user"):
-            out.rejects.append(_reject(pid, "empty_prompt", f"line {lineno}: the prompt is empty or whitespace", obj))
+            out.rejects.append(make_reject("prompts", pid, "empty_prompt", f"line {lineno}: the prompt is empty or whitespace", obj))
         elif pid in seen:
-            out.rejects.append(_reject(pid, "duplicate_prompt", f"line {lineno}: prompt_id {pid} seen before", obj))
+            out.rejects.append(make_reject("prompts", pid, "duplicate_prompt", f"line {lineno}: prompt_id {pid} seen before", obj))
         else:
             seen.add(pid)
             out.rows.append({"prompt_id": pid, "prompt": messages})

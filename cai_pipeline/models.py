@@ -7,8 +7,8 @@ bf16 safetensors checkpoint under $CAI_HOME so every engine (vLLM, transformers)
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
-import shutil
 from pathlib import Path
 
 from cai_pipeline.errors import UserError
@@ -50,14 +50,11 @@ def prepare_embedded(force: bool = False) -> Path:
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    # Write to a sibling folder and rename, so a killed conversion never leaves a half checkpoint behind.
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(torch.bfloat16).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    from cai_pipeline.store import atomic_folder
+
+    model = model.to(torch.bfloat16)
+    # Written to a sibling folder and swapped in, so a killed conversion never leaves a half checkpoint behind.
+    return atomic_folder(out, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
 
 
 def resolve_model(name: str) -> str:
@@ -76,3 +73,44 @@ def resolve_model(name: str) -> str:
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise UserError(f"model: {name} does not exist; give a local model folder, a hub id, or `embedded`")
     return name
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").exists() or (folder / "chat_template.json").exists():
+        return True
+    config = folder / "tokenizer_config.json"
+    try:
+        return bool(config.exists() and json.loads(config.read_text()).get("chat_template"))
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        return False
+
+
+def check_model(name: str, key: str) -> str:
+    """Before any stage starts: the model named by config key `key` exists and can run here — a folder with
+    config.json, safetensors weights and a tokenizer with a chat template. Returns the resolved path (a hub id
+    is returned as it is: where a hub is reachable the engine fetches it). One clear line otherwise."""
+    try:
+        path = resolve_model(name)
+    except UserError as e:
+        raise UserError(str(e).replace("model:", f"{key}:", 1)) from None
+    folder = Path(path)
+    if not folder.is_dir():
+        first = Path(name).parts[0] if Path(name).parts else name
+        if Path(first).is_dir():  # "models/judge" where models/ is a local folder: a typo, not a hub id
+            raise UserError(f"{key}: {name} does not exist; give a local model folder, a hub id, or `embedded`")
+        return path
+    problem = None
+    if not any(folder.glob("*.safetensors")):
+        found = ", ".join(sorted(p.name for p in folder.glob("*.bin")) or ["no weights"])
+        problem = f"has no .safetensors weights ({found}); only safetensors are loaded, convert it with " \
+                  "save_pretrained(..., safe_serialization=True)"
+    elif not any((folder / f).exists() for f in _TOKENIZER_FILES):
+        problem = "has no tokenizer (tokenizer.json or tokenizer_config.json); save the tokenizer beside the weights"
+    elif not _has_chat_template(folder):
+        problem = "has a tokenizer without a chat template; use an instruction-tuned model or add chat_template.jinja"
+    if problem:
+        raise UserError(f"{key}: {path} {problem}")
+    return path

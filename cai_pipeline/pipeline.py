@@ -1,71 +1,57 @@
-"""The pipeline: an ordered list of stages, run shard by shard into a resumable run folder.
+"""The pipeline: validate everything, then run the configured stages in order into a resumable run folder.
 
-Each generation stage reads shard i of its inputs and writes shard i of its output (see store.py). A finished
-shard is never redone, so running the same command again resumes. Every stage's settings are fingerprinted
-in the manifest; a run folder made with other settings is refused (or cleared with --restart), because
-mixing shards from two configurations would silently corrupt the datasets.
+    run_pipeline → check config, inputs, models and the folder (nothing is touched before this passes)
+                 → lock the folder, write the manifest → per stage: sharded stages through an executor
+                   (each shard by `run_shard`), run-scope stages here → summary
+
+`run_shard` is the one place a shard is computed: skip if done → read inputs → run → write atomically →
+return stats. It keeps no progress bar and no manifest; the driver does (datatrove's `_run_for_rank` is the
+model), so the local loop and a Ray actor call the very same function.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
-from cai_pipeline import __version__, records
-from cai_pipeline.config import PROJECT_ROOT, RunConfig, resolve_resource
+from cai_pipeline import __version__
+from cai_pipeline.bundled import PROJECT_ROOT, resolve_resource
+from cai_pipeline.config import RunConfig
 from cai_pipeline.errors import UserError
+from cai_pipeline.fingerprint import (
+    changed_keys,
+    check_resume,
+    run_fingerprint,
+    sha,
+    shard_fingerprints,
+    shown,
+)
 from cai_pipeline.inputs import LoadedPrompts, load_prompts
-from cai_pipeline.report import print_summary, progress, quiet_libraries
-from cai_pipeline.stages.base import StageContext, StageResult
-from cai_pipeline.store import RunStore, atomic_write_text, write_parquet
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    name: str
-    inputs: tuple[str, ...]
-    record: type
-    engine: str | None  # "policy", "judge", or None for stages that need no model
-    settings: tuple[str, ...]  # config sections that change this stage's output
-
-
-SPECS = {
-    "sample": StageSpec("sample", ("prompts",), records.SampleRecord, "policy",
-                        ("model", "engine", "seed", "shard_size", "prompts", "sample")),
-    "revise": StageSpec("revise", ("sample",), records.ReviseRecord, "policy", ("revise",)),
-    "pairs": StageSpec("pairs", ("sample", "revise"), records.PairRecord, None, ("pairs",)),
-    "judge": StageSpec("judge", ("pairs",), records.JudgeRecord, "judge", ("judge",)),
-}
-SHARDED = tuple(SPECS)
-_OPERATIONAL = {"concurrency", "max_retries", "timeout_s", "api_key_env"}  # engine keys that change no output
-
-
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def stage_inputs(spec: StageSpec, cfg: RunConfig) -> tuple[str, ...]:
-    """Pairs read revise shards only where revision pairs are wanted and the run revises."""
-    if spec.name == "pairs" and not (cfg.pairs.revision and "revise" in cfg.stages):
-        return ("sample",)
-    return spec.inputs
+from cai_pipeline.stages import BY_NAME, SHARDED, STAGES, Stage, ordered, unknown_stage_message
+from cai_pipeline.stages.base import RunContext, StageContext, StageResult
+from cai_pipeline.store import PACKAGE, RunStore, atomic_write_text
 
 
 @dataclass
 class Assets:
-    """What a run reads besides its config, loaded once."""
+    """What a run reads besides its config, loaded (and validated) once; a Ray actor loads its own copy."""
 
+    cfg: RunConfig
     prompts: LoadedPrompts
     constitution: object = None
     templates: object = None
     hashes: dict = field(default_factory=dict)
+
+    def prompt_shard(self, index: int) -> list[dict]:
+        size = self.cfg.shard_size
+        return self.prompts.rows[index * size : (index + 1) * size]
+
+    @property
+    def prompt_shards(self) -> int:
+        return -(-len(self.prompts.rows) // self.cfg.shard_size)
 
 
 def load_assets(cfg: RunConfig) -> Assets:
@@ -76,50 +62,208 @@ def load_assets(cfg: RunConfig) -> Assets:
                            system_prompt=cfg.prompts.system_prompt)
     constitution = load_constitution(resolve_resource(cfg.constitution))
     templates = TemplateSet.for_constitution(constitution)
-    hashes = {"prompts": _sha(prompts.rows), "constitution": constitution_sha256(constitution),
+    hashes = {"prompts": sha(prompts.rows), "constitution": constitution_sha256(constitution),
               "templates": templates.template_hashes()}
-    return Assets(prompts, constitution, templates, hashes)
+    return Assets(cfg, prompts, constitution, templates, hashes)
 
 
-def fingerprints(cfg: RunConfig, assets: Assets) -> dict[str, dict]:
-    """Per stage: the settings that shape its output, including everything upstream of it."""
-    dump = cfg.model_dump()
-    dump["engine"] = {k: v for k, v in dump["engine"].items() if k not in _OPERATIONAL}
-    extra = {"sample": {"prompts_sha256": assets.hashes["prompts"]},
-             "revise": {"constitution_sha256": assets.hashes["constitution"], "templates": assets.hashes["templates"]},
-             "judge": {"constitution_sha256": assets.hashes["constitution"], "templates": assets.hashes["templates"]}}
-    out, upstream = {}, {}
-    for name, spec in SPECS.items():
-        upstream = {**upstream, **{k: dump[k] for k in spec.settings}, **extra.get(name, {})}
-        out[name] = dict(upstream)
+# ---------------------------------------------------------------------------------------------------------
+# One shard
+
+
+def read_inputs(stage: Stage, store: RunStore, shard: int, assets: Assets) -> dict[str, list[dict]]:
+    out = {}
+    for name in stage.inputs_for(assets.cfg):
+        if name == "prompts":
+            out[name] = assets.prompt_shard(shard)
+        elif not store.has_shard(name, shard):
+            raise UserError(f"stage input {store.layout.shard(name, shard)} is missing; "
+                            f"run --stages {name} first (or the whole pipeline)")
+        else:
+            out[name] = store.read_shard(name, shard)
     return out
 
 
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _changed_keys(a, b, f"{prefix}{k}.")
-        elif a != b:
-            keys.append(f"{prefix}{k}")
-    return keys
+def shard_stats(result: StageResult, n_in: int, seconds: float, tokens: int) -> dict:
+    return {"in": n_in, "out": len(result.rows), "rejected": dict(Counter(r["reason"] for r in result.rejects)),
+            "counts": dict(result.counts), "seconds": round(seconds, 3), "output_tokens": tokens}
 
 
-def check_resume(store: RunStore, manifest: dict | None, prints: dict[str, dict]) -> None:
-    """Refuse to mix shards made under different settings; say which settings differ."""
-    if not manifest:
-        return
-    for name in SHARDED:
-        old = manifest.get("fingerprints", {}).get(name)
-        if old is None or not store.shard_indices(name):
-            continue
-        changed = _changed_keys(old, prints[name])
-        if changed:
-            shown = ", ".join(changed[:4]) + (" …" if len(changed) > 4 else "")
-            raise UserError(
-                f"{store.root} was made with different settings for stage {name!r} ({shown}); "
-                "rerun with --restart to start over, or set out_dir to a new folder")
+def run_shard(stage: Stage, store: RunStore, shard: int, assets: Assets, engine, on_rows=None) -> dict | None:
+    """**Contract.** Compute shard `shard` of `stage` into the run folder and return its stats; None when the
+    shard was already done. `engine` serves the stage's model role (None for a stage without one);
+    `on_rows(n)` hears of rows as they finish, where the stage reports them."""
+    if store.has_shard(stage.name, shard):
+        return None
+    data = read_inputs(stage, store, shard, assets)
+    ctx = StageContext(seed=assets.cfg.seed, shard=shard, cfg=assets.cfg, constitution=assets.constitution,
+                       templates=assets.templates, progress=on_rows)
+    tokens_before = engine.stats.output_tokens if engine else 0
+    start = time.perf_counter()
+    result = stage.run(data, engine, ctx)
+    seconds = time.perf_counter() - start
+    tokens = (engine.stats.output_tokens - tokens_before) if engine else 0
+    stats = shard_stats(result, len(data[stage.inputs_for(assets.cfg)[0]]), seconds, tokens)
+    store.write_shard(stage.name, shard, result.rows, stage.record, result.rejects, stats)
+    return stats
+
+
+def shard_count(stage: Stage, store: RunStore, assets: Assets) -> int:
+    first = stage.inputs_for(assets.cfg)[0]
+    if first == "prompts":
+        return assets.prompt_shards
+    done = store.shard_indices(first)
+    return (max(done) + 1) if done else 0
+
+
+def shard_rows(stage: Stage, store: RunStore, assets: Assets, shard: int) -> int:
+    """Rows shard `shard` of `stage` reads (its first input's), from Parquet metadata: no data is read."""
+    first = stage.inputs_for(assets.cfg)[0]
+    return len(assets.prompt_shard(shard)) if first == "prompts" else store.shard_rows(first, shard)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage totals in the manifest, kept up to date shard by shard
+
+
+class StageTotals:
+    """The manifest entry of a sharded stage: totals over its finished shards, updated as each one lands
+    (the stats files are read once, when the stage starts)."""
+
+    KEYS = ("in", "out", "seconds", "output_tokens")
+
+    def __init__(self, done: list[dict], shards_total: int):
+        self.shards_done, self.shards_total = 0, shards_total
+        self.sums = dict.fromkeys(self.KEYS, 0)
+        self.rejected, self.counts = Counter(), Counter()
+        for stats in done:
+            self.add(stats)
+
+    def add(self, stats: dict) -> None:
+        self.shards_done += 1
+        for key in self.KEYS:
+            self.sums[key] += stats.get(key, 0)
+        self.rejected.update(stats.get("rejected", {}))
+        self.counts.update(stats.get("counts", {}))
+
+    def as_dict(self) -> dict:
+        return {"shards_done": self.shards_done, "shards_total": self.shards_total, **self.sums,
+                "seconds": round(self.sums["seconds"], 2), "rejected": dict(self.rejected), "counts": dict(self.counts)}
+
+
+def touch(manifest: dict) -> None:
+    manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def run_sharded(stage: Stage, store: RunStore, assets: Assets, executor, manifest: dict) -> str:
+    """Every unfinished shard of `stage` through the executor; the manifest and progress follow each shard.
+    Returns the stage's status for the summary."""
+    from cai_pipeline.console import StageProgress
+
+    total = shard_count(stage, store, assets)
+    done = set(store.shard_indices(stage.name))
+    pending = [i for i in range(total) if i not in done]
+    totals = StageTotals(store.shard_stats(stage.name), total)
+    manifest["stages"][stage.name] = totals.as_dict()
+    if not pending:
+        return "already done"
+    rows = {i: shard_rows(stage, store, assets, i) for i in range(total)}
+    progress = StageProgress(stage.name, sum(rows.values()), sum(rows[i] for i in done))
+    seen = Counter()  # rows reported from inside each shard so far
+
+    def on_rows(shard: int, n: int) -> None:
+        seen[shard] += n
+        progress.advance(n)
+
+    def on_done(shard: int, stats: dict) -> None:
+        totals.add(stats)
+        manifest["stages"][stage.name] = totals.as_dict()
+        touch(manifest)
+        store.write_manifest(manifest)
+        progress.advance(max(0, rows[shard] - seen[shard]), stats.get("output_tokens", 0))
+
+    try:
+        executor.run(stage, pending, assets, store, on_done=on_done, on_rows=on_rows)
+    finally:
+        progress.close()
+    return "ran" if not done else f"resumed ({len(done)} of {total} shards were done)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Run-scope stages: fingerprinted, skipped when done, redone or refused when changed
+
+
+def run_whole(stage: Stage, ctx: RunContext) -> str:
+    manifest = ctx.manifest
+    fingerprint = run_fingerprint(ctx.cfg, stage, stage.identity(ctx) if stage.identity else {})
+    entry = manifest["stages"].get(stage.name, {})
+    outputs_exist = all(p.exists() for p in (stage.outputs(ctx) if stage.outputs else []))
+    if entry.get("fingerprint") == fingerprint and outputs_exist and not ctx.redo:
+        return "already done"
+    if outputs_exist and entry.get("fingerprint") and stage.on_change == "refuse" and not ctx.redo:
+        changed = changed_keys(entry["fingerprint"], fingerprint)
+        raise UserError(f"{stage.name}: its outputs in {ctx.store.root} were made with other settings or inputs "
+                        f"({shown(changed)}); `cai {stage.name} CONFIG --restart` redoes only this stage, "
+                        "or set out_dir to a new folder")
+    start = time.perf_counter()
+    summary = stage.run(ctx)
+    manifest["stages"][stage.name] = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 2),
+                                      "summary": summary}
+    touch(manifest)
+    ctx.store.write_manifest(manifest)
+    return "ran"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Before anything runs
+
+
+def check_stage_names(names: list[str]) -> list[Stage]:
+    if not names:
+        raise UserError("stages: nothing to run; name at least one of " + ", ".join(BY_NAME))
+    for name in names:
+        if name not in BY_NAME:
+            raise UserError(f"--stages: {unknown_stage_message(name)}")
+    return ordered(names)
+
+
+def check_models(cfg: RunConfig, plan: list[Stage]) -> None:
+    """Every model the run will use exists and can run here, before the first stage starts."""
+    from cai_pipeline.engines import resolve_kind
+    from cai_pipeline.models import check_model
+
+    served = resolve_kind(cfg.engine.kind) == "openai"  # names on a server: the server is probed at start
+    roles = {s.model_role for s in plan} | ({"train"} if "train" in {s.name for s in plan} else set())
+    wanted = {"policy": ("model", cfg.model), "judge": ("judge.model", cfg.judge.model or cfg.model),
+              "train": ("train.model", cfg.train.model or cfg.model)}
+    for role in sorted(r for r in roles if r):
+        key, name = wanted[role]
+        if not (served and role != "train"):
+            check_model(name, key)
+
+
+def check_inputs(plan: list[Stage], cfg: RunConfig, store: RunStore, manifest: dict) -> None:
+    """A stage run on its own needs its inputs whole on disk; say which stage to run first."""
+    names = {s.name for s in plan}
+    for stage in (s for s in plan if s.scope == "shard"):
+        for needed in stage.inputs_for(cfg):
+            if needed == "prompts" or needed in names:
+                continue
+            done = len(store.shard_indices(needed))
+            total = manifest.get("stages", {}).get(needed, {}).get("shards_total", 0)
+            if done == 0 or done < total:
+                state = "is missing" if done == 0 else f"is incomplete ({done}/{total} shards)"
+                raise UserError(f"stage {stage.name} needs {needed}/ which {state} in {store.root}; "
+                                f"run --stages {needed} first (or the whole pipeline)")
+
+
+def check_folder(store: RunStore) -> None:
+    """Only a new or empty folder, or one of our runs, is a run folder: never write into someone's files."""
+    foreign = store.foreign_entries()
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (" …" if len(foreign) > 5 else "")
+        raise UserError(f"out_dir: {store.root} is not empty and is not a cai-pipeline run (it holds {listed}); "
+                        "choose a new or empty folder — nothing was changed")
 
 
 def _git_sha() -> str | None:
@@ -133,7 +277,7 @@ def _git_sha() -> str | None:
 
 def new_manifest(cfg: RunConfig, assets: Assets, prints: dict) -> dict:
     return {
-        "package": "cai-pipeline", "version": __version__, "git_sha": _git_sha(),
+        "package": PACKAGE, "version": __version__, "git_sha": _git_sha(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"), "out_dir": cfg.out_dir,
         "model": cfg.model, "judge_model": cfg.judge.model or cfg.model, "seed": cfg.seed,
         "config": cfg.model_dump(), "constitution_sha256": assets.hashes["constitution"],
@@ -142,202 +286,82 @@ def new_manifest(cfg: RunConfig, assets: Assets, prints: dict) -> dict:
     }
 
 
-def check_token_limits(cfg: RunConfig, engine) -> None:
-    """A max_tokens the context cannot hold is a config mistake, not something to clamp silently."""
-    context = getattr(engine, "max_model_len", None)
-    if context is None:  # a server that does not say
-        return
-    for key, value in (("sample.max_tokens", cfg.sample.max_tokens), ("revise.max_tokens", cfg.revise.max_tokens),
-                       ("judge.reasoning_max_tokens", cfg.judge.reasoning_max_tokens)):
-        if value >= context:
-            raise UserError(f"{key}={value} does not fit the model's context of {context} tokens; "
-                            f"lower it (or raise engine.max_model_len if the model allows)")
+# ---------------------------------------------------------------------------------------------------------
+# The run
 
 
-class Engines:
-    """Builds engines on first use (a finished run resumes without starting one), one at a time.
-    A caller may hand in a ready engine (tests share one per session); it serves every role and stays open."""
+def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bool = False, engine=None,
+                 redo: tuple[str, ...] = (), verbose: bool = False, summary: bool = True) -> dict:
+    """Run (or resume) `stages` (default: the config's) into cfg.out_dir; returns the manifest.
 
-    def __init__(self, cfg: RunConfig, given=None):
-        self.cfg = cfg
-        self.given = given
-        self.role: str | None = None
-        self.engine = None
-        self.stats: dict[str, dict] = {}
+    restart: clear what the layout owns first (only in a folder with our manifest). redo: run-scope stages to
+    run again from scratch, replacing their outputs. engine: a ready engine that serves every model role (tests
+    share one); it is not closed here."""
+    from cai_pipeline.console import quiet_libraries
 
-    def model_for(self, role: str) -> str:
-        return (self.cfg.judge.model or self.cfg.model) if role == "judge" else self.cfg.model
-
-    def get(self, role: str):
-        if self.given is not None:
-            return self.given
-        if self.engine is not None and self.model_for(role) == self.model_for(self.role):
-            return self.engine
-        self.close()
-        from cai_pipeline.engines import make_engine
-
-        self.engine, self.role = make_engine(self.cfg, model=self.model_for(role)), role
-        check_token_limits(self.cfg, self.engine)
-        return self.engine
-
-    def close(self) -> None:
-        if self.engine is not None:
-            s = self.engine.stats
-            self.stats[self.role] = {"retries": s.retries, "errors": dict(s.errors)}
-            self.engine.close()
-            self.engine = None
+    quiet_libraries(verbose)
+    plan = check_stage_names(list(cfg.stages if stages is None else stages))
+    # Everything a run needs is checked before the folder is touched: a mistake costs nothing.
+    assets = load_assets(cfg)
+    if engine is None:
+        check_models(cfg, plan)
+    store = RunStore(cfg.out_dir)
+    check_folder(store)
+    store.check_writable()
+    with store.lock():
+        if restart and store.read_manifest() is not None:
+            store.clear(SHARDED)
+        return _run_locked(cfg, store, plan, assets, engine, set(redo), summary)
 
 
-def _shard_count(store: RunStore, spec: StageSpec, inputs: tuple[str, ...], n_prompt_shards: int) -> int:
-    if inputs[0] == "prompts":
-        return n_prompt_shards
-    done = store.shard_indices(inputs[0])
-    return (max(done) + 1) if done else 0
+def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Assets, engine, redo: set[str],
+                summary: bool) -> dict:
+    from cai_pipeline.console import print_summary
+    from cai_pipeline.executors import make_executor
 
-
-def _read_inputs(store: RunStore, inputs: tuple[str, ...], shard: int, prompt_shards: list[list[dict]]):
-    out = {}
-    for name in inputs:
-        if name == "prompts":
-            out[name] = prompt_shards[shard]
-        elif not store.has_shard(name, shard):
-            raise UserError(f"stage input {name}/part-{shard:05d}.parquet is missing in {store.root}; "
-                            f"run --stages {name} first (or the whole pipeline)")
-        else:
-            out[name] = store.read_shard(name, shard)
-    return out
-
-
-def _shard_stats(result: StageResult, n_in: int, seconds: float, tokens: int) -> dict:
-    return {"in": n_in, "out": len(result.rows), "rejected": dict(Counter(r["reason"] for r in result.rejects)),
-            "counts": dict(result.counts), "seconds": round(seconds, 3), "output_tokens": tokens}
-
-
-def summarise_stage(store: RunStore, name: str, total_shards: int) -> dict:
-    stats = store.shard_stats(name)
-    total: dict = {"shards_done": len(stats), "shards_total": total_shards, "in": 0, "out": 0,
-                   "rejected": Counter(), "counts": Counter(), "seconds": 0.0, "output_tokens": 0}
-    for s in stats:
-        for key in ("in", "out", "seconds", "output_tokens"):
-            total[key] += s.get(key, 0)
-        total["rejected"].update(s.get("rejected", {}))
-        total["counts"].update(s.get("counts", {}))
-    total["rejected"], total["counts"] = dict(total["rejected"]), dict(total["counts"])
-    total["seconds"] = round(total["seconds"], 2)
-    return total
-
-
-def run_stage(spec: StageSpec, cfg: RunConfig, store: RunStore, assets: Assets, engines: Engines,
-              manifest: dict, bar) -> None:
-    module = importlib.import_module(f"cai_pipeline.stages.{spec.name}")
-    inputs = stage_inputs(spec, cfg)
-    prompt_shards = [assets.prompts.rows[i : i + cfg.shard_size]
-                     for i in range(0, len(assets.prompts.rows), cfg.shard_size)]
-    n_shards = _shard_count(store, spec, inputs, len(prompt_shards))
-    task = bar.add_task(spec.name, total=n_shards, unit="shards", rate="")
-    for shard in range(n_shards):
-        if store.has_shard(spec.name, shard):
-            bar.advance(task)
-            continue
-        data = _read_inputs(store, inputs, shard, prompt_shards)
-        engine = engines.get(spec.engine) if spec.engine else None
-        tokens_before = engine.stats.output_tokens if engine else 0
-        start = time.perf_counter()
-        ctx = StageContext(seed=cfg.seed, shard=shard, cfg=cfg, constitution=assets.constitution,
-                           templates=assets.templates)
-        result = module.run(data, engine, ctx)
-        seconds = time.perf_counter() - start
-        tokens = (engine.stats.output_tokens - tokens_before) if engine else 0
-        stats = _shard_stats(result, len(data[inputs[0]]), seconds, tokens)
-        store.write_shard(spec.name, shard, result.rows, spec.record, result.rejects, stats)
-        manifest["stages"][spec.name] = summarise_stage(store, spec.name, n_shards)
-        manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+    prints = shard_fingerprints(cfg, assets.hashes, STAGES)
+    manifest = store.read_manifest()
+    check_resume(store, manifest, prints)
+    manifest = manifest or new_manifest(cfg, assets, prints)
+    manifest.update(fingerprints=prints, config=cfg.model_dump())
+    check_inputs(plan, cfg, store, manifest)
+    if any(s.scope == "shard" for s in plan):
+        _record_prompts(store, assets, manifest)
+        # The constitution exactly as used, beside the data: `cai compare` diffs it after the file is edited.
+        atomic_write_text(store.layout.constitution, resolve_resource(cfg.constitution).read_text(encoding="utf-8"))
+    store.write_manifest(manifest)  # first, so a crash at any later point leaves a folder we recognise
+    statuses: dict[str, str] = {}
+    executor = make_executor(cfg, engine)
+    try:
+        for stage in plan:
+            if stage.scope == "shard":
+                statuses[stage.name] = run_sharded(stage, store, assets, executor, manifest)
+            else:
+                if stage.model_role is None:
+                    executor.release()  # training wants the memory an engine holds
+                ctx = RunContext(cfg, store, assets, manifest, executor.engines, redo=stage.name in redo)
+                statuses[stage.name] = run_whole(stage, ctx)
+    finally:
+        executor.close()
+        manifest["engine_stats"] = {**manifest.get("engine_stats", {}), **executor.engine_stats()}
         store.write_manifest(manifest)
-        bar.update(task, advance=1, rate=f"{tokens / seconds:.0f} tok/s" if tokens else "")
-    manifest["stages"][spec.name] = summarise_stage(store, spec.name, n_shards)
-
-
-def check_inputs(names: list[str], cfg: RunConfig, store: RunStore, manifest: dict) -> None:
-    """A stage run on its own needs its inputs whole on disk; say which stage to run first."""
-    for name in (s for s in SHARDED if s in names):
-        for needed in stage_inputs(SPECS[name], cfg):
-            if needed == "prompts" or needed in names:
-                continue
-            done = len(store.shard_indices(needed))
-            total = manifest.get("stages", {}).get(needed, {}).get("shards_total", 0)
-            if done == 0 or done < total:
-                state = "is missing" if done == 0 else f"is incomplete ({done}/{total} shards)"
-                raise UserError(f"stage {name} needs {needed}/ which {state} in {store.root}; "
-                                f"run --stages {needed} first (or the whole pipeline)")
-
-
-def snapshot_constitution(store: RunStore, cfg: RunConfig) -> None:
-    """Keep the exact constitution the run used beside its data, so `cai compare` can diff two runs' rules
-    even after the file has been edited."""
-    source = resolve_resource(cfg.constitution)
-    atomic_write_text(store.root / "constitution.yaml", source.read_text(encoding="utf-8"))
+    manifest["outputs"] = [str(p) for p in _outputs(store)]
+    manifest["last_run"] = statuses  # what this invocation did with each stage it was asked to run
+    store.write_manifest(manifest)
+    if summary:
+        print_summary(manifest, str(store.root), statuses)
+    return manifest
 
 
 def _record_prompts(store: RunStore, assets: Assets, manifest: dict) -> None:
-    write_parquet(store.rejects_path("prompts", 0), assets.prompts.rejects, records.RejectRecord)
+    store.write_rejects("prompts", 0, assets.prompts.rejects)
     manifest["prompts"] = {"source": assets.prompts.source, "kept": len(assets.prompts.rows),
                            "rejected": dict(Counter(r["reason"] for r in assets.prompts.rejects))}
 
 
-def _post_stages(names: list[str], cfg: RunConfig, store: RunStore, assets: Assets, manifest: dict) -> None:
-    if "export" in names:
-        from cai_pipeline.stages.export import export
+def _outputs(store: RunStore) -> list:
+    layout = store.layout
+    wanted = [layout.dataset("sft"), layout.dataset("preferences"), layout.card, layout.checkpoint,
+              layout.audit_dir, layout.report, layout.rejects_dir(), layout.manifest]
+    return [p for p in wanted if p.exists()]
 
-        manifest["export"] = export(store, cfg, assets.constitution)
-        store.write_manifest(manifest)
-    if "train" in names:
-        from cai_pipeline.train.loop import train
-
-        manifest["train"] = train(cfg)
-        store.write_manifest(manifest)
-
-
-def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bool = False,
-                 config_path: str | None = None, engine=None) -> dict:
-    quiet_libraries()
-    names = stages or cfg.stages
-    unknown = [s for s in names if s not in (*SHARDED, "export", "train")]
-    if unknown:
-        raise UserError(f"--stages: unknown stage {unknown[0]!r}; stages are sample,revise,pairs,judge,export,train")
-    store = RunStore(cfg.out_dir)
-    store.check_writable()
-    with store.lock():
-        return _run_locked(cfg, store, names, restart, engine)
-
-
-def _run_locked(cfg: RunConfig, store: RunStore, names: list[str], restart: bool, engine) -> dict:
-    if restart:
-        store.clear()
-    assets = load_assets(cfg)
-    prints = fingerprints(cfg, assets)
-    manifest = store.read_manifest()
-    check_resume(store, manifest, prints)
-    manifest = manifest or new_manifest(cfg, assets, prints)
-    manifest["fingerprints"] = prints
-    check_inputs(names, cfg, store, manifest)
-    _record_prompts(store, assets, manifest)
-    snapshot_constitution(store, cfg)
-    engines = Engines(cfg, given=engine)
-    try:
-        with progress() as bar:
-            for name in (s for s in SHARDED if s in names):
-                run_stage(SPECS[name], cfg, store, assets, engines, manifest, bar)
-    finally:
-        engines.close()
-        manifest["engine_stats"] = {**manifest.get("engine_stats", {}), **engines.stats}
-        store.write_manifest(manifest)
-    _post_stages(names, cfg, store, assets, manifest)
-    manifest["outputs"] = [f"{p}" for p in _outputs(store)]
-    store.write_manifest(manifest)
-    print_summary(manifest)
-    return manifest
-
-
-def _outputs(store: RunStore) -> list[Path]:
-    wanted = ["datasets/sft", "datasets/preferences", "datasets/README.md", "checkpoint", "rejects", "manifest.json"]
-    return [store.root / w for w in wanted if (store.root / w).exists()]

@@ -7,6 +7,7 @@ and `tests/test_records.py` round-trips every one of them.
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from typing import Literal
@@ -88,6 +89,12 @@ class RejectRecord(Record):
     reason: str  # short, countable: "empty_prompt", "engine_error", "identical", "below_margin", ...
     detail: str
     row: str  # the input row as JSON, so nothing is lost
+
+
+def make_reject(stage: str, key: str, reason: str, detail: str, row: dict) -> dict:
+    """A RejectRecord dict: the one way a dropped or failed row is recorded, with the row itself kept."""
+    return {"stage": stage, "key": key, "reason": reason, "detail": detail,
+            "row": json.dumps(row, ensure_ascii=False, default=str)}
 
 
 class SFTRecord(Record):

@@ -1,9 +1,13 @@
-"""The run folder: Parquet shards written atomically, rejects beside them, an atomic manifest.
+"""The run folder: its layout (every path, in one place), atomic writes, Parquet shards, the manifest.
 
 A shard exists only when whole: it is written to a temporary name, fsynced, and renamed into place. The data
 part is written last, after the shard's rejects and stats, so its presence is the one mark of a finished
 shard; a shard cut short by a crash is simply done again (its rejects and stats are overwritten, never
 appended), which keeps every row exactly once. One `cai run` at a time holds the folder (`RunStore.lock`).
+
+A folder that holds Parquet holds only Parquet, so `pandas.read_parquet`, `pyarrow.dataset.dataset` and
+`datasets.load_dataset("parquet", data_dir=...)` read any of them directly: shard stats live under stats/,
+rejects under rejects/, plots under train/plots/.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,133 @@ from pydantic import BaseModel
 from cai_pipeline.errors import UserError
 from cai_pipeline.records import RejectRecord, to_table
 
+PACKAGE = "cai-pipeline"  # the manifest's "package": what marks a folder as one of our runs
+
+
+class RunLayout:
+    """Every path of a run folder. No other module builds one, so a path changes in one place.
+
+    ```
+    manifest.json  constitution.yaml  .lock  report.html
+    <stage>/part-00000.parquet        sample, revise, pairs, judge: rows only
+    stats/<stage>/part-00000.json     per-shard counts and timings
+    rejects/<stage>/part-00000.parquet
+    datasets/sft/  datasets/preferences/  datasets/README.md
+    checkpoint/                       the trained model (a plain Hugging Face folder)
+    train/  metrics.jsonl  summary.json  plots/*.png  state/
+    audit/  rounds/NN-kind/           (each round a run folder of its own)
+    ```
+    """
+
+    FIXED = ("stats", "rejects", "datasets", "checkpoint", "train", "audit", "rounds", "report.html",
+             "constitution.yaml", "manifest.json")
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- top level
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def constitution(self) -> Path:
+        return self.root / "constitution.yaml"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    # -- sharded stages
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def shard(self, stage: str, index: int) -> Path:
+        return self.stage_dir(stage) / f"part-{index:05d}.parquet"
+
+    def stats_dir(self, stage: str) -> Path:
+        return self.root / "stats" / stage
+
+    def stats(self, stage: str, index: int) -> Path:
+        return self.stats_dir(stage) / f"part-{index:05d}.json"
+
+    def rejects_dir(self, stage: str | None = None) -> Path:
+        return self.root / "rejects" / stage if stage else self.root / "rejects"
+
+    def rejects(self, stage: str, index: int) -> Path:
+        return self.rejects_dir(stage) / f"part-{index:05d}.parquet"
+
+    # -- datasets and training
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    def dataset(self, name: str) -> Path:
+        """datasets/sft or datasets/preferences: train-*.parquet and test-*.parquet."""
+        return self.datasets / name
+
+    def split_file(self, name: str, split: str) -> Path:
+        return self.dataset(name) / f"{split}-00000-of-00001.parquet"
+
+    @property
+    def card(self) -> Path:
+        return self.datasets / "README.md"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    # -- later stages
+    @property
+    def audit_dir(self) -> Path:
+        return self.root / "audit"
+
+    @property
+    def rounds_dir(self) -> Path:
+        return self.root / "rounds"
+
+    def round(self, index: int, kind: str) -> Path:
+        return self.rounds_dir / f"{index:02d}-{kind}"
+
+    def owned(self, stages: Iterable[str]) -> list[Path]:
+        """The entries this project writes (given the sharded stages' names): all `--restart` may remove."""
+        return [self.stage_dir(s) for s in stages] + [self.root / name for name in self.FIXED]
+
+
+class TrainLayout:
+    """The trainer's files: under the run's train/ and checkpoint/ unless train.log_dir / train.out_dir say."""
+
+    def __init__(self, log_dir: str | Path, checkpoint: str | Path):
+        self.log_dir, self.checkpoint = Path(log_dir), Path(checkpoint)
+
+    @property
+    def metrics(self) -> Path:
+        return self.log_dir / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.log_dir / "summary.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.log_dir / "plots"
+
+    @property
+    def states(self) -> Path:
+        return self.log_dir / "state"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Atomic writes
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -34,17 +166,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path`. A failure leaves the old file (or none).
-
-    A disk that refuses the write (full, read-only, gone) is the machine, not a bug: one line, and the same
+def _disk_error(path: Path, e: OSError) -> UserError:
+    """A disk that refuses the write (full, read-only, gone) is the machine, not a bug: one line, and the same
     command resumes from the last whole shard once it is fixed."""
+    reason = e.strerror or " ".join(str(e).split())[:120]
+    return UserError(f"{path}: cannot write ({reason}); free disk space or fix the folder, then run the same "
+                     "command again to resume")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call `write(tmp_path)`, fsync, then rename over `path`. A failure leaves the old file (or none)."""
     try:
         _write_and_rename(path, write)
     except OSError as e:
-        reason = e.strerror or " ".join(str(e).split())[:120]
-        raise UserError(f"{path}: cannot write ({reason}); free disk space or fix the folder, then run the same "
-                        "command again to resume") from None
+        raise _disk_error(path, e) from None
 
 
 def _write_and_rename(path: Path, write) -> None:
@@ -52,6 +193,7 @@ def _write_and_rename(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files are as readable as any other
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -62,22 +204,57 @@ def _write_and_rename(path: Path, write) -> None:
         raise
 
 
+def atomic_folder(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call `write(tmp_folder)`, then swap it in for `path`: a crash never leaves half a folder where a reader
+    (an engine loading a checkpoint) would find it. The old folder is removed only once the new one is whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    old = path.with_name(f".{path.name}.old")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise _disk_error(path, e) from None
+    return path
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _write_table(table, path: Path) -> None:
+    if table.num_rows:
+        pq.write_table(table, path)
+    else:  # no row group at all: `datasets` reads a row group of 0 rows as "batch size 0" and fails
+        pq.ParquetWriter(path, table.schema).close()
+
+
 def write_parquet(path: Path, rows: list[dict], model: type[BaseModel]) -> None:
     table = to_table(rows, model)
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: _write_table(table, tmp))
 
 
 def read_parquet(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The store: shards, stats, rejects and the manifest of one run folder
+
+
 class RunStore:
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.layout = RunLayout(root)
+        self.root = self.layout.root
 
     def check_writable(self) -> None:
         try:
@@ -93,7 +270,7 @@ class RunStore:
         """Hold the folder for this process: two runs on one folder would redo each other's shards and
         overwrite each other's manifest. The kernel drops a flock when its process dies, so a crashed run
         never leaves the folder held."""
-        with open(self.root / ".lock", "a+") as f:
+        with open(self.layout.lock, "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -112,68 +289,88 @@ class RunStore:
             f.flush()
             yield
 
-    def shard_path(self, stage: str, index: int) -> Path:
-        return self.root / stage / f"part-{index:05d}.parquet"
-
-    def stats_path(self, stage: str, index: int) -> Path:
-        return self.root / stage / f"part-{index:05d}.stats.json"
-
-    def rejects_path(self, stage: str, index: int) -> Path:
-        return self.root / "rejects" / stage / f"part-{index:05d}.parquet"
-
+    # -- shards
     def has_shard(self, stage: str, index: int) -> bool:
-        return self.shard_path(stage, index).exists()
+        return self.layout.shard(stage, index).exists()
 
     def shard_indices(self, stage: str) -> list[int]:
-        folder = self.root / stage
+        folder = self.layout.stage_dir(stage)
         if not folder.is_dir():
             return []
         return sorted(int(p.name[5:10]) for p in folder.glob("part-*.parquet"))
 
     def write_shard(self, stage: str, index: int, rows: list[dict], model: type[BaseModel],
                     rejects: list[dict], stats: dict[str, Any]) -> None:
-        write_parquet(self.rejects_path(stage, index), rejects, RejectRecord)
-        atomic_write_text(self.stats_path(stage, index), json.dumps(stats, indent=1, sort_keys=True))
-        write_parquet(self.shard_path(stage, index), rows, model)  # last: marks the shard done
+        write_parquet(self.layout.rejects(stage, index), rejects, RejectRecord)
+        atomic_write_json(self.layout.stats(stage, index), stats)
+        write_parquet(self.layout.shard(stage, index), rows, model)  # last: marks the shard done
+
+    def shard_rows(self, stage: str, index: int) -> int:
+        """Rows in a finished shard, from its Parquet footer (no data is read)."""
+        return pq.ParquetFile(self.layout.shard(stage, index)).metadata.num_rows
 
     def read_shard(self, stage: str, index: int) -> list[dict]:
-        return read_parquet(self.shard_path(stage, index))
+        return read_parquet(self.layout.shard(stage, index))
 
     def read_stage(self, stage: str) -> list[dict]:
         return [row for i in self.shard_indices(stage) for row in self.read_shard(stage, i)]
 
     def shard_stats(self, stage: str) -> list[dict]:
+        """The stats of every finished shard (a shard without its stats file counts as empty)."""
         out = []
         for i in self.shard_indices(stage):
-            p = self.stats_path(stage, i)
+            p = self.layout.stats(stage, i)
             out.append(json.loads(p.read_text()) if p.exists() else {})
         return out
 
+    def write_rejects(self, stage: str, index: int, rejects: list[dict]) -> None:
+        write_parquet(self.layout.rejects(stage, index), rejects, RejectRecord)
+
     def read_rejects(self, stage: str | None = None) -> list[dict]:
-        folder = self.root / "rejects"
+        folder = self.layout.rejects_dir()
         pattern = f"{stage}/part-*.parquet" if stage else "*/part-*.parquet"
         return [row for p in sorted(folder.glob(pattern)) for row in read_parquet(p)]
 
-    def clear(self) -> None:
-        """Remove what a run wrote (for --restart); leaves unknown files alone."""
-        import shutil
-
-        for name in ("sample", "revise", "pairs", "judge", "rejects", "datasets", "checkpoint", "train"):
-            shutil.rmtree(self.root / name, ignore_errors=True)
-        (self.root / "manifest.json").unlink(missing_ok=True)
-
-    # -- manifest ---------------------------------------------------------------------------------------
-    @property
-    def manifest_path(self) -> Path:
-        return self.root / "manifest.json"
-
+    # -- the manifest
     def read_manifest(self) -> dict | None:
-        if not self.manifest_path.exists():
+        path = self.layout.manifest
+        if not path.exists():
             return None
         try:
-            return json.loads(self.manifest_path.read_text())
+            return json.loads(path.read_text())
         except json.JSONDecodeError:
-            raise UserError(f"{self.manifest_path}: damaged manifest; rerun with --restart to start over") from None
+            raise UserError(f"{path}: damaged manifest, so nothing says this folder is a cai-pipeline run and "
+                            "--restart will not clear it; move the folder aside and run again, or choose another "
+                            "out_dir") from None
 
     def write_manifest(self, manifest: dict) -> None:
-        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        atomic_write_json(self.layout.manifest, manifest)
+
+    # -- what the folder holds, and clearing it
+    def foreign_entries(self) -> list[str]:
+        """Entries of a folder that is not (yet) one of our runs: anything but our lock file. [] when the folder
+        is empty, missing, or carries this project's manifest."""
+        if not self.root.is_dir():
+            return []
+        manifest = self.read_manifest()
+        if manifest is not None and manifest.get("package") == PACKAGE:
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.name not in (".lock", ".write-test"))
+
+    def clear(self, stages: Iterable[str]) -> list[str]:
+        """For --restart: remove the entries the layout owns, in a folder that carries our manifest. Anything
+        else in the folder stays. Returns the names removed."""
+        manifest = self.read_manifest()
+        if manifest is None or manifest.get("package") != PACKAGE:
+            raise UserError(f"--restart: {self.root} has no cai-pipeline manifest.json, so nothing in it is ours "
+                            "to delete; choose a new out_dir")
+        removed = []
+        for path in self.layout.owned(stages):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            else:
+                continue
+            removed.append(path.name)
+        return removed

@@ -37,7 +37,7 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
-from cai_pipeline.config import RESOURCES
+from cai_pipeline.bundled import RESOURCES
 from cai_pipeline.errors import UserError
 
 PROMPTS_DIR = RESOURCES / "prompts"

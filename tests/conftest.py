@@ -52,8 +52,8 @@ def hf_engine(model_path):
 def vllm_engine(model_path):
     if importlib.util.find_spec("vllm") is None:
         missing("vLLM is not installed (pip install 'cai-pipeline[cpu]')")
+    from cai_pipeline.console import quiet_libraries
     from cai_pipeline.engines import make_engine
-    from cai_pipeline.report import quiet_libraries
 
     quiet_libraries()
     engine = make_engine(kind="vllm", model=model_path, seed=0)

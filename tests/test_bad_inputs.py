@@ -331,7 +331,7 @@ def test_full_disk_injected_at_a_write(tmp_path, capsys, echo, monkeypatch):
 def test_full_disk_on_a_tiny_tmpfs(tmp_path, capsys, echo):
     mount = tmp_path / "tiny"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)],
                                            capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here; test_full_disk_injected_at_a_write covers the same path")
     try:

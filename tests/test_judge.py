@@ -10,6 +10,7 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
+from cai_pipeline.card import judge_section
 from cai_pipeline.config import load_config
 from cai_pipeline.constitution import Principle, load_constitution
 from cai_pipeline.engines.base import Completion
@@ -125,6 +126,28 @@ def test_order_inconsistency():
     assert not judge.picks_same_position(0.9, 0.6) and not judge.picks_same_position(0.5, 0.1)
     [rec] = judge.judge_pairs(Table({("u", "x"): 0.9, ("u", "y"): 0.6}), [pair("x", "y")], [principle("u")])
     assert rec["p_a"] == pytest.approx(0.65) and rec["consistent"] is False
+
+
+def test_the_clamp_applies_to_each_order_before_averaging(monkeypatch):
+    """The clamp's inputs are the per-order probabilities from the log-probs, its outputs what the verdict keeps:
+    P(A | x first) = 0.9 → 0.6 and P(B | x second) = 1 − 0.55 = 0.45 → 0.45, so p = 0.525. Clamping the average
+    instead would give clamp(0.675) = 0.6; not clamping at all, 0.675."""
+    seen = []
+    real = judge.clamp
+
+    def spy(p, lo, hi):
+        seen.append((round(p, 9), round(real(p, lo, hi), 9), (lo, hi)))
+        return real(p, lo, hi)
+
+    monkeypatch.setattr(judge, "clamp", spy)
+    [cot] = judge.judge_pairs(Table({("u", "x"): 0.9, ("u", "y"): 0.55}), [pair("x", "y")], [principle("u")],
+                              reasoning=True)
+    assert seen == [(0.9, 0.6, (0.4, 0.6)), (0.45, 0.45, (0.4, 0.6))]
+    assert cot["verdicts"][0]["p_a_first"] == 0.6 and cot["verdicts"][0]["p_a_second"] == pytest.approx(0.45)
+    assert cot["p_a"] == pytest.approx(0.525)
+    seen.clear()
+    [plain] = judge.judge_pairs(Table({("u", "x"): 0.9, ("u", "y"): 0.55}), [pair("x", "y")], [principle("u")])
+    assert seen == [] and plain["p_a"] == pytest.approx(0.675)  # without reasoning nothing is clamped
 
 
 def test_chain_of_thought_clamps_to_the_papers_range():
@@ -264,7 +287,7 @@ def test_stage_keeps_inconsistent_pairs_when_told_and_margin_zero_keeps_all_but_
 def test_card_section_reports_the_judge():
     engine = Table({("u", t): p for t, p in STAGE_TABLE.items()})
     out = judge.run({"pairs": stage_pairs()}, engine, stage_ctx())
-    md = judge.card_section(out.rows, out.rejects)
+    md = judge_section(out.rows, out.rejects)
     assert "5 pairs scored in both orders; 2 kept" in md
     assert "Order-consistency rate: 0.800" in md
     assert "Revision preferred over the initial response: 0.000 of 1 revision pairs" in md
@@ -338,6 +361,7 @@ def test_judge_stage_in_a_run_labels_the_preference_dataset(hf_engine, run_confi
              "b": p["b"], "origin": origin, "a_idx": 0, "b_idx": 1 if origin == "sampled" else 0, "principle_ids": []}
             for i, (p, origin) in enumerate(zip(PAIRS, ["sampled", "revision", "revision"]))]
     store = RunStore(cfg.out_dir)
+    store.write_manifest({"package": "cai-pipeline", "stages": {}})  # a run folder of ours, pairs made by hand
     store.write_shard("pairs", 0, rows, PairRecord, [], {})
     manifest = run_pipeline(cfg, stages=["judge", "export"], engine=hf_engine)
     judged = store.read_stage("judge")

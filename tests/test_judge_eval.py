@@ -102,6 +102,22 @@ def test_read_labelled_limits_and_counts_skips(tmp_path):
     assert [p["chosen"] for p in pairs] == ["c0", "c1", "c2"] and dict(skipped) == {"identical": 1}
 
 
+def test_a_folder_of_parquet_is_read_like_a_file(tmp_path, capsys):
+    """A run's datasets/preferences (train and test Parquet in TRL's format) is a valid --data."""
+    folder = tmp_path / "preferences"
+    folder.mkdir()
+    for split, rows in (("train", 3), ("test", 2)):
+        pq.write_table(pa.Table.from_pylist([
+            {"prompt": [{"role": "user", "content": f"{split} q{i}"}], "chosen": [{"role": "assistant", "content": "c"}],
+             "rejected": [{"role": "assistant", "content": f"r{i}"}]} for i in range(rows)]), folder / f"{split}-0.parquet")
+    pairs, skipped = cli_judge.read_labelled(str(folder), None)
+    assert [p["prompt"][0]["content"] for p in pairs] == ["test q0", "test q1", "train q0", "train q1", "train q2"]
+    assert cli.main(["judge-eval", "--data", str(tmp_path / "empty")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["judge-eval", "--data", str(tmp_path / "empty")]) == 2
+    assert "holds no .jsonl" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     cases = [(["--data", str(tmp_path / "nope.jsonl")], "does not exist"),
              (["--data", str(write_jsonl(tmp_path / "x.csv", []))], "unknown file type"),

@@ -17,26 +17,12 @@ def resolve_kind(kind: str) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
-def require_safetensors(path: str) -> None:
-    """Local weights load from safetensors only: a pickled .bin can run code when it is loaded. transformers
-    says so itself (use_safetensors=True); vLLM would fail deep in its loader, so we say it first."""
-    from pathlib import Path
-
-    from cai_pipeline.errors import UserError
-
-    folder = Path(path)
-    if folder.is_dir() and not any(folder.glob("*.safetensors")):
-        found = ", ".join(sorted(p.name for p in folder.glob("*.bin")) or ["no weights"])
-        raise UserError(f"model: {path} has no .safetensors weights ({found}); only safetensors are loaded, "
-                        "convert the checkpoint with save_pretrained(..., safe_serialization=True)")
-
-
 def make_engine(cfg: Any = None, *, kind: str | None = None, model: str | None = None, seed: int = 0,
                 **options: Any) -> Engine:
     """`make_engine(run_cfg)` (a RunConfig: uses .engine, .model, .seed) or `make_engine(kind="hf",
     model="embedded", batch_size=8)` with EngineConfig fields as keywords."""
     from cai_pipeline.config import EngineConfig
-    from cai_pipeline.models import resolve_model
+    from cai_pipeline.models import check_model
 
     if cfg is not None:
         engine_cfg, model, seed = cfg.engine, model or cfg.model, cfg.seed
@@ -50,8 +36,7 @@ def make_engine(cfg: Any = None, *, kind: str | None = None, model: str | None =
         from cai_pipeline.engines.openai import OpenAIEngine
 
         return OpenAIEngine.from_config(engine_cfg, model)
-    path = resolve_model(model)
-    require_safetensors(path)
+    path = check_model(model, "model")
     if engine_cfg.trust_remote_code:
         import warnings
 

@@ -44,9 +44,8 @@ class Completion:
 
 @dataclass
 class EngineStats:
-    """Counters the manifest records (retries for the OpenAI engine; tokens for all)."""
+    """Counters the manifest records (retries for the OpenAI engine; output tokens for all)."""
 
-    prompt_tokens: int = 0
     output_tokens: int = 0
     retries: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -67,5 +66,27 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def error_completion(reason: str) -> Completion:
-    return Completion(text="", finish_reason="error", n_tokens=0, error=reason)
+class Failure(str):
+    """Why one row failed, as the text "reason: detail": `reason` a short code the manifest counts (too_long,
+    server_error), `detail` what happened. A str, so records, rejects and messages carry it as plain text; this
+    class is the one place that text is built and read back."""
+
+    @classmethod
+    def of(cls, reason: str, detail: str) -> Failure:
+        return cls(f"{reason}: {detail}")
+
+    @property
+    def reason(self) -> str:
+        return self.split(":", 1)[0].strip() or "engine_error"
+
+    @property
+    def detail(self) -> str:
+        return self.split(":", 1)[1].strip() if ":" in self else str(self)
+
+
+def too_long(n_tokens: int, context: int) -> Failure:
+    return Failure.of("too_long", f"prompt of {n_tokens} tokens fills the context ({context})")
+
+
+def error_completion(failure: str) -> Completion:
+    return Completion(text="", finish_reason="error", n_tokens=0, error=Failure(failure))

@@ -26,6 +26,14 @@ def prompt_ids(tokenizer, conv: list[Message]) -> list[int]:
     return tokenizer.encode(render_prompt(tokenizer, conv), add_special_tokens=False)
 
 
+def end_token_ids(tokenizer, generation_config=None) -> set[int]:
+    """The tokens that end an assistant turn: the tokenizer's EOS and any the generation config adds."""
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(generation_config, "eos_token_id", None)
+    ids.update(gen if isinstance(gen, list) else [gen])
+    return {i for i in ids if i is not None}
+
+
 def choice_token_ids(tokenizer, choices: list[str]) -> list[int]:
     ids = []
     for choice in choices:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from cai_pipeline.engines.base import Completion, EngineStats, GenParams, Message, error_completion
-from cai_pipeline.engines.chat import choice_token_ids, prompt_ids, trim_at_stop
+from cai_pipeline.engines.base import Completion, EngineStats, GenParams, Message, error_completion, too_long
+from cai_pipeline.engines.chat import choice_token_ids, end_token_ids, prompt_ids, trim_at_stop
 from cai_pipeline.engines.nucleus import mask_outside_nucleus_
 from cai_pipeline.errors import UserError
 
@@ -66,14 +66,8 @@ class HFEngine:
         self.nucleus = True  # top-p by TemperatureNucleus rather than transformers' sort
         self.max_model_len = max_model_len or min(self.lm.config.max_position_embeddings, 4096)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = end_token_ids(self.tokenizer, self.lm.generation_config)
         self.stats = EngineStats()
-
-    def _eos_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id}
-        gen_eos = getattr(self.lm.generation_config, "eos_token_id", None)
-        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        return {i for i in ids if i is not None}
 
     def count_tokens(self, conv: list[Message]) -> int:
         return len(prompt_ids(self.tokenizer, conv))
@@ -85,7 +79,7 @@ class HFEngine:
         out: list[list[Completion]] = [[] for _ in convs]
         fits = [i for i, ids in enumerate(encoded) if len(ids) < self.max_model_len]
         for i in set(range(len(convs))) - set(fits):
-            out[i] = [error_completion(f"too_long: prompt of {len(encoded[i])} tokens fills the context ({self.max_model_len})")]
+            out[i] = [error_completion(too_long(len(encoded[i]), self.max_model_len))]
         # Similar lengths together: less padding. The seed covers the call, so the order is fixed too.
         fits.sort(key=lambda i: len(encoded[i]))
         per_batch = max(1, self.batch_size // params.n)
@@ -109,7 +103,6 @@ class HFEngine:
             stop_strings=list(params.stop) or None, tokenizer=self.tokenizer if params.stop else None,
         )
         new = gen[:, ids.shape[1] :].tolist()
-        self.stats.prompt_tokens += int(mask.sum()) * per_row
         return [[self._completion(new[b * per_row + (k % per_row)], budget[b], params) for k in range(params.n)]
                 for b in range(len(seqs))]
 
@@ -145,7 +138,6 @@ class HFEngine:
             # Left padding shifts positions; give the real ones so scores match an unpadded pass (and vLLM).
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logps = torch.log_softmax(self._last_logits(ids, mask, positions), dim=-1)
-            self.stats.prompt_tokens += int(mask.sum())
             for row, i in enumerate(chunk):
                 out[i] = {c: float(logps[row, t]) for c, t in zip(choices, choice_ids)}
         return out

@@ -38,7 +38,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cai_pipeline.engines.base import Completion, EngineStats, GenParams, Message, error_completion
+from cai_pipeline.engines.base import (
+    Completion,
+    EngineStats,
+    Failure,
+    GenParams,
+    Message,
+    error_completion,
+    too_long,
+)
 from cai_pipeline.engines.chat import choice_token_ids, prompt_ids, split_prefix
 from cai_pipeline.errors import UserError
 
@@ -309,14 +317,14 @@ class OpenAIEngine:
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def _too_long(self, conv: list[Message]) -> tuple[int | None, str | None]:
+    def _fits(self, conv: list[Message]) -> tuple[int | None, Failure | None]:
         """(prompt tokens, error) where we can count locally; the server's 400 says the same otherwise."""
         if self.tokenizer is None:
             return None, None
         n = self.count_tokens(conv)
         limit = self.info.max_model_len
         if limit and n >= limit:
-            return n, f"too_long: prompt of {n} tokens fills the context ({limit})"
+            return n, too_long(n, limit)
         return n, None
 
     def _chat_body(self, conv: list[Message], params: GenParams, n_prompt: int | None) -> tuple[dict, dict]:
@@ -340,9 +348,9 @@ class OpenAIEngine:
         return {}
 
     async def _generate_one(self, conv: list[Message], params: GenParams) -> list[Completion]:
-        n_prompt, too_long = self._too_long(conv)
-        if too_long:
-            return [error_completion(too_long)]
+        n_prompt, failure = self._fits(conv)
+        if failure:
+            return [error_completion(failure)]
         body, extra = self._chat_body(conv, params, n_prompt)
         want = body["n"]
         try:
@@ -360,7 +368,6 @@ class OpenAIEngine:
             counts = [len(self.tokenizer.encode(t, add_special_tokens=False)) for t, _ in texts]
         else:
             counts = [(total or 0) // len(texts)] * len(texts)
-        self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         self.stats.output_tokens += total if isinstance(total, int) else sum(counts)
         comps = [Completion(text=t, finish_reason=r, n_tokens=c) for (t, r), c in zip(texts, counts)]
         return comps * n if len(comps) == 1 else comps  # greedy: one decode, copied (as the local engines do)
@@ -416,7 +423,7 @@ class OpenAIEngine:
         self.stats.retries += 1
         log.debug("retry %d: %s", state.attempt_number, self._scrub(describe(state.outcome.exception())))
 
-    def _failure(self, exc: BaseException) -> str:
+    def _failure(self, exc: BaseException) -> Failure:
         """'reason: detail' for a request that failed for good, counted by reason. Anything that is not a
         server's answer (a bug of ours) is raised, not turned into rejects."""
         import openai
@@ -432,10 +439,13 @@ class OpenAIEngine:
             reason = "bad_request"
         return self._error(reason, detail)
 
-    def _error(self, reason: str, detail: str) -> str:
-        """'reason: detail' for a conversation that failed, counted by reason in the engine's stats."""
-        self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
-        return f"{reason}: {detail}"
+    def _error(self, reason: str, detail: str) -> Failure:
+        """A conversation that failed, counted by reason in the engine's stats."""
+        return self._count(Failure.of(reason, detail))
+
+    def _count(self, failure: Failure) -> Failure:
+        self.stats.errors[failure.reason] = self.stats.errors.get(failure.reason, 0) + 1
+        return failure
 
     def _scrub(self, text: str) -> str:
         """One line, short, and never the key (some servers echo part of a rejected key back)."""

@@ -18,7 +18,7 @@ import itertools
 import os
 from functools import partial
 
-from cai_pipeline.engines.base import Completion, EngineStats, GenParams, Message, error_completion
+from cai_pipeline.engines.base import Completion, EngineStats, GenParams, Message, error_completion, too_long
 from cai_pipeline.engines.chat import choice_token_ids, prompt_ids
 from cai_pipeline.engines.nucleus import KEY as NUCLEUS_KEY
 from cai_pipeline.errors import UserError
@@ -141,11 +141,10 @@ class VLLMEngine:
     def _request(self, conv: list[Message], params: GenParams):
         ids = prompt_ids(self.tokenizer, conv)
         if len(ids) >= self.max_model_len:
-            return None, f"too_long: prompt of {len(ids)} tokens fills the context ({self.max_model_len})"
+            return None, too_long(len(ids), self.max_model_len)
         return (self._vllm.inputs.TokensPrompt(prompt_token_ids=ids), self._sampling(params, len(ids))), None
 
     def _completions(self, output, n: int) -> list[Completion]:
-        self.stats.prompt_tokens += len(output.prompt_token_ids or ())
         comps = []
         for c in output.outputs:
             self.stats.output_tokens += len(c.token_ids)
@@ -216,7 +215,6 @@ class VLLMEngine:
         results = self.llm.generate(prompts, params, use_tqdm=False) if prompts else []
         out: list[dict[str, float]] = [{} for _ in convs]  # empty: the conversation does not fit the context
         for i, res in zip(fits, results):
-            self.stats.prompt_tokens += len(res.prompt_token_ids or ())
             scored = res.outputs[0].logprobs[0]
             out[i] = {choice: float(scored[cid].logprob) for choice, cid in zip(choices, choice_ids)}
         return out

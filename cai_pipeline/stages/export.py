@@ -1,22 +1,24 @@
 """Export: the run's shards become datasets — SFT (prompt + final revision) and preferences (TRL's
 conversational prompt/chosen/rejected) — split train/test by prompt_id, with a dataset card.
 
-Export reads every finished shard and rewrites datasets/ atomically each time it runs, so it is cheap to
-repeat and always matches the shards on disk.
+Export is a pure function of the finished shards: it reads each stage once, rewrites datasets/ atomically,
+and is skipped when the shards and its settings are what they were when it last ran.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import Counter
-from pathlib import Path
 
 from cai_pipeline.records import PreferenceRecord, SFTRecord
 from cai_pipeline.rng import derive_seed
-from cai_pipeline.store import RunStore, atomic_write_text, write_parquet
+from cai_pipeline.stages.base import RunContext
+from cai_pipeline.store import RunLayout, atomic_write_text, write_parquet
+
+INPUTS = ("sample", "revise", "pairs", "judge")
 
 
-def test_prompts(prompt_ids: set[str], fraction: float) -> set[str]:
+def held_out_prompts(prompt_ids: set[str], fraction: float) -> set[str]:
     """The prompts of the test split: the `fraction` of prompts whose hashed ids come first (at least one
     where there are two or more prompts and fraction > 0). Every row of a prompt lands in the same split."""
     if fraction <= 0 or len(prompt_ids) < 2:
@@ -44,42 +46,57 @@ def preference_row(pair: dict) -> dict:
             "origin": pair["origin"]}
 
 
-def preference_rows(store: RunStore, counts: Counter) -> tuple[list[dict], str]:
+def preference_rows(judged: list[dict], pairs: list[dict], counts: Counter) -> tuple[list[dict], str]:
     """Judged pairs where the judge ran; otherwise revision pairs, unlabelled (sampled pairs need a judge)."""
-    if store.shard_indices("judge"):
-        return [preference_row(p) for p in store.read_stage("judge")], "judge"
-    pairs = store.read_stage("pairs")
+    if judged:
+        return [preference_row(p) for p in judged], "judge"
     unlabelled = [p for p in pairs if p["origin"] == "sampled"]
     counts["sampled_pairs_without_judge"] = len(unlabelled)
     return [preference_row(p) for p in pairs if p["origin"] == "revision"], "pairs"
 
 
-def write_splits(folder: Path, rows: list[dict], model, held_out: set[str]) -> dict[str, int]:
+def write_splits(layout: RunLayout, name: str, rows: list[dict], model, held_out: set[str]) -> dict[str, int]:
     splits = {"train": [], "test": []}
     for row in rows:
         splits["test" if row["prompt_id"] in held_out else "train"].append(row)
-    for name, part in splits.items():
-        write_parquet(folder / f"{name}-00000-of-00001.parquet", part, model)
-    return {name: len(part) for name, part in splits.items()}
+    for split, part in splits.items():
+        write_parquet(layout.split_file(name, split), part, model)
+    return {split: len(part) for split, part in splits.items()}
 
 
-def export(store: RunStore, cfg, constitution) -> dict:
-    from cai_pipeline.stages.card import dataset_card, length_stats
+def identity(ctx: RunContext) -> dict:
+    """What export reads: each input stage's fingerprint and finished-shard totals."""
+    stages = ctx.manifest.get("stages", {})
+    return {name: {"fingerprint": ctx.manifest.get("fingerprints", {}).get(name),
+                   **{k: stages.get(name, {}).get(k) for k in ("shards_done", "out")}}
+            for name in INPUTS if ctx.store.shard_indices(name)}
 
-    out = store.root / "datasets"
+
+def outputs(ctx: RunContext) -> list:
+    return [ctx.store.layout.card]
+
+
+def run(ctx: RunContext) -> dict:
+    from cai_pipeline.card import dataset_card, judge_section, length_stats
+
+    cfg, store, layout = ctx.cfg, ctx.store, ctx.store.layout
     counts: Counter = Counter()
+    judged = store.read_stage("judge")
+    pairs = [] if judged else store.read_stage("pairs")
     sft = sft_rows(store.read_stage("revise"))
-    prefs, source = preference_rows(store, counts)
+    prefs, source = preference_rows(judged, pairs, counts)
     # One split for both datasets, so a prompt held out of SFT is held out of preference training too.
-    held_out = test_prompts({r["prompt_id"] for r in sft + prefs}, cfg.export.test_fraction)
+    held_out = held_out_prompts({r["prompt_id"] for r in sft + prefs}, cfg.export.test_fraction)
     summary = {
-        "sft": write_splits(out / "sft", sft, SFTRecord, held_out),
-        "preferences": write_splits(out / "preferences", prefs, PreferenceRecord, held_out),
+        "sft": write_splits(layout, "sft", sft, SFTRecord, held_out),
+        "preferences": write_splits(layout, "preferences", prefs, PreferenceRecord, held_out),
         "preferences_from": source, "counts": dict(counts),
         "lengths": length_stats(prefs, cfg.model),
         "origins": dict(Counter(p["origin"] for p in prefs)),
     }
     if prefs and prefs[0]["p_chosen"] is not None:
         summary["mean_p_chosen"] = round(statistics.fmean(p["p_chosen"] for p in prefs), 4)
-    atomic_write_text(out / "README.md", dataset_card(store, cfg, constitution, summary))
+    judge_md = judge_section(judged, store.read_rejects("judge")) if source == "judge" else ""
+    atomic_write_text(layout.card, dataset_card(cfg, ctx.assets.constitution, ctx.manifest, summary, judge_md))
+    summary["rows"] = sum(summary["sft"].values()) + sum(summary["preferences"].values())
     return summary

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cai_pipeline.constitution import draw_principles
-from cai_pipeline.engines.base import GenParams, Message
+from cai_pipeline.engines.base import Failure, GenParams, Message
 from cai_pipeline.rng import derive_seed, rng_for, stable_id
 from cai_pipeline.stages.base import StageContext, StageResult, make_reject
 from cai_pipeline.templates import TemplateSet, transcript
@@ -160,7 +160,7 @@ def add_reasoning(engine, convs: list[list[Message]], prefix: str, max_tokens: i
     for conv, comps in zip(convs, engine.generate(convs, params)):
         comp = comps[0]
         if comp.finish_reason == "error":
-            scored.append(comp.error or "engine_error: no detail")
+            scored.append(Failure(comp.error or "engine_error: no detail"))
             reasons.append("")
             continue
         opening = f"{REASONING_START}{comp.text.rstrip()}\n{prefix}"
@@ -176,7 +176,7 @@ def score_all(engine, convs: list) -> list[dict | str]:
     out: list[dict | str] = list(convs)
     for i, lp in zip(live, logps):
         # `{}` means too long for the context; a failure the engine named ("server_error: ...") passes through.
-        out[i] = lp or "too_long: the judge prompt does not fit the judge model's context"
+        out[i] = lp or Failure.of("too_long", "the judge prompt does not fit the judge model's context")
     return out
 
 
@@ -284,8 +284,7 @@ def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult
     out = StageResult()
     for pair, rec in zip(pairs, judged):
         if rec["error"]:
-            reason = rec["error"].split(":", 1)[0].strip() or "engine_error"
-            out.rejects.append(make_reject("judge", pair["pair_id"], reason, rec["error"], pair))
+            out.rejects.append(make_reject("judge", pair["pair_id"], Failure(rec["error"]).reason, rec["error"], pair))
             continue
         row = {**pair, **{k: rec[k] for k in _RECORD_KEYS}}
         _tally(out.counts, row)
@@ -295,62 +294,3 @@ def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult
         else:
             out.rows.append(row)
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The dataset card's judge section
-
-
-def _rate(num: float, den: float) -> str:
-    return f"{num / den:.3f}" if den else "n/a"
-
-
-def _scored_rows(judge_rows: list[dict], judge_rejects: list[dict]) -> list[dict]:
-    """Every pair the judge scored: the kept rows plus the rejected ones that carry a verdict."""
-    rejected = [json.loads(r["row"]) for r in judge_rejects]
-    return list(judge_rows) + [r for r in rejected if "p_a" in r]
-
-
-def principle_table(scored: list[dict]) -> str:
-    """Per principle: its verdicts, how often its two orders agree, how often it sides with the ensemble
-    label, and how often it prefers the revision in revision pairs."""
-    stats: dict[str, Counter] = {}
-    for row in scored:
-        for v in row["verdicts"]:
-            s = stats.setdefault(v["principle_id"], Counter())
-            p = order_average(v["p_a_first"], v["p_a_second"])
-            s["n"] += 1
-            s["consistent"] += not picks_same_position(v["p_a_first"], v["p_a_second"])
-            s["agrees"] += (p > 0.5) == (row["p_a"] > 0.5)
-            if row["origin"] == "revision":
-                s["rev_n"] += 1
-                s["rev_wins"] += p > 0.5
-    lines = ["| principle | verdicts | order-consistent | agrees with ensemble | revision wins |",
-             "|---|---:|---:|---:|---:|"]
-    for pid, s in sorted(stats.items()):
-        lines.append(f"| {pid} | {s['n']} | {_rate(s['consistent'], s['n'])} | {_rate(s['agrees'], s['n'])} | "
-                     f"{_rate(s['rev_wins'], s['rev_n'])} |")
-    return "\n".join(lines)
-
-
-def card_section(judge_rows: list[dict], judge_rejects: list[dict]) -> str:
-    """Markdown for datasets/README.md: how sure and how consistent the judge was, and whether it agrees with
-    the recipe's assumption that a revision beats the response it revised."""
-    scored = _scored_rows(judge_rows, judge_rejects)
-    reasons = Counter(r["reason"] for r in judge_rejects)
-    revision = [r for r in scored if r["origin"] == "revision"]
-    margin_kept = sum(abs(r["p_a"] - 0.5) for r in judge_rows)
-    lines = [
-        "## Judge\n",
-        f"{len(scored)} pairs scored in both orders; {len(judge_rows)} kept as labels. "
-        "p(a≻b) = ½·(P(A | a first) + P(B | a second)), averaged over the principles drawn for the pair.\n",
-        f"- Order-consistency rate: {_rate(sum(bool(r['consistent']) for r in scored), len(scored))} "
-        "(both orders of every principle pick the same response)",
-        f"- Mean margin |p − 0.5|: {_rate(margin_kept, len(judge_rows))} kept, "
-        f"{_rate(sum(abs(r['p_a'] - 0.5) for r in scored), len(scored))} all scored",
-        f"- Revision preferred over the initial response: {_rate(sum(r['p_a'] > 0.5 for r in revision), len(revision))} "
-        f"of {len(revision)} revision pairs (the HF recipe assumes 1.0)",
-        f"- Rejected by the judge: {json.dumps(dict(sorted(reasons.items())))}\n",
-        principle_table(scored) + "\n",
-    ]
-    return "\n".join(lines)

@@ -44,6 +44,11 @@ def revision_pairs(revised: list[dict]) -> list[dict]:
             for r in revised]
 
 
+def select_inputs(cfg, inputs: tuple[str, ...]) -> tuple[str, ...]:
+    """Revise shards are read only where revision pairs are wanted and the run revises."""
+    return inputs if cfg.pairs.revision and "revise" in cfg.stages else ("sample",)
+
+
 def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult:
     candidates = sampled_pairs(inputs["sample"], ctx) if ctx.cfg.pairs.sampled else []
     if "revise" in inputs:

@@ -115,6 +115,9 @@ async def _guarded(gen: Gen, sample: dict, ctx: StageContext) -> Revised | Chain
         return await revise_row(gen, sample, ctx)
     except ChainFailed as failure:
         return failure
+    finally:
+        if ctx.progress:  # a revision chain is the slowest unit of a run: report each one as it ends
+            ctx.progress(1)
 
 
 def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult:

@@ -23,7 +23,10 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
+from cai_pipeline.engines.chat import end_token_ids
 from cai_pipeline.errors import UserError
+
+__all__ = ["PairSet", "collate_pairs", "end_token_ids", "find_splits", "pair_loader", "read_rows", "tokenize_rows"]
 
 COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -99,13 +102,6 @@ def _cut_after_end(ids: list[int], end_ids: set[int]) -> list[int]:
         if ids[i] in end_ids:
             return ids[: i + 1]
     return ids
-
-
-def end_token_ids(tokenizer, generation_config=None) -> set[int]:
-    ids = {tokenizer.eos_token_id}
-    gen = getattr(generation_config, "eos_token_id", None)
-    ids.update(gen if isinstance(gen, list) else [gen])
-    return {i for i in ids if i is not None}
 
 
 def _encode(tokenizer, text: str, special: bool) -> list[int]:

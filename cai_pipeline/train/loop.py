@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from cai_pipeline.errors import UserError
 from cai_pipeline.models import resolve_model
+from cai_pipeline.store import RunLayout, TrainLayout, atomic_write_json
 from cai_pipeline.train.config import TrainConfig
 from cai_pipeline.train.data import PairSet, end_token_ids, find_splits, pair_loader, read_rows, tokenize_rows
 from cai_pipeline.train.losses import dpo_loss, ipo_loss, orpo_loss, simpo_loss
@@ -30,10 +31,11 @@ from cai_pipeline.train.reference import cache_key, reference_logps
 log = logging.getLogger(__name__)
 
 
-def train(run_cfg) -> dict:
+def train(run_cfg, layout: RunLayout | None = None) -> dict:
     """Train `run_cfg.train` on the run's preference dataset; returns the summary (also in <log_dir>/summary.json)."""
     cfg: TrainConfig = run_cfg.train
-    paths = resolve_paths(run_cfg)
+    paths = resolve_paths(run_cfg, layout or RunLayout(run_cfg.out_dir))
+    written = TrainLayout(paths["log"], paths["out"])
     accelerator = make_accelerator(cfg)
     from accelerate.utils import set_seed
 
@@ -69,7 +71,7 @@ def train(run_cfg) -> dict:
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     eval_loader = accelerator.prepare(loader("test")) if "test" in splits else None
 
-    metrics = MetricsLog(paths["log"] / "metrics.jsonl", enabled=accelerator.is_main_process)
+    metrics = MetricsLog(written.metrics, enabled=accelerator.is_main_process)
     metrics.write({"step": 0, "counts": {name: s.counts for name, s in splits.items()}, "reference": ref_status})
     result = fit(accelerator, scorer, optimizer, scheduler, train_loader, eval_loader, refs, cfg, total_steps, metrics)
 
@@ -79,12 +81,12 @@ def train(run_cfg) -> dict:
         if cfg.plots:
             from cai_pipeline.train.plots import plot_metrics
 
-            plot_metrics(paths["log"] / "metrics.jsonl", paths["log"])
+            plot_metrics(written.metrics, written.plots)
     summary = {"checkpoint": str(paths["out"]), "log_dir": str(paths["log"]), "loss_type": cfg.loss,
                "reference": ref_status, "reference_seconds": ref_seconds,
                "counts": {n: s.counts for n, s in splits.items()}, **result}
     if accelerator.is_main_process:
-        (paths["log"] / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(written.summary, summary)
     return summary
 
 
@@ -197,13 +199,13 @@ def step_tokens(micro: list[dict]) -> float:
 # ---------------------------------------------------------------------------------------------- set-up
 
 
-def resolve_paths(run_cfg) -> dict:
+def resolve_paths(run_cfg, layout: RunLayout) -> dict:
     """The `train:` paths with their fallbacks into the run folder."""
-    cfg, run = run_cfg.train, Path(run_cfg.out_dir)
-    return {"data": Path(cfg.data) if cfg.data else run / "datasets" / "preferences",
+    cfg = run_cfg.train
+    return {"data": Path(cfg.data) if cfg.data else layout.dataset("preferences"),
             "model": resolve_model(cfg.model or run_cfg.model),
-            "out": Path(cfg.out_dir) if cfg.out_dir else run / "checkpoint",
-            "log": Path(cfg.log_dir) if cfg.log_dir else run / "train"}
+            "out": Path(cfg.out_dir) if cfg.out_dir else layout.checkpoint,
+            "log": Path(cfg.log_dir) if cfg.log_dir else layout.train_dir}
 
 
 def resolve_precision(precision: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -95,15 +94,11 @@ MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "score_index", "l
 
 def save_checkpoint(lm, tokenizer, out: Path, save_dtype: str | None) -> Path:
     """A plain Hugging Face folder (safetensors, config, tokenizer, chat template), LoRA merged in. Written to a
-    sibling folder and renamed, so a crash never leaves half a checkpoint where an engine would load it."""
+    sibling folder and swapped in, so a crash never leaves half a checkpoint where an engine would load it."""
     if hasattr(lm, "peft_config"):
         lm = lm.merge_and_unload()
+    from cai_pipeline.store import atomic_folder
+
     if save_dtype is not None:
         lm = lm.to(_DTYPES[save_dtype])
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return atomic_folder(out, lambda tmp: (lm.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))

@@ -28,6 +28,7 @@ def plot_metrics(metrics_path: Path, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, keys in GROUPS.items():
         fig, ax = plt.subplots(figsize=(6, 3.5))

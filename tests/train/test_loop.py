@@ -139,7 +139,7 @@ def test_metrics_plots_summary_and_truncation_counts(tiny_model, make_cfg, tmp_p
     expected = {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                 "logps/rejected", "length/chosen", "length/rejected", "lr", "tokens/s", "grad_norm"}
     assert expected <= step_rows[0].keys()
-    assert {"loss.png", "rewards.png", "accuracy.png", "logps.png", "lr.png"} <= {p.name for p in log_dir.glob("*.png")}
+    assert {"loss.png", "rewards.png", "accuracy.png", "logps.png", "lr.png"} <= {p.name for p in (log_dir / "plots").glob("*.png")}
     assert json.loads((log_dir / "summary.json").read_text())["steps"] == 4
 
 
@@ -151,8 +151,24 @@ def test_other_losses_train(tiny_model, make_cfg, pairs_dir, loss):
 
 
 def test_soft_labels(tiny_model, make_cfg, pairs_dir, tmp_path):
-    s = train(make_cfg(tiny_model, pairs_dir, use_soft_labels=True, max_steps=1))
-    assert s["steps"] == 1
+    """The judge's p_chosen is the DPO target t: dL/dh = −β(t − σ(βh)), so at t = ½ and h = 0 (policy = its
+    reference) the gradient is zero and the weights stay put, while hard labels move them; after a step the
+    loss depends on t."""
+    common = {"lr": 1e-3, "max_steps": 2, "warmup_ratio": 0.0, "lr_schedule": "constant", "shuffle": False,
+              "batch_size": 8}
+    for name, p in (("half", 0.5), ("sure", 0.9)):
+        write_split(tmp_path / name, "train", [{**r, "p_chosen": p} for r in SMALL_PAIRS])
+    half = train(make_cfg(tiny_model, tmp_path / "half", name="h", use_soft_labels=True, **common))
+    sure = train(make_cfg(tiny_model, tmp_path / "sure", name="s", use_soft_labels=True, **common))
+    hard = train(make_cfg(tiny_model, tmp_path / "sure", name="d", **common))
+    base = _weights(tiny_model)
+    assert all(torch.equal(base[k], v) for k, v in _weights(half["checkpoint"]).items())
+    assert any(not torch.equal(base[k], v) for k, v in _weights(hard["checkpoint"]).items())
+    losses = {n: [r["loss"] for r in read_metrics(Path(s["log_dir"]) / "metrics.jsonl") if "loss" in r]
+              for n, s in (("half", half), ("sure", sure), ("hard", hard))}
+    assert losses["half"] == pytest.approx([math.log(2)] * 2, abs=1e-6)  # h stays 0: −logσ(0) = log 2
+    assert losses["sure"][0] == pytest.approx(math.log(2), abs=1e-6) == losses["hard"][0]
+    assert losses["sure"][1] != pytest.approx(losses["hard"][1], abs=1e-4)  # same h, other target
     write_split(tmp_path / "nolabels", "train", [{**r, "p_chosen": None} for r in SMALL_PAIRS])
     with pytest.raises(UserError, match="p_chosen"):
         train(make_cfg(tiny_model, tmp_path / "nolabels", use_soft_labels=True))

@@ -1,4 +1,5 @@
-"""The dataset card (datasets/README.md): what made the data, how much there is, and its length statistics.
+"""The dataset card (datasets/README.md): what made the data, how much there is, its length statistics, and how
+sure and consistent the judge was.
 
 Chosen vs rejected length is in the card on purpose: DPO is known to reward length, and a preference set
 whose chosen side is systematically longer teaches exactly that. The card makes it visible at a glance.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 
 from cai_pipeline import __version__
+from cai_pipeline.stages.judge import order_average, picks_same_position
 
 
 def _counter(model: str):
@@ -61,13 +64,8 @@ def _lengths_table(lengths: dict) -> str:
     return "\n".join(rows) + f"\n\nChosen is the longer side in {lengths['chosen_longer_rate']} of pairs."
 
 
-def dataset_card(store, cfg, constitution, summary: dict) -> str:
-    manifest = store.read_manifest() or {}
-    judge_md = ""
-    if summary["preferences_from"] == "judge":
-        from cai_pipeline.stages.judge import card_section
-
-        judge_md = card_section(store.read_stage("judge"), store.read_rejects("judge"))
+def dataset_card(cfg, constitution, manifest: dict, summary: dict, judge_md: str) -> str:
+    """The card's Markdown. `judge_md` is `judge_section(...)` where the judge ran, else ""."""
     parts = [
         _front_matter(),
         f"# Constitutional AI datasets: {cfg.out_dir}\n",
@@ -85,7 +83,66 @@ def dataset_card(store, cfg, constitution, summary: dict) -> str:
         judge_md,
         "## Rejected rows\n",
         "Every dropped row is in `../rejects/<stage>/` with its reason. Counts by stage:\n",
-        *[f"- {name}: {json.dumps(s.get('rejected', {}))}" for name, s in manifest.get("stages", {}).items()],
+        *[f"- {name}: {json.dumps(s['rejected'])}" for name, s in manifest.get("stages", {}).items() if "rejected" in s],
         "",
     ]
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dataset card's judge section
+
+
+def _rate(num: float, den: float) -> str:
+    return f"{num / den:.3f}" if den else "n/a"
+
+
+def _scored_rows(judge_rows: list[dict], judge_rejects: list[dict]) -> list[dict]:
+    """Every pair the judge scored: the kept rows plus the rejected ones that carry a verdict."""
+    rejected = [json.loads(r["row"]) for r in judge_rejects]
+    return list(judge_rows) + [r for r in rejected if "p_a" in r]
+
+
+def principle_table(scored: list[dict]) -> str:
+    """Per principle: its verdicts, how often its two orders agree, how often it sides with the ensemble
+    label, and how often it prefers the revision in revision pairs."""
+    stats: dict[str, Counter] = {}
+    for row in scored:
+        for v in row["verdicts"]:
+            s = stats.setdefault(v["principle_id"], Counter())
+            p = order_average(v["p_a_first"], v["p_a_second"])
+            s["n"] += 1
+            s["consistent"] += not picks_same_position(v["p_a_first"], v["p_a_second"])
+            s["agrees"] += (p > 0.5) == (row["p_a"] > 0.5)
+            if row["origin"] == "revision":
+                s["rev_n"] += 1
+                s["rev_wins"] += p > 0.5
+    lines = ["| principle | verdicts | order-consistent | agrees with ensemble | revision wins |",
+             "|---|---:|---:|---:|---:|"]
+    for pid, s in sorted(stats.items()):
+        lines.append(f"| {pid} | {s['n']} | {_rate(s['consistent'], s['n'])} | {_rate(s['agrees'], s['n'])} | "
+                     f"{_rate(s['rev_wins'], s['rev_n'])} |")
+    return "\n".join(lines)
+
+
+def judge_section(judge_rows: list[dict], judge_rejects: list[dict]) -> str:
+    """Markdown for datasets/README.md: how sure and how consistent the judge was, and whether it agrees with
+    the recipe's assumption that a revision beats the response it revised."""
+    scored = _scored_rows(judge_rows, judge_rejects)
+    reasons = Counter(r["reason"] for r in judge_rejects)
+    revision = [r for r in scored if r["origin"] == "revision"]
+    margin_kept = sum(abs(r["p_a"] - 0.5) for r in judge_rows)
+    lines = [
+        "## Judge\n",
+        f"{len(scored)} pairs scored in both orders; {len(judge_rows)} kept as labels. "
+        "p(a≻b) = ½·(P(A | a first) + P(B | a second)), averaged over the principles drawn for the pair.\n",
+        f"- Order-consistency rate: {_rate(sum(bool(r['consistent']) for r in scored), len(scored))} "
+        "(both orders of every principle pick the same response)",
+        f"- Mean margin |p − 0.5|: {_rate(margin_kept, len(judge_rows))} kept, "
+        f"{_rate(sum(abs(r['p_a'] - 0.5) for r in scored), len(scored))} all scored",
+        f"- Revision preferred over the initial response: {_rate(sum(r['p_a'] > 0.5 for r in revision), len(revision))} "
+        f"of {len(revision)} revision pairs (the HF recipe assumes 1.0)",
+        f"- Rejected by the judge: {json.dumps(dict(sorted(reasons.items())))}\n",
+        principle_table(scored) + "\n",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""The local executor: the shards of a stage one after another in this process, on one engine at a time."""
+
+from __future__ import annotations
+
+from functools import partial
+
+
+def check_token_limits(cfg, engine) -> None:
+    """A max_tokens the context cannot hold is a config mistake, not something to clamp silently."""
+    context = getattr(engine, "max_model_len", None)
+    if context is None:  # a server that does not say
+        return
+    for key, value in (("sample.max_tokens", cfg.sample.max_tokens), ("revise.max_tokens", cfg.revise.max_tokens),
+                       ("judge.reasoning_max_tokens", cfg.judge.reasoning_max_tokens)):
+        if value >= context:
+            from cai_pipeline.errors import UserError
+
+            raise UserError(f"{key}={value} does not fit the model's context of {context} tokens; "
+                            f"lower it (or raise engine.max_model_len if the model allows)")
+
+
+def model_for(cfg, role: str) -> str:
+    return (cfg.judge.model or cfg.model) if role == "judge" else cfg.model
+
+
+class Engines:
+    """Builds engines on first use (a finished run resumes without starting one), one at a time: a stage
+    that needs another model closes the one before. A caller may hand in a ready engine (tests share one per
+    session); it serves every role and stays open."""
+
+    def __init__(self, cfg, given=None):
+        self.cfg, self.given = cfg, given
+        self.role: str | None = None
+        self.engine = None
+        self.stats: dict[str, dict] = {}
+
+    def get(self, role: str):
+        if self.given is not None:
+            return self.given
+        if self.engine is not None and model_for(self.cfg, role) == model_for(self.cfg, self.role):
+            return self.engine
+        self.close()
+        from cai_pipeline.engines import make_engine
+
+        self.engine, self.role = make_engine(self.cfg, model=model_for(self.cfg, role)), role
+        check_token_limits(self.cfg, self.engine)
+        return self.engine
+
+    def close(self) -> None:
+        if self.engine is not None:
+            s = self.engine.stats
+            self.stats[self.role] = {"retries": s.retries, "errors": dict(s.errors)}
+            self.engine.close()
+            self.engine = None
+
+
+class LocalExecutor:
+    def __init__(self, cfg, given=None):
+        self.engines = Engines(cfg, given)
+
+    def run(self, stage, shards, assets, store, *, on_done, on_rows) -> None:
+        from cai_pipeline.pipeline import run_shard
+
+        for shard in shards:
+            engine = self.engines.get(stage.model_role) if stage.model_role else None
+            stats = run_shard(stage, store, shard, assets, engine, on_rows=partial(on_rows, shard))
+            if stats is not None:
+                on_done(shard, stats)
+
+    def release(self) -> None:
+        self.engines.close()
+
+    def close(self) -> None:
+        self.engines.close()
+
+    def engine_stats(self) -> dict:
+        return dict(self.engines.stats)

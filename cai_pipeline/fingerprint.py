@@ -1,0 +1,71 @@
+"""Fingerprints: the settings and inputs that shape each stage's output, recorded in the manifest.
+
+A run folder made with other settings is refused (with the keys that differ) rather than resumed, because
+mixing shards from two configurations would silently corrupt the datasets. A sharded stage's fingerprint is
+its own settings plus everything upstream of it; a run-scope stage's is its settings plus what it read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from cai_pipeline.errors import UserError
+
+# engine keys that change how requests are sent, never what comes back
+OPERATIONAL = {"concurrency", "max_retries", "timeout_s", "api_key_env"}
+
+
+def sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def shard_fingerprints(cfg, hashes: dict, stages) -> dict[str, dict]:
+    """Per sharded stage: the settings that shape its output, including everything upstream of it."""
+    dump = cfg.model_dump()
+    dump["engine"] = {k: v for k, v in dump["engine"].items() if k not in OPERATIONAL}
+    content = {"constitution_sha256": hashes["constitution"], "templates": hashes["templates"]}
+    extra = {"sample": {"prompts_sha256": hashes["prompts"]}, "revise": content, "judge": content}
+    out, upstream = {}, {}
+    for stage in stages:
+        if stage.scope != "shard":
+            continue
+        upstream = {**upstream, **{k: dump[k] for k in stage.settings}, **extra.get(stage.name, {})}
+        out[stage.name] = dict(upstream)
+    return out
+
+
+def run_fingerprint(cfg, stage, identity: dict) -> dict:
+    """A run-scope stage: its own settings and the identity of what it reads."""
+    dump = cfg.model_dump()
+    return {"settings": {k: dump[k] for k in stage.settings}, "inputs": identity}
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def shown(keys: list[str]) -> str:
+    return ", ".join(keys[:4]) + (" …" if len(keys) > 4 else "")
+
+
+def check_resume(store, manifest: dict | None, prints: dict[str, dict]) -> None:
+    """Refuse to mix shards made under different settings; say which settings differ."""
+    if not manifest:
+        return
+    for name, new in prints.items():
+        old = manifest.get("fingerprints", {}).get(name)
+        if old is None or not store.shard_indices(name):
+            continue
+        changed = changed_keys(old, new)
+        if changed:
+            raise UserError(
+                f"{store.root} was made with different settings for stage {name!r} ({shown(changed)}); "
+                "rerun with --restart to start over, or set out_dir to a new folder")
