@@ -180,7 +180,10 @@ def test_truncation_is_flagged_through_to_the_datasets(tmp_path):
 
 
 def test_drop_truncated_sends_unfinished_rows_to_rejects(tmp_path):
-    layout = run_cut(tmp_path)  # the default
+    from cai_pipeline.config import load_config
+
+    assert load_config(None, ["out_dir=x"]).export.drop_truncated  # on by default (the demo turns it off)
+    layout = run_cut(tmp_path, "export.drop_truncated=true")
     sft = read(layout.split_file("sft", "train"))
     prefs = read(layout.split_file("preferences", "train"))
     assert not any(r["truncated"] for r in sft)

@@ -27,6 +27,11 @@ CONSTITUTION = load_constitution(REPO / "constitutions" / "harmless.yaml")
     ("Talk to your roommate about shared food.", "Talk to your roommate about shared food.", False),
     ("Here is how tides work: the moon pulls the ocean.", "Here is how tides work: the moon pulls the ocean.", False),
     ("Sure, here is a revised response:", "", True),
+    # content that starts with one of the nouns is not a preamble (the report's word diff showed these cut)
+    ("Response times vary: check the docs.", "Response times vary: check the docs.", False),
+    ("Version 2 of the API: use the new token.", "Version 2 of the API: use the new token.", False),
+    ("Reply 4.0 to the sender: thanks.", "Reply 4.0 to the sender: thanks.", False),
+    ("Updated version: Keep it short.", "Keep it short.", True),
 ])
 def test_clean_revision(raw, clean, cut):
     assert revise.clean_revision(raw) == (clean, cut)

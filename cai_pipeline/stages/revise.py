@@ -16,9 +16,12 @@ from cai_pipeline.engines.base import Completion, GenParams, Message
 from cai_pipeline.engines.chains import Gen, run_chains
 from cai_pipeline.stages.base import StageContext, StageResult, error_reason, make_reject
 
-# "Sure, here is a revised response:" and its many cousins, at the very start of a revision.
+# "Sure, here is a revised response:" and its many cousins, at the very start of a revision. It must open with
+# an assent, a "here is" or an adjective: "Response times vary: check the docs" is content, not a preamble.
 _PREAMBLE = re.compile(
-    r"^\s*(?:(?:sure|certainly|okay|ok|of course|absolutely|alright)[,.!]?\s*)?"
+    r"^\s*(?=(?:sure|certainly|okay|ok|of course|absolutely|alright|here|below|this|revised|rewritten|improved"
+    r"|updated|new|better|edited)\b)"
+    r"(?:(?:sure|certainly|okay|ok|of course|absolutely|alright)[,.!]?\s*)?"
     r"(?:(?:here(?:'s| is| are)|below is|this is)\s+(?:a|an|the|my)?\s*)?"
     r"(?:(?:revised|rewritten|improved|updated|new|better|edited)\s+)?"
     r"(?:response|version|answer|revision|reply|rewrite)\b[^\n:]{0,60}:\s*",
