@@ -16,7 +16,8 @@ from urllib.parse import quote
 
 import pytest
 
-from cai_pipeline.report import write_report
+from cai_pipeline.report import build_document, write_report
+from cai_pipeline.report.show import round_texts
 from tests.conftest import REPO, missing
 from tests.report_run import CUSTOM_ID, INJECTIONS, off_the_loop
 from tests.test_report import drew
@@ -156,6 +157,14 @@ def test_a_trace_opens_with_its_critiques_and_has_a_permalink(report, run):
     assert page.evaluate("location.hash") == f"#trace/{target['prompt_id']}"
     want = [x["critique"] or "(empty)" for r in revised if r["prompt_id"] == target["prompt_id"] for x in r["rounds"]]
     assert page.eval_on_selector_all("#trace-detail .critique", "cs => cs.map(c => c.textContent)") == want
+    # each round's word diff reads as the text before it without its insertions, and as the text after it
+    # without its deletions: true of any correct diff, whatever the texts
+    sides = page.eval_on_selector_all("#trace-detail .diff", """ds => ds.map(d => [false, true].map(keepIns => {
+        const c = d.cloneNode(true); c.querySelectorAll(keepIns ? 'del' : 'ins').forEach(x => x.remove());
+        return c.textContent; }))""")
+    doc, traces = build_document(run)
+    trace = next(t for t in traces if t["id"] == target["prompt_id"])
+    assert sides == [list(pair) for s in trace["samples"] for pair in round_texts(s)] and sides
     shot(page, "trace")
     # the permalink opens the same trace in a fresh page; a hostile user-given id works as a permalink too
     for pid in (target["prompt_id"], CUSTOM_ID):
@@ -197,6 +206,35 @@ def test_no_script_from_the_data_runs(report, run):
     shown = page.text_content("#trace-detail")
     assert any(x in shown for x in INJECTIONS)  # shown, as text
     report.clean()
+
+
+def test_audit_training_and_rounds_render(browser, run, tmp_path):
+    import shutil as sh
+
+    from tests.test_report import AUDIT
+
+    top = tmp_path / "top"
+    sh.copytree(run, top)
+    for name in ("00-sl", "01-rl"):
+        sh.copytree(run, top / "rounds" / name)
+        (top / "rounds" / name / "audit").mkdir()
+        (top / "rounds" / name / "audit" / "summary.json").write_text(json.dumps(AUDIT))
+    (top / "audit").mkdir()
+    (top / "audit" / "summary.json").write_text(json.dumps(AUDIT))
+    (top / "train").mkdir()
+    metrics = [{"step": s, "loss": 0.7 - 0.01 * s, "rewards/accuracies": 0.5 + 0.02 * s, "lr": 1e-6} for s in range(1, 9)]
+    (top / "train" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in [*metrics, {"step": 8, "eval/loss": 0.6}]))
+    page = Page(browser, write_report(top))
+    try:
+        p = page.open()
+        overall = p.eval_on_selector_all("#audit tbody tr:first-child td", "tds => tds.map(t => t.textContent)")
+        assert overall[:2] == ["overall", "0.56"] and overall[2] == "0.5 – 0.62"
+        assert len(p.query_selector_all("#rounds tr.round-row")) == 2
+        assert len(p.query_selector_all("#training-charts svg polyline")) >= 3
+        shot(p, "overview-audit-rounds")
+        page.clean()
+    finally:
+        page.close()
 
 
 @pytest.mark.model

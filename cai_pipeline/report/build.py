@@ -45,7 +45,7 @@ def build_document(path: str | Path) -> tuple[dict, list[dict]]:
         "funnel": funnel(manifest), "run_stages": run_stages(manifest),
         "judge": judge_stats(rows), "datasets": dataset_stats(manifest, rows, traces),
         "training": training(store, manifest, warnings), "audit": audit(store, warnings),
-        "rounds": rounds(store), "rejects": rejects,
+        "rounds": rounds(store, warnings), "rejects": rejects,
     }
     doc["facets"], doc["index"] = index(traces, principles)  # last: every principle has been seen by now
     doc["warnings"] = warnings
@@ -255,12 +255,16 @@ def audit(store: RunStore, warnings: list[str]) -> dict | None:
             "overall": _numbers(data.get("overall"), AUDIT_OVERALL)}
 
 
-def rounds(store: RunStore) -> list[dict]:
+def rounds(store: RunStore, warnings: list[str]) -> list[dict]:
     """Each round folder (rounds/NN-kind/, a run of its own), summarised for a side-by-side table."""
     out = []
     for folder in store.layout.round_dirs():
         sub = RunStore(folder)
-        manifest = sub.read_manifest() or {}
+        try:
+            manifest = sub.read_manifest() or {}
+        except UserError as e:
+            warnings.append(str(e))
+            manifest = {}
         stages = manifest.get("stages", {})
         samples = sub.read_stage("sample")
         judge = stages.get("judge", {}).get("counts", {})
@@ -270,7 +274,7 @@ def rounds(store: RunStore) -> list[dict]:
             "samples": len(samples),
             "mean_words": round(statistics.fmean(len(r["response"].split()) for r in samples), 1) if samples else None,
             "revision_preferred": [judge.get("revision_preferred", 0), judge.get("revision_pairs", 0)],
-            "audit": audit(sub, []),
+            "audit": audit(sub, warnings),
         })
     return out
 
@@ -299,10 +303,9 @@ def index(traces: list[dict], principles: Principles) -> tuple[dict, list[list]]
         reasons = {f"{m[0]}: {m[1]}" for m in marks} | {f"{r[0]}: {r[2]}" for r in t["rejects"]}
         splits = {s["sft"] for s in t["samples"] if "sft" in s} | {p["pref"][0] for p in t["pairs"] if "pref" in p}
         last_user = next((c for role, c in reversed(t["prompt"]) if role == "user"), t["prompt"][-1][1] if t["prompt"] else "")
+        origins = {p["origin"] for p in t["pairs"] if p.get("origin")}
         out.append([t["id"], " ".join(last_user.split())[:PREVIEW], sorted(drew),
-                    sorted(at("origin", p["origin"]) for p in t["pairs"] if p.get("origin")),
-                    sorted(at("reason", r) for r in reasons), sorted(at("split", s) for s in (splits or {"none"}))])
-    for row in out:  # a set per facet, as sorted positions
-        row[3] = sorted(set(row[3]))
+                    sorted(at("origin", o) for o in origins), sorted(at("reason", r) for r in reasons),
+                    sorted(at("split", s) for s in (splits or {"none"}))])
     facets["principle"] = principles.ids
     return facets, out

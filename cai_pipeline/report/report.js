@@ -41,7 +41,8 @@
     add(e, kids);
     return e;
   }
-  const fmt = (x, d = 3) => (x === null || x === undefined ? "—" : typeof x === "number" ? +x.toFixed(d) + "" : String(x));
+  const fmt = (x, d = 3) => (x === null || x === undefined ? "—" : typeof x !== "number" ? String(x)
+    : x !== 0 && Math.abs(x) < 10 ** -d ? x.toExponential(1) : +x.toFixed(d) + "");
   const pct = (a, b) => (b ? (100 * a / b).toFixed(1) + "%" : "—");
   const text = (t, cls) => h("div", { class: "text" + (cls ? " " + cls : "") }, t === "" ? h("span", { class: "muted" }, "(empty)") : t);
   const badge = (t, cls) => h("span", { class: "badge" + (cls ? " " + cls : "") }, t);
