@@ -129,6 +129,22 @@ def test_every_reject_is_attached_once_or_listed(run, built):
     assert {r[0] for r in unattached} == {"prompts"} and all(json.loads(r[4]) is not None for r in unattached)
 
 
+def test_a_reject_from_a_later_stage_attaches_by_its_ids(copy):
+    """A stage that does not exist yet (an export filter, say) writes rejects the same way: they attach to the
+    pair or prompt they name, and a row that is not JSON still lands on its prompt by the key."""
+    from cai_pipeline.records import RejectRecord, make_reject
+    from cai_pipeline.store import RunLayout, write_parquet
+
+    pair = RunStore(copy).read_stage("judge")[0]
+    rows = [make_reject("export", pair["pair_id"], "truncated", "chosen was cut at max_tokens", pair),
+            {**make_reject("export", f"{pair['prompt_id']}/0", "odd", "its row is not JSON", {}), "row": "{oops"}]
+    write_parquet(RunLayout(copy).rejects("export", 0), rows, RejectRecord)
+    _, traces = build_document(copy)
+    t = next(t for t in traces if t["id"] == pair["prompt_id"])
+    assert next(p for p in t["pairs"] if p["id"] == pair["pair_id"])["reject"][:2] == ["export", "truncated"]
+    assert [r[2] for r in t["rejects"]] == ["odd"]
+
+
 def test_dataset_rows_point_back_to_their_pairs_and_samples(run, built):
     _, traces = built
     by_id = {t["id"]: t for t in traces}

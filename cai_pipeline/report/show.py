@@ -50,7 +50,7 @@ def round_texts(sample: dict) -> list[tuple[str, str]]:
     """(text before, text after) each round: a kept revision, its boilerplate cut, replaces the text."""
     before, out = sample["text"], []
     for r in sample.get("rounds", []):
-        if r["kept"]:
+        if r.get("kept"):
             after = before
         elif "after" in r:
             after = r["after"]
@@ -105,7 +105,7 @@ def print_sample(console: Console, sample: dict, principles: list[str], color: b
     _line(console, "initial", sample["text"])
     texts = round_texts(sample)
     for k, r in enumerate(sample.get("rounds", [])):
-        marks = (["preamble cut"] if r["cleaned"] else []) + ([f"kept previous: {r['kept']}"] if r["kept"] else [])
+        marks = (["preamble cut"] if r.get("cleaned") else []) + ([f"kept previous: {r['kept']}"] if r.get("kept") else [])
         head = Text(f"  round {k + 1} · principle {safe(principles[r['p']])}", style="bold")
         console.print(head + Text("".join(f" [{safe(m)}]" for m in marks)))
         _line(console, "critique", r["critique"], 4)
@@ -128,7 +128,7 @@ def print_pair(console: Console, trace: dict, pair: dict, principles: list[str])
         table = Table(box=None, padding=(0, 2, 0, 2))
         for col in ("principle", "a as (A): P(A)", "P(B)", "a as (B): P(A)", "P(B)", "p(a≻b)"):
             table.add_column(col, justify="left" if col == "principle" else "right")
-        for pi, _w, first, second, _rf, _rs in pair["verdicts"]:
+        for pi, _w, first, second, *_reasoning in pair["verdicts"]:
             cells = [first, 1 - first] + ([1 - second, second, (first + second) / 2] if second is not None else ["—", "—", first])
             table.add_row(Text(safe(principles[pi])), *(Text(f"{c:.3f}" if isinstance(c, float) else c) for c in cells))
         console.print(table)

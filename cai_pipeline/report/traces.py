@@ -7,13 +7,14 @@ One trace, as the report embeds it (texts appear once; a pair points at the samp
 {"id": prompt_id, "prompt": [[role, content], ...],
  "samples": [{"i": sample_idx, "text": initial response, "finish": finish_reason, "tokens": n,
               "rounds": [{"p": principle, "critique": str, "revision": str (as the model wrote it),
-                          "cleaned": bool, "kept": null | why the revision was not used,
-                          "span": [start, length] of the revision that became the text (when a preamble
-                          was cut)}],
+                          "cleaned": true (only when a preamble was cut), "kept": why the revision was
+                          not used (only then), "span": [start, length] of the revision that became the
+                          text (when a preamble was cut)}],
               "final": str (only where the rounds do not yield it), "sft": "train" | "test" (its SFT row),
               "reject": [stage, reason, detail]}],
  "pairs": [{"id": pair_id, "origin": "sampled" | "revision", "a": ref, "b": ref,
-            "verdicts": [[principle, weight, p_a_first, p_a_second, reasoning_first, reasoning_second]],
+            "verdicts": [[principle, weight, p_a_first, p_a_second, reasoning_first, reasoning_second]]
+                        (trailing null reasonings left out),
             "p_a": float, "consistent": bool, "pref": [split, "a" | "b", p_chosen], "reject": [...]}],
  "rejects": [[stage, key, reason, detail], ...]}     rejects that name the prompt but no sample or pair
 ```
@@ -86,9 +87,12 @@ def chain(initial: str, rounds: list[dict], principles: Principles) -> tuple[lis
     the revision was not kept; `span` locates the cut text inside the revision, so it is not stored twice."""
     before, out = initial, []
     for r in rounds:
-        entry = {"p": principles.index(r["principle_id"]), "critique": r["critique"], "revision": r["revision"],
-                 "cleaned": bool(r["cleaned"]), "kept": r["kept_previous"]}
-        if r["kept_previous"] is None:
+        entry = {"p": principles.index(r["principle_id"]), "critique": r["critique"], "revision": r["revision"]}
+        if r["cleaned"]:  # flags only where set: they are the exception, and a trace's bytes add up
+            entry["cleaned"] = True
+        if r["kept_previous"] is not None:
+            entry["kept"] = r["kept_previous"]
+        else:
             after = clean_revision(r["revision"])[0]
             if after != r["revision"]:
                 start = r["revision"].find(after)
@@ -142,8 +146,8 @@ class TraceSet:
             p = pairs[row["pair_id"]] = {"id": row["pair_id"], "origin": row.get("origin"), "_a": row.get("a", ""),
                                          "_b": row.get("b", ""), "_ai": row.get("a_idx"), "_bi": row.get("b_idx")}
         if row.get("verdicts"):
-            p["verdicts"] = [[self.principles.index(v["principle_id"]), v["weight"], _r(v["p_a_first"]),
-                              _r(v["p_a_second"]), v.get("reasoning_first"), v.get("reasoning_second")]
+            p["verdicts"] = [_trim([self.principles.index(v["principle_id"]), v["weight"], _r(v["p_a_first"]),
+                                    _r(v["p_a_second"]), v.get("reasoning_first"), v.get("reasoning_second")])
                              for v in row["verdicts"]]
             p["p_a"], p["consistent"] = _r(row["p_a"]), row.get("consistent")
         return p
@@ -158,6 +162,7 @@ class TraceSet:
             row = {}
         row = row if isinstance(row, dict) else {}
         pid = row.get("prompt_id") or rej["key"].split("/")[0]
+        row = {**row, "prompt_id": pid}
         mark = [rej["stage"], rej["reason"], rej["detail"]]
         t = self.trace(pid, row.get("prompt"))
         if "pair_id" in row:
@@ -182,6 +187,13 @@ class TraceSet:
                 if p is not None:
                     side = "a" if r["chosen"][-1]["content"] == p["_a"] else "b"
                     p["pref"] = [split, side, None if r["p_chosen"] is None else _r(r["p_chosen"])]
+
+
+def _trim(verdict: list) -> list:
+    """A verdict without its trailing nulls (no reasoning: the usual case)."""
+    while len(verdict) > 4 and verdict[-1] is None:
+        verdict.pop()
+    return verdict
 
 
 def _r(x: float | None) -> float | None:
