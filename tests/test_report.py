@@ -174,6 +174,7 @@ def test_counts_are_the_manifests(run, built):
         s = manifest["stages"][name]
         assert (funnel[name]["in"], funnel[name]["out"], funnel[name]["rejected"]) == (s["in"], s["out"], s["rejected"])
     assert funnel["prompts"]["rejected"] == {"empty_prompt": 1}
+    assert len(doc["index"]) == manifest["prompts"]["kept"]  # one trace per prompt, failed ones included
     judge = manifest["stages"]["judge"]["counts"]
     assert (doc["judge"]["scored"], doc["judge"]["consistent"], doc["judge"]["revision_wins"]) == (
         judge["scored"], judge["consistent"], judge["revision_preferred"])

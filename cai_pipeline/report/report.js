@@ -340,10 +340,12 @@
     for (let k = first; k < last; k++) {
       const pos = state.shown[k], row = INDEX[pos];
       const reasons = row[4].map((r) => badge(F.reason[r], "bad"));
-      const el = h("div", { class: "trace-row" + (pos === state.open ? " open" : ""), "data-id": row[0] },
+      const el = h("div", { class: "trace-row" + (pos === state.open ? " open" : ""), "data-id": row[0], tabindex: 0 },
         h("div", { class: "id" }, row[0], " ", reasons), h("div", { class: "preview" }, row[1]));
       el.style.top = k * ROW_H + "px";
-      el.addEventListener("click", () => { location.hash = "trace/" + encodeURIComponent(row[0]); });
+      const open = () => { location.hash = "trace/" + encodeURIComponent(row[0]); };
+      el.addEventListener("click", open);
+      el.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
       list.appendChild(el);
     }
   }
