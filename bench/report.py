@@ -52,10 +52,12 @@ def prompt_rows(rng: random.Random, pid: str) -> tuple[list[dict], list[dict]]:
         for r in range(ROUNDS):
             revision = words(rng, 80)
             rounds.append({"principle_id": PRINCIPLES[(i + r * 3 + len(pid)) % len(PRINCIPLES)],
-                           "critique": words(rng, 60), "revision": revision, "cleaned": False, "kept_previous": None})
+                           "critique": words(rng, 60), "revision": revision, "cleaned": False, "kept_previous": None,
+                           "truncated": False})
             current = revision
-        revised.append({"prompt_id": pid, "sample_idx": i, "prompt": prompt, "initial": text, "rounds": rounds,
-                        "final": current})
+        revised.append({"prompt_id": pid, "sample_idx": i, "prompt": prompt, "initial": text,
+                        "initial_truncated": samples[-1]["finish_reason"] == "length", "rounds": rounds,
+                        "final": current, "final_truncated": False})
     return samples, revised
 
 
@@ -65,7 +67,8 @@ def judged(rng: random.Random, pairs: list[dict]) -> list[dict]:
         verdicts = [{"principle_id": rng.choice(PRINCIPLES), "weight": 1.0, "p_a_first": rng.random(),
                      "p_a_second": rng.random(), "reasoning_first": None, "reasoning_second": None} for _ in range(2)]
         p_a = sum((v["p_a_first"] + v["p_a_second"]) / 2 for v in verdicts) / 2
-        out.append({**p, "verdicts": verdicts, "p_a": p_a, "consistent": rng.random() < 0.5})
+        out.append({**p, "judge_principle_ids": [v["principle_id"] for v in verdicts], "verdicts": verdicts,
+                    "p_a": p_a, "consistent": rng.random() < 0.5})
     return out
 
 
@@ -74,7 +77,8 @@ def sampled_pair(x: dict, y: dict) -> dict:
 
     return {"pair_id": pair_id(x["prompt_id"], "sampled", x["sample_idx"], y["sample_idx"]), "prompt_id": x["prompt_id"],
             "prompt": x["prompt"], "a": x["response"], "b": y["response"], "origin": "sampled",
-            "a_idx": x["sample_idx"], "b_idx": y["sample_idx"], "principle_ids": []}
+            "a_idx": x["sample_idx"], "b_idx": y["sample_idx"], "a_truncated": x["finish_reason"] == "length",
+            "b_truncated": y["finish_reason"] == "length", "revision_principle_ids": []}
 
 
 def shard(rng: random.Random, first: int, n: int) -> dict[str, list[dict]]:
@@ -90,17 +94,10 @@ def shard(rng: random.Random, first: int, n: int) -> dict[str, list[dict]]:
     return {"sample": samples, "revise": revised, "pairs": pairs, "judge": judged(rng, pairs)}
 
 
-def preference(p: dict) -> dict:
-    a_wins = p["p_a"] > 0.5
-    chosen, rejected = (p["a"], p["b"]) if a_wins else (p["b"], p["a"])
-    return {"pair_id": p["pair_id"], "prompt_id": p["prompt_id"], "prompt": p["prompt"],
-            "chosen": [{"role": "assistant", "content": chosen}], "rejected": [{"role": "assistant", "content": rejected}],
-            "p_chosen": p["p_a"] if a_wins else 1 - p["p_a"], "principle_ids": [], "origin": p["origin"]}
-
-
 def make_folder(root: Path, n: int) -> int:
     """Write the synthetic run; returns the UTF-8 bytes of all its texts."""
     from cai_pipeline.pipeline import StageTotals
+    from cai_pipeline.stages.export import preference_row
 
     rng, store = random.Random(0), RunStore(root)
     models = {"sample": records.SampleRecord, "revise": records.ReviseRecord, "pairs": records.PairRecord,
@@ -114,7 +111,7 @@ def make_folder(root: Path, n: int) -> int:
                  "counts": {}, "seconds": 0.0, "output_tokens": 0}
             store.write_shard(name, index, rows[name], model, [], s)
             stats[name].append(s)
-        prefs += [preference(p) for p in rows["judge"]]
+        prefs += [preference_row(p) for p in rows["judge"]]
         text_bytes += sum(len(r["prompt"][0]["content"].encode()) + len(r["response"].encode()) for r in rows["sample"])
         text_bytes += sum(len(x["critique"].encode()) + len(x["revision"].encode()) for r in rows["revise"] for x in r["rounds"])
     write_parquet(store.layout.split_file("preferences", "train"), prefs, records.PreferenceRecord)

@@ -87,7 +87,8 @@ def make_run(out: Path, *overrides: str) -> dict:
     cfg = load_config(REPO / "configs" / "demo.yaml", [
         f"out_dir={out}", f"prompts.path={prompts}", "shard_size=4", "sample.n=3", "revise.rounds=2",
         "revise.few_shot=0", "judge.principles=2", "judge.min_margin=0.1", "judge.drop_inconsistent=true",
-        "export.test_fraction=0.3", "stages=[sample,revise,pairs,judge,export]", *overrides])
+        "export.test_fraction=0.3", "export.drop_truncated=true", "stages=[sample,revise,pairs,judge,export]",
+        *overrides])
     return run_pipeline(cfg, engine=StandInEngine(), summary=False)
 
 

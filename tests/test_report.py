@@ -97,14 +97,17 @@ def test_every_row_lands_in_its_trace(run, built):
         assert [x["critique"] for x in s["rounds"]] == [x["critique"] for x in r["rounds"]]
         texts = round_texts(s)  # the text after the last round is the stage's own final
         assert s.get("final", texts[-1][1]) == r["final"] and texts[0][0] == r["initial"]
+        assert [bool(x.get("truncated")) for x in s["rounds"]] == [x["truncated"] for x in r["rounds"]]
+        assert bool(s.get("final_truncated")) == r["final_truncated"]
     for r in rows["pairs"]:
         t = by_id[r["prompt_id"]]
         p = next(p for p in t["pairs"] if p["id"] == r["pair_id"])
         assert [resolve(t, p["a"]), resolve(t, p["b"]), p["origin"]] == [r["a"], r["b"], r["origin"]]
+        assert p.get("truncated", []) == [side for side in "ab" if r[f"{side}_truncated"]]
     for r in rows["judge"]:
         p = next(p for p in by_id[r["prompt_id"]]["pairs"] if p["id"] == r["pair_id"])
         assert [round(v["p_a_first"], 4) for v in r["verdicts"]] == [v[2] for v in p["verdicts"]]
-        assert p["p_a"] == round(r["p_a"], 4) and "reject" not in p
+        assert p["p_a"] == round(r["p_a"], 4) and p.get("reject", [""])[0] != "judge"  # export may drop it
 
 
 def resolve(trace: dict, ref) -> str:
@@ -136,12 +139,12 @@ def test_a_reject_from_a_later_stage_attaches_by_its_ids(copy):
     from cai_pipeline.store import RunLayout, write_parquet
 
     pair = RunStore(copy).read_stage("judge")[0]
-    rows = [make_reject("export", pair["pair_id"], "truncated", "chosen was cut at max_tokens", pair),
-            {**make_reject("export", f"{pair['prompt_id']}/0", "odd", "its row is not JSON", {}), "row": "{oops"}]
-    write_parquet(RunLayout(copy).rejects("export", 0), rows, RejectRecord)
+    rows = [make_reject("filter", pair["pair_id"], "too_polite", "a later stage's reason", pair),
+            {**make_reject("filter", f"{pair['prompt_id']}/0", "odd", "its row is not JSON", {}), "row": "{oops"}]
+    write_parquet(RunLayout(copy).rejects("filter", 0), rows, RejectRecord)
     _, traces = build_document(copy)
     t = next(t for t in traces if t["id"] == pair["prompt_id"])
-    assert next(p for p in t["pairs"] if p["id"] == pair["pair_id"])["reject"][:2] == ["export", "truncated"]
+    assert next(p for p in t["pairs"] if p["id"] == pair["pair_id"])["reject"][:2] == ["filter", "too_polite"]
     assert [r[2] for r in t["rejects"]] == ["odd"]
 
 
@@ -174,6 +177,8 @@ def test_counts_are_the_manifests(run, built):
         s = manifest["stages"][name]
         assert (funnel[name]["in"], funnel[name]["out"], funnel[name]["rejected"]) == (s["in"], s["out"], s["rejected"])
     assert funnel["prompts"]["rejected"] == {"empty_prompt": 1}
+    dropped = manifest["stages"]["export"]["summary"]["truncation"]["dropped"]
+    assert funnel["export"]["rejected"] == {"truncated": dropped} and dropped > 0  # export.drop_truncated
     assert len(doc["index"]) == manifest["prompts"]["kept"]  # one trace per prompt, failed ones included
     judge = manifest["stages"]["judge"]["counts"]
     assert (doc["judge"]["scored"], doc["judge"]["consistent"], doc["judge"]["revision_wins"]) == (

@@ -126,6 +126,9 @@ def test_the_page_loads_offline_with_no_error_and_shows_the_manifests_counts(rep
     assert page.text_content('#funnel tr[data-stage="prompts"] td[data-field="rejected"]') == "1"
     rejected = sum(manifest["prompts"]["rejected"].values()) + sum(
         sum(manifest["stages"][s]["rejected"].values()) for s in ("sample", "revise", "pairs", "judge"))
+    rejected += manifest["stages"]["export"]["summary"]["truncation"]["dropped"]
+    assert page.text_content('#funnel tr[data-stage="export"] td[data-field="rejected"]') == str(
+        manifest["stages"]["export"]["summary"]["truncation"]["dropped"])
     tabs = page.eval_on_selector_all("#top nav a", "as => as.map(a => a.textContent)")
     assert tabs == ["Overview", f"Traces ({manifest['prompts']['kept']})", f"Rejects ({rejected})"]
     shot(page, "overview")

@@ -42,8 +42,8 @@ def build_document(path: str | Path) -> tuple[dict, list[dict]]:
         "schema": SCHEMA, "title": store.root.resolve().name,
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": run_info(manifest), "config": manifest.get("config", {}), "constitution": constitution,
-        "funnel": funnel(manifest), "run_stages": run_stages(manifest),
-        "judge": judge_stats(rows), "datasets": dataset_stats(manifest, rows, traces),
+        "funnel": funnel(manifest, rows.rejects), "run_stages": run_stages(manifest),
+        "judge": judge_stats(rows), "datasets": dataset_stats(manifest, rows),
         "training": training(store, manifest, warnings), "audit": audit(store, warnings),
         "rounds": rounds(store, warnings), "rejects": rejects,
     }
@@ -78,8 +78,9 @@ def load_snapshot(store: RunStore, warnings: list[str]) -> dict | None:
             "principles": [p.model_dump(mode="json") for p in c.principles]}
 
 
-def funnel(manifest: dict) -> list[dict]:
-    """Rows in, out and rejected by reason, stage by stage: the manifest's own totals."""
+def funnel(manifest: dict, rejects: list[dict]) -> list[dict]:
+    """Rows in, out and rejected by reason, stage by stage: the manifest's own totals. A run-scope stage that
+    drops rows (export's truncated rows) has no in/out totals, only its rejects."""
     out = []
     prompts = manifest.get("prompts")
     if prompts:
@@ -93,6 +94,11 @@ def funnel(manifest: dict) -> list[dict]:
             out.append({"stage": name, **{k: s.get(k) for k in ("in", "out", "seconds", "output_tokens",
                                                                   "shards_done", "shards_total")},
                         "rejected": s.get("rejected", {}), "counts": s.get("counts", {})})
+    for name, s in stages.items():
+        dropped = Counter(r["reason"] for r in rejects if r["stage"] == name)
+        if "shards_total" not in s and dropped:
+            out.append({"stage": name, "in": None, "out": None, "rejected": dict(dropped), "counts": {},
+                        "seconds": s.get("seconds")})
     return out
 
 
@@ -158,38 +164,26 @@ def _describe(values: list[int]) -> dict:
             "max": max(values)}
 
 
-def _truncated_sides(traces: list[dict]) -> Counter:
-    """Preference rows whose chosen or rejected text is a sample cut at max_tokens (finish_reason=length)."""
-    out = Counter()
-    for t in traces:
-        finish = {s["i"]: s["finish"] for s in t["samples"]}
-        for p in t["pairs"]:
-            if "pref" not in p:
-                continue
-            chosen = p["pref"][1]
-            for side in ("a", "b"):
-                ref = p[side]
-                cut = isinstance(ref, list) and ref[0] == "s" and finish.get(ref[1]) == "length"
-                out["chosen" if side == chosen else "rejected"] += cut
-    return out
-
-
-def dataset_stats(manifest: dict, rows: RunRows, traces: list[dict]) -> dict:
+def dataset_stats(manifest: dict, rows: RunRows) -> dict:
     prefs = [r for split in rows.prefs.values() for r in split]
     chosen = [len(r["chosen"][-1]["content"].split()) for r in prefs]
     rejected = [len(r["rejected"][-1]["content"].split()) for r in prefs]
-    revise_counts = manifest.get("stages", {}).get("revise", {}).get("counts", {})
+    stages = manifest.get("stages", {})
+    revise_counts = stages.get("revise", {}).get("counts", {})
+    export = stages.get("export", {}).get("summary", {})
     return {
         "splits": {"sft": {k: len(v) for k, v in rows.sft.items()},
                    "preferences": {k: len(v) for k, v in rows.prefs.items()}},
         "words": {"chosen": _describe(chosen), "rejected": _describe(rejected),
                   "chosen_longer": sum(c > r for c, r in zip(chosen, rejected))},
-        "export_lengths": manifest.get("stages", {}).get("export", {}).get("summary", {}).get("lengths"),
+        "export_lengths": export.get("lengths"),
         "truncation": {
             "samples": len(rows.samples), "samples_cut": sum(r["finish_reason"] == "length" for r in rows.samples),
             "rounds": revise_counts.get("rounds", 0), "critiques_cut": revise_counts.get("truncated_critique", 0),
             "revisions_cut": revise_counts.get("truncated_revision", 0),
-            "pref_rows": len(prefs), **{f"pref_{k}_cut": v for k, v in _truncated_sides(traces).items()},
+            "pref_rows": len(prefs), "pref_chosen_cut": sum(bool(r.get("chosen_truncated")) for r in prefs),
+            "pref_rejected_cut": sum(bool(r.get("rejected_truncated")) for r in prefs),
+            "export": export.get("truncation"),  # before export.drop_truncated, and how many it dropped
         },
     }
 

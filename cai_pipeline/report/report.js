@@ -236,7 +236,10 @@
       table(["what", "cut", "of", "rate"], [["samples", t.samples_cut, t.samples], ["critiques", t.critiques_cut, t.rounds],
         ["revisions", t.revisions_cut, t.rounds], ["preference rows: chosen side", t.pref_chosen_cut || 0, t.pref_rows],
         ["preference rows: rejected side", t.pref_rejected_cut || 0, t.pref_rows]]
-        .map(([k, a, b]) => h("tr", {}, h("td", {}, k), cell(a), cell(b), cell(pct(a, b))))));
+        .map(([k, a, b]) => h("tr", {}, h("td", {}, k), cell(a), cell(b), cell(pct(a, b))))),
+      t.export ? h("p", { class: "small" }, `before export.drop_truncated (${t.export.drop_truncated}): SFT rows truncated ` +
+        `${t.export.sft_truncated}, chosen ${t.export.chosen_truncated}, rejected ${t.export.rejected_truncated}; ` +
+        `${t.export.dropped} rows dropped to rejects`) : null);
   }
   const GROUPS = { loss: ["loss"], rewards: ["rewards/chosen", "rewards/rejected", "rewards/margins"],
     accuracy: ["rewards/accuracies"], logps: ["logps/chosen", "logps/rejected"], lengths: ["length/chosen", "length/rejected"], lr: ["lr"] };
@@ -375,7 +378,8 @@
     const texts = roundTexts(sm);
     const rounds = (sm.rounds || []).map((r, k) => h("div", { class: "round" + (state.principle !== "" && r.p === +state.principle ? " hit" : ""), "data-principle": principleName(r.p) },
       h("div", {}, h("strong", {}, `Round ${k + 1}`), " · principle ", h("code", {}, principleName(r.p)), " ",
-        r.cleaned ? badge("preamble cut") : null, r.kept ? badge("kept previous: " + r.kept, "bad") : null),
+        r.cleaned ? badge("preamble cut") : null, r.kept ? badge("kept previous: " + r.kept, "bad") : null,
+        r.truncated ? badge("revision truncated", "bad") : null),
       h("div", { class: "label" }, "critique"), text(r.critique, "critique"),
       h("div", { class: "label" }, "revision"), text(r.revision, "revision"),
       h("div", { class: "label" }, "change against the text before it"), diffView(texts[k][0], texts[k][1])));
@@ -383,7 +387,8 @@
       h("div", {}, h("strong", {}, `Sample ${sm.i}`), h("span", { class: "muted" }, ` · finish: ${sm.finish} · ${sm.tokens} tokens`), " ",
         sm.finish === "length" ? badge("truncated", "bad") : null, sm.sft ? badge("SFT " + sm.sft, "ok") : null),
       h("div", { class: "label" }, "initial response"), text(sm.text),
-      rounds, sm.rounds && sm.rounds.length && !sm.reject ? [h("div", { class: "label" }, "final"), text(finalText(sm))] : null,
+      rounds, sm.rounds && sm.rounds.length && !(sm.reject && sm.reject[0] === "revise")
+        ? [h("div", { class: "label" }, "final ", sm.final_truncated ? badge("truncated", "bad") : null), text(finalText(sm))] : null,
       sm.reject ? rejectLine(sm.reject) : null);
   }
   function verdictRows(p) {
@@ -397,7 +402,8 @@
       p.consistent === false ? badge("order-inconsistent", "bad") : p.consistent ? badge("consistent", "ok") : "single order");
     const pref = p.pref ? h("div", {}, `→ preferences/${p.pref[0]}: chosen = ${p.pref[1]}`, p.pref[2] === null ? "" : `, p_chosen ${fmt(p.pref[2], 4)}`) : null;
     return h("div", { class: "pair", "data-pair": p.id },
-      h("div", {}, h("strong", {}, `Pair ${p.id}`), ` · ${p.origin} · a = ${refLabel(p.a)}, b = ${refLabel(p.b)}`),
+      h("div", {}, h("strong", {}, `Pair ${p.id}`), ` · ${p.origin} · a = ${refLabel(p.a)}, b = ${refLabel(p.b)} `,
+        (p.truncated || []).map((side) => badge(side + " truncated", "bad"))),
       h("details", {}, h("summary", {}, "texts"), h("div", { class: "label" }, "a"), text(refText(t, p.a)), h("div", { class: "label" }, "b"), text(refText(t, p.b))),
       p.verdicts ? table(["principle", "weight", "a as (A): P(A)", "P(B)", "a as (B): P(A)", "P(B)", "p(a ≻ b)", ""], verdictRows(p)) : null,
       soft, pref, p.reject ? rejectLine(p.reject) : null);

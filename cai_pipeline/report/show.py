@@ -106,21 +106,24 @@ def print_sample(console: Console, sample: dict, principles: list[str], color: b
     texts = round_texts(sample)
     for k, r in enumerate(sample.get("rounds", [])):
         marks = (["preamble cut"] if r.get("cleaned") else []) + ([f"kept previous: {r['kept']}"] if r.get("kept") else [])
+        marks += ["revision truncated"] if r.get("truncated") else []
         head = Text(f"  round {k + 1} · principle {safe(principles[r['p']])}", style="bold")
         console.print(head + Text("".join(f" [{safe(m)}]" for m in marks)))
         _line(console, "critique", r["critique"], 4)
         _line(console, "revision", r["revision"], 4)
         _line(console, "change", word_diff(*texts[k], color), 4)
-    if sample.get("rounds") and "reject" not in sample:
-        _line(console, "final", sample.get("final", texts[-1][1]))
+    if sample.get("rounds") and sample.get("reject", [""])[0] != "revise":
+        _line(console, "final" + (" [truncated]" if sample.get("final_truncated") else ""),
+              sample.get("final", texts[-1][1]))
     if "reject" in sample:
         stage, reason, detail = sample["reject"]
         _line(console, "rejected", f"{reason} at {stage}: {detail}")
 
 
 def print_pair(console: Console, trace: dict, pair: dict, principles: list[str]) -> None:
+    cut = "".join(f" [{side} truncated]" for side in pair.get("truncated", []))
     console.print(Text(f"pair {safe(pair['id'])}", style="bold")
-                  + Text(f" · {safe(pair['origin'])} · a = {_ref_label(pair['a'])}, b = {_ref_label(pair['b'])}"))
+                  + Text(f" · {safe(pair['origin'])} · a = {_ref_label(pair['a'])}, b = {_ref_label(pair['b'])}{cut}"))
     if not isinstance(pair["a"], list) or not isinstance(pair["b"], list):
         _line(console, "a", _ref_text(trace, pair["a"]))
         _line(console, "b", _ref_text(trace, pair["b"]))

@@ -8,14 +8,17 @@ One trace, as the report embeds it (texts appear once; a pair points at the samp
  "samples": [{"i": sample_idx, "text": initial response, "finish": finish_reason, "tokens": n,
               "rounds": [{"p": principle, "critique": str, "revision": str (as the model wrote it),
                           "cleaned": true (only when a preamble was cut), "kept": why the revision was
-                          not used (only then), "span": [start, length] of the revision that became the
-                          text (when a preamble was cut)}],
-              "final": str (only where the rounds do not yield it), "sft": "train" | "test" (its SFT row),
+                          not used (only then), "truncated": true (the revision hit max_tokens),
+                          "span": [start, length] of the revision that became the text (when a preamble
+                          was cut)}],
+              "final": str (only where the rounds do not yield it), "final_truncated": true (when it is),
+              "sft": "train" | "test" (its SFT row),
               "reject": [stage, reason, detail]}],
  "pairs": [{"id": pair_id, "origin": "sampled" | "revision", "a": ref, "b": ref,
             "verdicts": [[principle, weight, p_a_first, p_a_second, reasoning_first, reasoning_second]]
                         (trailing null reasonings left out),
-            "p_a": float, "consistent": bool, "pref": [split, "a" | "b", p_chosen], "reject": [...]}],
+            "p_a": float, "consistent": bool, "pref": [split, "a" | "b", p_chosen], "reject": [...],
+            "truncated": ["a", "b"] (the sides cut at max_tokens, when any)}],
  "rejects": [[stage, key, reason, detail], ...]}     rejects that name the prompt but no sample or pair
 ```
 
@@ -90,6 +93,8 @@ def chain(initial: str, rounds: list[dict], principles: Principles) -> tuple[lis
         entry = {"p": principles.index(r["principle_id"]), "critique": r["critique"], "revision": r["revision"]}
         if r["cleaned"]:  # flags only where set: they are the exception, and a trace's bytes add up
             entry["cleaned"] = True
+        if r.get("truncated"):
+            entry["truncated"] = True
         if r["kept_previous"] is not None:
             entry["kept"] = r["kept_previous"]
         else:
@@ -136,6 +141,8 @@ class TraceSet:
                                  self.principles)
         if "final" in row and row["final"] != end:  # the stage's own word wins over our reconstruction
             s["final"] = row["final"]
+        if row.get("final_truncated"):
+            s["final_truncated"] = True
         s["_final"] = row.get("final", end)
         return s
 
@@ -145,6 +152,9 @@ class TraceSet:
         if p is None:
             p = pairs[row["pair_id"]] = {"id": row["pair_id"], "origin": row.get("origin"), "_a": row.get("a", ""),
                                          "_b": row.get("b", ""), "_ai": row.get("a_idx"), "_bi": row.get("b_idx")}
+            cut = [side for side in ("a", "b") if row.get(f"{side}_truncated")]
+            if cut:
+                p["truncated"] = cut
         if row.get("verdicts"):
             p["verdicts"] = [_trim([self.principles.index(v["principle_id"]), v["weight"], _r(v["p_a_first"]),
                                     _r(v["p_a_second"]), v.get("reasoning_first"), v.get("reasoning_second")])
