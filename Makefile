@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint docs bench clean
+.PHONY: install browser demo test lint docs bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -26,7 +26,12 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/cai run configs/demo.yaml
 
-test: install
+# The report's browser tests drive Debian's chromium (CI runs as root; Playwright's own download fails here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium) \
+	  || echo "chromium is not installed: the browser tests skip (and fail under CI=true)"
+
+test: install browser
 	$(VENV)/bin/pytest -q
 
 docs: install

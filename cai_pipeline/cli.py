@@ -23,10 +23,13 @@ examples:
   cai judge-eval --data hh-rlhf-harmless-base-test.jsonl.gz --limit 100
   cai train configs/demo.yaml train.loss=simpo        train on the run's preference dataset
   cai compare outputs/v1 outputs/v2                   what changed between two runs (say, two constitutions)
+  cai report outputs/demo                             (re)write outputs/demo/report.html: open it in a browser
+  cai show outputs/demo 3f2a                          one prompt's trace in the terminal (a prompt_id prefix)
 
 Options and key=value overrides go in any order. A run writes everything to its out_dir: sample/ revise/
 pairs/ judge/ shards, datasets/ (sft, preferences, a dataset card), rejects/ (every dropped row with its
-reason) and manifest.json. Running again resumes; --restart deletes only what a run made (see README).
+reason), manifest.json and report.html. Running again resumes; --restart deletes only what a run made (see
+README).
 """
 
 
@@ -54,6 +57,11 @@ def add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="keep vLLM's and transformers' own log output")
 
 
+def add_no_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write out_dir/report.html at the end (`cai report` writes it any time)")
+
+
 def _cmd_models_prepare(args: argparse.Namespace) -> int:
     from cai_pipeline.models import prepare_embedded
 
@@ -76,7 +84,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages is not None else None
-    run_pipeline(cfg, stages=stages, restart=args.restart, verbose=args.verbose)
+    run_pipeline(cfg, stages=stages, restart=args.restart, verbose=args.verbose, report=args.report)
     return 0
 
 
@@ -88,6 +96,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true", help="delete what earlier runs made in out_dir (only in a "
                    "folder with a cai-pipeline manifest, only the entries a run writes) and start over")
     add_verbose(p)
+    add_no_report(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -143,11 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_compare(sub)
     from cai_pipeline import cli_constitution, cli_judge
+    from cai_pipeline.report import cli as report_cli
     from cai_pipeline.train import cli as train_cli
 
     cli_constitution.register(sub)
     cli_judge.register(sub)
     train_cli.register(sub)
+    report_cli.register(sub)
     return parser
 
 

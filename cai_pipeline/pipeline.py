@@ -295,12 +295,12 @@ def new_manifest(cfg: RunConfig, assets: Assets, prints: dict) -> dict:
 
 
 def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bool = False, engine=None,
-                 redo: tuple[str, ...] = (), verbose: bool = False, summary: bool = True) -> dict:
+                 redo: tuple[str, ...] = (), verbose: bool = False, summary: bool = True, report: bool = True) -> dict:
     """Run (or resume) `stages` (default: the config's) into cfg.out_dir; returns the manifest.
 
     restart: clear what the layout owns first (only in a folder with our manifest). redo: run-scope stages to
     run again from scratch, replacing their outputs. engine: a ready engine that serves every model role (tests
-    share one); it is not closed here."""
+    share one); it is not closed here. report: write report.html at the end, of whatever the folder holds."""
     from cai_pipeline.console import quiet_libraries
 
     quiet_libraries(verbose)
@@ -315,11 +315,11 @@ def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bo
     with store.lock():
         if restart and store.read_manifest() is not None:
             store.clear(SHARDED)
-        return _run_locked(cfg, store, plan, assets, engine, set(redo), summary)
+        return _run_locked(cfg, store, plan, assets, engine, set(redo), summary, report)
 
 
 def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Assets, engine, redo: set[str],
-                summary: bool) -> dict:
+                summary: bool, report: bool) -> dict:
     from cai_pipeline.console import print_summary
     from cai_pipeline.executors import make_executor
 
@@ -352,6 +352,12 @@ def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Asse
     manifest["outputs"] = [str(p) for p in _outputs(store)]
     manifest["last_run"] = statuses  # what this invocation did with each stage it was asked to run
     store.write_manifest(manifest)
+    if report:  # a step after the stages, not a stage: see cai_pipeline/report/__init__.py
+        from cai_pipeline.report import write_report
+
+        write_report(store.root)
+        manifest["outputs"] = [str(p) for p in _outputs(store)]
+        store.write_manifest(manifest)
     if summary:
         print_summary(manifest, str(store.root), statuses)
     return manifest

@@ -102,6 +102,10 @@ class RunLayout:
     def split_file(self, name: str, split: str) -> Path:
         return self.dataset(name) / f"{split}-00000-of-00001.parquet"
 
+    def split_files(self, name: str, split: str) -> list[Path]:
+        """Every Parquet file of one split (readers accept `train-*.parquet`, however many there are)."""
+        return sorted(self.dataset(name).glob(f"{split}-*.parquet"))
+
     @property
     def card(self) -> Path:
         return self.datasets / "README.md"
@@ -120,11 +124,22 @@ class RunLayout:
         return self.root / "audit"
 
     @property
+    def audit_summary(self) -> Path:
+        """audit/summary.json: per-principle and overall win rates (the audit's contract; see issue 13)."""
+        return self.audit_dir / "summary.json"
+
+    @property
     def rounds_dir(self) -> Path:
         return self.root / "rounds"
 
     def round(self, index: int, kind: str) -> Path:
         return self.rounds_dir / f"{index:02d}-{kind}"
+
+    def round_dirs(self) -> list[Path]:
+        """The rounds that exist (rounds/NN-kind/, each a run folder of its own), in round order."""
+        if not self.rounds_dir.is_dir():
+            return []
+        return sorted(p for p in self.rounds_dir.iterdir() if p.is_dir() and p.name[:2].isdigit())
 
     def owned(self, stages: Iterable[str]) -> list[Path]:
         """The entries this project writes (given the sharded stages' names): all `--restart` may remove."""

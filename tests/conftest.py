@@ -79,3 +79,13 @@ def run_config(tmp_path):
                             *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory) -> Path:
+    """A finished stand-in run (tests/report_run.py) for the report's tests, made once per session."""
+    from tests.report_run import make_run, off_the_loop
+
+    out = tmp_path_factory.mktemp("report") / "run"
+    off_the_loop(make_run, out)
+    return out

@@ -30,7 +30,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     manifest = run_pipeline(cfg, stages=["train"], redo=("train",) if args.restart else (), verbose=args.verbose,
-                            summary=False)
+                            summary=False, report=args.report)
     entry = manifest["stages"]["train"]
     if manifest["last_run"]["train"] == "already done":
         print(f"already trained with these settings: {entry['summary']['checkpoint']} (--restart trains again)")
@@ -39,7 +39,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cai_pipeline.cli import add_overrides, add_verbose
+    from cai_pipeline.cli import add_no_report, add_overrides, add_verbose
 
     p = sub.add_parser(
         "train",
@@ -52,4 +52,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overrides(p, "train.loss=simpo train.lr=5e-7")
     p.add_argument("--restart", action="store_true", help="train again from the start, replacing the checkpoint")
     add_verbose(p)
+    add_no_report(p)
     p.set_defaults(func=_cmd_train)

@@ -1,0 +1,305 @@
+"""The report's data: one run folder gathered into one JSON document (plus its traces, embedded apart so the
+page can parse them only when they are opened). Everything here is read from the folder as the run left
+it: the manifest, the constitution snapshot, the shards, rejects/, datasets/, train/metrics.jsonl,
+audit/summary.json and rounds/*/ — nothing is recomputed that a stage already counted.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cai_pipeline.errors import UserError
+from cai_pipeline.report.traces import SHARDED, Principles, RunRows, build_traces, read_rows
+from cai_pipeline.stages.judge import order_average, picks_same_position
+from cai_pipeline.store import PACKAGE, RunStore, TrainLayout
+
+SCHEMA = 1
+PREVIEW = 100  # characters of a prompt shown in the trace list
+
+
+def open_run(path: str | Path) -> RunStore:
+    store = RunStore(path)
+    manifest = store.read_manifest() if store.root.is_dir() else None
+    if manifest is None or manifest.get("package") != PACKAGE:
+        raise UserError(f"{path}: not a run folder (no cai-pipeline manifest.json); give the out_dir of a `cai run`")
+    return store
+
+
+def build_document(path: str | Path) -> tuple[dict, list[dict]]:
+    """(the report document, the traces) of the run folder at `path`."""
+    store = open_run(path)
+    manifest = store.read_manifest()
+    warnings: list[str] = []
+    constitution = load_snapshot(store, warnings)
+    principles = Principles(p["id"] for p in (constitution or {}).get("principles", []))
+    rows = read_rows(store)
+    traces, rejects = build_traces(rows, principles)
+    doc = {
+        "schema": SCHEMA, "title": store.root.resolve().name,
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run": run_info(manifest), "config": manifest.get("config", {}), "constitution": constitution,
+        "funnel": funnel(manifest, rows.rejects), "run_stages": run_stages(manifest),
+        "judge": judge_stats(rows), "datasets": dataset_stats(manifest, rows),
+        "training": training(store, manifest, warnings), "audit": audit(store, warnings),
+        "rounds": rounds(store, warnings), "rejects": rejects,
+    }
+    doc["facets"], doc["index"] = index(traces, principles)  # last: every principle has been seen by now
+    doc["warnings"] = warnings
+    return doc, traces
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Overview
+
+
+def run_info(manifest: dict) -> dict:
+    keys = ("model", "judge_model", "seed", "git_sha", "version", "created", "updated", "out_dir",
+            "constitution_sha256", "prompts_sha256", "template_sha256", "last_run", "engine_stats", "prompts")
+    return {k: manifest[k] for k in keys if k in manifest}
+
+
+def load_snapshot(store: RunStore, warnings: list[str]) -> dict | None:
+    """The constitution exactly as the run used it (constitution.yaml beside the data)."""
+    from cai_pipeline.constitution import load_constitution
+
+    path = store.layout.constitution
+    if not path.exists():
+        return None
+    try:
+        c = load_constitution(path)
+    except UserError as e:
+        warnings.append(f"the constitution snapshot could not be read: {e}")
+        return None
+    return {"name": c.name, "version": c.version, "description": c.description,
+            "principles": [p.model_dump(mode="json") for p in c.principles]}
+
+
+def funnel(manifest: dict, rejects: list[dict]) -> list[dict]:
+    """Rows in, out and rejected by reason, stage by stage: the manifest's own totals. A run-scope stage that
+    drops rows (export's truncated rows) has no in/out totals, only its rejects."""
+    out = []
+    prompts = manifest.get("prompts")
+    if prompts:
+        rejected = prompts.get("rejected", {})
+        out.append({"stage": "prompts", "in": prompts.get("kept", 0) + sum(rejected.values()),
+                    "out": prompts.get("kept", 0), "rejected": rejected, "counts": {}})
+    stages = manifest.get("stages", {})
+    for name in SHARDED:
+        s = stages.get(name)
+        if s and "shards_total" in s:
+            out.append({"stage": name, **{k: s.get(k) for k in ("in", "out", "seconds", "output_tokens",
+                                                                  "shards_done", "shards_total")},
+                        "rejected": s.get("rejected", {}), "counts": s.get("counts", {})})
+    for name, s in stages.items():
+        dropped = Counter(r["reason"] for r in rejects if r["stage"] == name)
+        if "shards_total" not in s and dropped:
+            out.append({"stage": name, "in": None, "out": None, "rejected": dict(dropped), "counts": {},
+                        "seconds": s.get("seconds")})
+    return out
+
+
+def run_stages(manifest: dict) -> dict:
+    """Run-scope stages (export, train, audit, …): their summaries as recorded."""
+    return {name: {"seconds": s.get("seconds"), "summary": s.get("summary", {})}
+            for name, s in manifest.get("stages", {}).items() if "shards_total" not in s}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The judge
+
+
+def _scored_pairs(rows: RunRows) -> list[dict]:
+    """Every pair the judge scored: those kept as labels and those rejected as too weak."""
+    weak = []
+    for rej in rows.rejects:
+        if rej["stage"] == "judge" and rej["row"]:
+            row = json.loads(rej["row"])
+            if row.get("verdicts"):
+                weak.append(row)
+    return [*rows.judged, *weak]
+
+
+def judge_stats(rows: RunRows) -> dict | None:
+    scored = _scored_pairs(rows)
+    if not scored:
+        return None
+    per: dict[str, Counter] = {}
+    margins: dict[str, list[float]] = {}
+    for pair in scored:
+        for v in pair["verdicts"]:
+            c = per.setdefault(v["principle_id"], Counter())
+            p = v["p_a_first"] if v["p_a_second"] is None else order_average(v["p_a_first"], v["p_a_second"])
+            c["verdicts"] += 1
+            if v["p_a_second"] is not None:
+                c["both_orders"] += 1
+                c["consistent"] += not picks_same_position(v["p_a_first"], v["p_a_second"])
+            margins.setdefault(v["principle_id"], []).append(abs(p - 0.5))
+            if pair["origin"] == "revision":
+                c["revision"] += 1
+                c["revision_wins"] += p > 0.5
+    hist = Counter(min(int(p["p_a"] * 10), 9) for p in scored)
+    revision = [p for p in scored if p["origin"] == "revision"]
+    return {
+        "scored": len(scored), "kept": len(rows.judged),
+        "consistent": sum(bool(p["consistent"]) for p in scored),
+        "revision": len(revision), "revision_wins": sum(p["p_a"] > 0.5 for p in revision),
+        "mean_margin": round(statistics.fmean(abs(p["p_a"] - 0.5) for p in scored), 4),
+        "histogram": [hist.get(i, 0) for i in range(10)],
+        "principles": {pid: {**c, "mean_margin": round(statistics.fmean(margins[pid]), 4)} for pid, c in per.items()},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Datasets
+
+
+def _describe(values: list[int]) -> dict:
+    if not values:
+        return {"n": 0, "mean": 0, "median": 0, "max": 0}
+    return {"n": len(values), "mean": round(statistics.fmean(values), 1), "median": statistics.median(values),
+            "max": max(values)}
+
+
+def dataset_stats(manifest: dict, rows: RunRows) -> dict:
+    prefs = [r for split in rows.prefs.values() for r in split]
+    chosen = [len(r["chosen"][-1]["content"].split()) for r in prefs]
+    rejected = [len(r["rejected"][-1]["content"].split()) for r in prefs]
+    stages = manifest.get("stages", {})
+    revise_counts = stages.get("revise", {}).get("counts", {})
+    export = stages.get("export", {}).get("summary", {})
+    return {
+        "splits": {"sft": {k: len(v) for k, v in rows.sft.items()},
+                   "preferences": {k: len(v) for k, v in rows.prefs.items()}},
+        "words": {"chosen": _describe(chosen), "rejected": _describe(rejected),
+                  "chosen_longer": sum(c > r for c, r in zip(chosen, rejected))},
+        "export_lengths": export.get("lengths"),
+        "truncation": {
+            "samples": len(rows.samples), "samples_cut": sum(r["finish_reason"] == "length" for r in rows.samples),
+            "rounds": revise_counts.get("rounds", 0), "critiques_cut": revise_counts.get("truncated_critique", 0),
+            "revisions_cut": revise_counts.get("truncated_revision", 0),
+            "pref_rows": len(prefs), "pref_chosen_cut": sum(bool(r.get("chosen_truncated")) for r in prefs),
+            "pref_rejected_cut": sum(bool(r.get("rejected_truncated")) for r in prefs),
+            "export": export.get("truncation"),  # before export.drop_truncated, and how many it dropped
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training, audit, rounds
+
+
+def training(store: RunStore, manifest: dict, warnings: list[str]) -> dict | None:
+    """Curves from metrics.jsonl: training rows by step, and the evals (keys eval/…) beside them."""
+    from cai_pipeline.train.plots import read_metrics
+
+    summary = manifest.get("stages", {}).get("train", {}).get("summary", {})
+    log_dir = Path(summary["log_dir"]) if summary.get("log_dir") else store.layout.train_dir
+    if not log_dir.is_dir():
+        log_dir = store.layout.train_dir
+    path = TrainLayout(log_dir, store.layout.checkpoint).metrics
+    if not path.exists():
+        return None
+    try:
+        metrics = read_metrics(path)
+    except json.JSONDecodeError as e:
+        warnings.append(f"{path}: line {e.lineno} is not JSON; training curves are left out")
+        return None
+    series: dict[str, list] = {}
+    for row in metrics:
+        for key, value in row.items():
+            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                series.setdefault(key, []).append([row["step"], round(value, 6)])
+    return {"series": series, "summary": {k: v for k, v in summary.items() if not isinstance(v, dict | list)}}
+
+
+AUDIT_KEYS = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "consistency", "n")
+AUDIT_OVERALL = (*AUDIT_KEYS, "refusal_rate_model", "refusal_rate_baseline", "mean_length_change")
+
+
+def _numbers(entry: object, keys: tuple[str, ...]) -> dict:
+    entry = entry if isinstance(entry, dict) else {}
+    return {k: entry[k] for k in keys if isinstance(entry.get(k), int | float) and not isinstance(entry.get(k), bool)}
+
+
+def read_audit(store: RunStore, warnings: list[str]) -> dict | None:
+    path = store.layout.audit_summary
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        warnings.append(f"{path}: not valid JSON; the audit is left out")
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("principles"), dict):
+        warnings.append(f"{path}: expected {{\"principles\": {{...}}, \"overall\": {{...}}}}; the audit is left out")
+        return None
+    return data
+
+
+def audit(store: RunStore, warnings: list[str]) -> dict | None:
+    """audit/summary.json (issue 13's contract), numbers only: per principle and overall."""
+    data = read_audit(store, warnings)
+    if data is None:
+        return None
+    return {"principles": {str(pid): _numbers(v, AUDIT_KEYS) for pid, v in data["principles"].items()},
+            "overall": _numbers(data.get("overall"), AUDIT_OVERALL)}
+
+
+def rounds(store: RunStore, warnings: list[str]) -> list[dict]:
+    """Each round folder (rounds/NN-kind/, a run of its own), summarised for a side-by-side table."""
+    out = []
+    for folder in store.layout.round_dirs():
+        sub = RunStore(folder)
+        try:
+            manifest = sub.read_manifest() or {}
+        except UserError as e:
+            warnings.append(str(e))
+            manifest = {}
+        stages = manifest.get("stages", {})
+        samples = sub.read_stage("sample")
+        judge = stages.get("judge", {}).get("counts", {})
+        out.append({
+            "name": folder.name, "model": manifest.get("model"),
+            "report": f"rounds/{folder.name}/report.html" if sub.layout.report.exists() else None,
+            "samples": len(samples),
+            "mean_words": round(statistics.fmean(len(r["response"].split()) for r in samples), 1) if samples else None,
+            "revision_preferred": [judge.get("revision_preferred", 0), judge.get("revision_pairs", 0)],
+            "audit": audit(sub, warnings),
+        })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The trace index: what the list and its filters need without opening a trace
+
+
+def index(traces: list[dict], principles: Principles) -> tuple[dict, list[list]]:
+    """facets: the values each filter offers; index: per trace [id, preview, principle, origin, reason, split
+    positions]. A trace matches a principle when any of its critique rounds or judge verdicts drew it."""
+    facets: dict[str, list[str]] = {"origin": [], "reason": [], "split": []}
+    pos: dict[str, dict[str, int]] = {k: {} for k in facets}
+
+    def at(kind: str, value: str) -> int:
+        if value not in pos[kind]:
+            pos[kind][value] = len(facets[kind])
+            facets[kind].append(value)
+        return pos[kind][value]
+
+    out = []
+    for t in traces:
+        drew = {r["p"] for s in t["samples"] for r in s.get("rounds", [])}
+        drew |= {v[0] for p in t["pairs"] for v in p.get("verdicts", [])}
+        marks = [s["reject"] for s in t["samples"] if "reject" in s] + [p["reject"] for p in t["pairs"] if "reject" in p]
+        reasons = {f"{m[0]}: {m[1]}" for m in marks} | {f"{r[0]}: {r[2]}" for r in t["rejects"]}
+        splits = {s["sft"] for s in t["samples"] if "sft" in s} | {p["pref"][0] for p in t["pairs"] if "pref" in p}
+        last_user = next((c for role, c in reversed(t["prompt"]) if role == "user"), t["prompt"][-1][1] if t["prompt"] else "")
+        origins = {p["origin"] for p in t["pairs"] if p.get("origin")}
+        out.append([t["id"], " ".join(last_user.split())[:PREVIEW], sorted(drew),
+                    sorted(at("origin", o) for o in origins), sorted(at("reason", r) for r in reasons),
+                    sorted(at("split", s) for s in (splits or {"none"}))])
+    facets["principle"] = principles.ids
+    return facets, out
