@@ -18,6 +18,7 @@ atomically), so a retried shard is written exactly once.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -170,12 +171,13 @@ class RayExecutor:
         token = self._write_probe(store)
         lock = threading.Lock()  # on_rows comes from the reports thread, on_done from this one
         reports = RowReports(on_rows, lock)
-        done, failures = set(), {}
+        done, failures, fatal = set(), {}, ""
         try:
             for row in self._dataset(stage, shards, assets, token, reports.queue).iter_rows():
                 shard = int(row["shard"])
                 if row["fatal"]:
-                    raise UserError(row["error"])
+                    fatal = row["error"]
+                    break  # leave the loop (and drop its iterator) before raising: see below
                 if row["error"]:
                     failures[shard] = row["error"]
                 elif shard not in done:  # Ray may run a task twice (lineage); the shard counts once
@@ -185,6 +187,11 @@ class RayExecutor:
                         on_done(shard, json.loads(row["stats"]))
         finally:
             reports.close()
+            # Ray Data's actor pool sits in a reference cycle: its actors (and the CPUs/GPUs they reserve) live
+            # until the garbage collector breaks it, and the next stage's pool would wait for them forever.
+            gc.collect()
+        if fatal:
+            raise UserError(fatal)
         lost = [s for s in shards if s not in done and s not in failures]
         if failures or lost:
             raise UserError(failed_message(stage.name, failures, lost, self.ex.shard_retries))
