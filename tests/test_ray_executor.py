@@ -88,6 +88,15 @@ def test_a_worker_that_cannot_see_the_folder_answers_every_shard_with_one_line(t
     assert set(row) == set(answer(0))
 
 
+def test_a_worker_with_another_install_says_so_in_one_line(tmp_path):
+    config = cfg(f"out_dir={tmp_path}").model_dump()
+    worker = ShardWorker(config, "sample", probe="t0k3n", hashes={}, threads=1, version="0.0.1")
+    assert "runs cai-pipeline" in worker.error and "the driver 0.0.1" in worker.error
+    worker = ShardWorker({**config, "executor": {"kind": "ray", "from_the_future": 1}}, "sample", probe="t0k3n",
+                         hashes={}, threads=1)
+    assert "cannot read the driver's config" in worker.error and "same cai-pipeline on every node" in worker.error
+
+
 def test_engine_counts_are_per_shard():
     before = {"retries": 2, "errors": {"server_error": 1}}
     after = {"retries": 5, "errors": {"server_error": 1, "timeout": 2}}

@@ -30,6 +30,7 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
+from cai_pipeline import __version__
 from cai_pipeline.errors import UserError
 from cai_pipeline.executors.local import LocalExecutor
 
@@ -207,7 +208,8 @@ class RayExecutor:
         check_resources(self.ex, low, self._resources(), local=self.local_instance)
         quiet = libraries_quiet()
         kwargs = {"config": worker_config(self.cfg), "stage": stage.name, "probe": token, "hashes": assets.hashes,
-                  "threads": max(1, int(self.ex.cpus_per_actor)), "quiet": quiet, "progress": progress}
+                  "threads": max(1, int(self.ex.cpus_per_actor)), "quiet": quiet, "progress": progress,
+                  "version": __version__}
         with data_context(max_errored_blocks=-1, enable_progress_bars=False, print_on_execution_start=not quiet), \
                 warnings.catch_warnings():
             # max_task_retries has no named parameter in Ray 2.60 yet (ray #65227 named the others)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import traceback
 from pathlib import Path
 
@@ -73,26 +74,42 @@ def counts_since(before: dict, after: dict) -> dict:
     return {"retries": after["retries"] - before["retries"], "errors": {k: v for k, v in errors.items() if v}}
 
 
+def same_package(config: dict, version: str | None):
+    """The driver's config as this worker's cai-pipeline reads it; one line if the two installs differ."""
+    from pydantic import ValidationError
+
+    from cai_pipeline import __version__
+    from cai_pipeline.config import RunConfig
+
+    host = socket.gethostname()
+    if version is not None and version != __version__:
+        raise UserError(f"a Ray worker on {host} runs cai-pipeline {__version__}, the driver {version}; install "
+                        "the same version on every node")
+    try:
+        return RunConfig.model_validate(config)
+    except ValidationError as e:
+        raise UserError(f"a Ray worker on {host} cannot read the driver's config ({e.errors()[0]['msg']}); install "
+                        "the same cai-pipeline on every node") from None
+
+
 class ShardWorker:
     """The callable class of `map_batches`: built once per actor, called once per shard."""
 
     def __init__(self, config: dict, stage: str, probe: str, hashes: dict, threads: int, quiet: bool = True,
-                 progress=None):
+                 progress=None, version: str | None = None):
         self.error, self.engines, self.progress = "", None, progress
         try:
-            self._setup(config, stage, probe, hashes, threads, quiet)
+            self._setup(same_package(config, version), stage, probe, hashes, threads, quiet)
         except UserError as e:  # answered on every call: the driver stops with it
             self.error = str(e)
 
-    def _setup(self, config: dict, stage: str, probe: str, hashes: dict, threads: int, quiet: bool) -> None:
-        from cai_pipeline.config import RunConfig
+    def _setup(self, cfg, stage: str, probe: str, hashes: dict, threads: int, quiet: bool) -> None:
         from cai_pipeline.console import quiet_libraries
         from cai_pipeline.executors.local import Engines
         from cai_pipeline.pipeline import load_assets
         from cai_pipeline.stages import BY_NAME
         from cai_pipeline.store import RunStore
 
-        cfg = RunConfig.model_validate(config)
         self.store = RunStore(cfg.out_dir)
         problem = probe_problem(self.store.layout.workers_probe, probe)
         if problem:
@@ -144,6 +161,7 @@ class ShardWorker:
 
     def __del__(self):
         # Ray Data drops the worker when the pool shuts down gracefully: close the engine explicitly (vLLM on a
-        # GPU has an engine process of its own to stop).
-        if getattr(self, "engines", None) is not None:
+        # GPU has an engine process of its own to stop). Not while the interpreter exits, when imports fail and
+        # the process takes its engine with it.
+        if getattr(self, "engines", None) is not None and not sys.is_finalizing():
             self.engines.close()
