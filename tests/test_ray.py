@@ -142,17 +142,18 @@ def descendants(root: int) -> set[int]:
     return found
 
 
+def title(pid: int) -> str:
+    """A live process's title ("" once it has exited, or is a zombie: nothing left of it but its exit code)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def busy_actors() -> list[int]:
     """Shard actors of our cluster that are running a shard right now."""
-    busy = []
-    for pid in sorted(descendants(os.getpid())):
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith(WORKER_TITLE) and title.endswith(".submit"):
-            busy.append(pid)
-    return busy
+    return [pid for pid in sorted(descendants(os.getpid())) if title(pid).startswith(WORKER_TITLE)
+            and title(pid).endswith(".submit")]
 
 
 class KillWhen(threading.Thread):
@@ -209,7 +210,9 @@ def test_a_ray_run_with_a_killed_actor_equals_the_local_run(released, reference,
 
 
 def test_a_killed_driver_resumes_from_its_finished_shards(reference, prompts, tmp_path):
-    """The CLI as a user runs it, with its own local Ray instance; the driver alone is killed."""
+    """The CLI as a user runs it, with its own local Ray instance; the driver alone is killed. An actor that was
+    in the middle of a shard may still write it whole before it notices its Ray is gone: the resume counts
+    what is on disk once those actors have exited."""
     out = tmp_path / "run"
     args = [sys.executable, "-m", "cai_pipeline.cli", "run", CONFIG, f"out_dir={out}", *overrides(prompts),
             "executor.kind=ray", "stages=[sample]"]
@@ -222,11 +225,14 @@ def test_a_killed_driver_resumes_from_its_finished_shards(reference, prompts, tm
             deadline = time.monotonic() + 600
             while driver.poll() is None and shards(out, "sample") == 0 and time.monotonic() < deadline:
                 time.sleep(0.02)
+            its_actors = [pid for pid in descendants(driver.pid) if title(pid).startswith(WORKER_TITLE)]
             os.kill(driver.pid, signal.SIGKILL)
             driver.wait()
             assert driver.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+            assert shards(out, "sample") < 3, "the driver finished before it was killed"
+            wait_until_gone(its_actors)
             finished = shards(out, "sample")
-            assert 1 <= finished < 3, f"{finished} shards were done when the driver was killed"
+            assert 1 <= finished < 3, f"{finished} shards were on disk once the dead driver's actors had exited"
             again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         finally:
             with contextlib.suppress(ProcessLookupError):  # what is left of the dead driver's Ray goes within a
@@ -237,6 +243,14 @@ def test_a_killed_driver_resumes_from_its_finished_shards(reference, prompts, tm
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["last_run"]["sample"] == f"resumed ({finished} of 3 shards were done)"
     assert manifest["stages"]["sample"]["shards_done"] == 3
+
+
+def wait_until_gone(pids: list[int], timeout: float = 60) -> None:
+    """Until none of `pids` runs (a dead driver's actors exit once they see their Ray is gone)."""
+    deadline = time.monotonic() + timeout
+    while any(title(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"the dead driver's actors still run after {timeout:.0f} s"
+        time.sleep(0.2)
 
 
 def test_shards_that_fail_for_good_are_named_and_the_next_run_does_only_them(released, reference, prompts, tmp_path):
