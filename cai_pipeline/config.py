@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cai_pipeline import stages as stage_list
 from cai_pipeline.bundled import PROJECT_ROOT, RESOURCES, resolve_resource
@@ -113,6 +121,29 @@ class ExportConfig(Strict):
                                  "carries the flag either way")
 
 
+class ExecutorConfig(Strict):
+    kind: Literal["local", "ray"] = Field("local", description="local: shards one after another in this process; "
+                                          "ray: on a pool of engine actors (Ray Data), see docs/scale-out.md")
+    address: str | None = Field(None, description="ray: the cluster; default: start a local Ray instance, `auto`: "
+                                "the cluster this machine belongs to, `ray://host:10001`: a remote one")
+    actors: int | list[int] = Field(1, description="ray: engine replicas, a fixed number or [min, max] for "
+                                          "an autoscaling pool")
+    cpus_per_actor: float = Field(1, gt=0, description="ray: CPUs each actor reserves (on CPU also its torch "
+                                  "threads, which shape sampled text: docs/scale-out.md)")
+    gpus_per_actor: float = Field(0, ge=0, description="ray: GPUs each actor reserves; vLLM needs "
+                                  "engine.tensor_parallel_size of them")
+    shard_retries: int = Field(3, ge=0, description="ray: times a shard is retried when its actor dies (Ray "
+                               "restarts the actor); then the stage reports it and the others finish")
+
+    @field_validator("actors")
+    @classmethod
+    def _pool(cls, actors: int | list[int]) -> int | list[int]:
+        low, high = (actors, actors) if isinstance(actors, int) else (actors + [0, 0])[:2]
+        if not 1 <= low <= high or isinstance(actors, list) and len(actors) != 2:
+            raise ValueError("give a number ≥ 1, or [min, max] with 1 ≤ min ≤ max such as [1, 8]")
+        return actors
+
+
 class RunConfig(Strict):
     out_dir: str = Field(min_length=1, description="the run folder; running again resumes it")
     seed: int = Field(0, description="every random choice derives from it and the row's ids")
@@ -129,6 +160,7 @@ class RunConfig(Strict):
     judge: JudgeConfig = JudgeConfig()
     export: ExportConfig = ExportConfig()
     train: TrainConfig = TrainConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
     @model_validator(mode="after")
     def _known(self) -> RunConfig:
@@ -137,6 +169,10 @@ class RunConfig(Strict):
         for s in self.stages:
             if s not in stage_list.BY_NAME:
                 raise ValueError(stage_list.unknown_stage_message(s))
+        gpus, tp = self.executor.gpus_per_actor, self.engine.tensor_parallel_size
+        if self.executor.kind == "ray" and gpus and tp > gpus:
+            raise ValueError(f"executor.gpus_per_actor={gpus:g} is fewer than engine.tensor_parallel_size={tp}: "
+                             f"each actor's vLLM needs {tp} GPUs; set executor.gpus_per_actor={tp}")
         return self
 
 

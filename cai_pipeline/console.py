@@ -18,13 +18,20 @@ from rich.table import Table
 
 console = Console(stderr=True)
 PLAIN_INTERVAL_S = float(os.environ.get("CAI_PROGRESS_INTERVAL", "30"))
+_quiet = False  # set by quiet_libraries; a Ray executor passes it on to its workers
+
+
+def libraries_quiet() -> bool:
+    return _quiet
 
 
 def quiet_libraries(verbose: bool = False) -> None:
     """vLLM and transformers log a great deal at INFO (and warn about their own deprecations); our progress
     lines say what matters. `--verbose` keeps their output."""
+    global _quiet
     if verbose:
         return
+    _quiet = True
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -37,7 +37,7 @@ class RunLayout:
     """Every path of a run folder. No other module builds one, so a path changes in one place.
 
     ```
-    manifest.json  constitution.yaml  .lock  report.html
+    manifest.json  constitution.yaml  .lock  .workers-probe  report.html
     <stage>/part-00000.parquet        sample, revise, pairs, judge: rows only
     stats/<stage>/part-00000.json     per-shard counts and timings
     rejects/<stage>/part-00000.parquet
@@ -49,7 +49,7 @@ class RunLayout:
     """
 
     FIXED = ("stats", "rejects", "datasets", "checkpoint", "train", "audit", "rounds", "report.html",
-             "constitution.yaml", "manifest.json")
+             "constitution.yaml", "manifest.json", ".workers-probe")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -70,6 +70,11 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def workers_probe(self) -> Path:
+        """Written by a Ray driver, read by its workers: proof that they see this very folder."""
+        return self.root / ".workers-probe"
 
     # -- sharded stages
     def stage_dir(self, stage: str) -> Path:
@@ -330,13 +335,14 @@ class RunStore:
     def read_stage(self, stage: str) -> list[dict]:
         return [row for i in self.shard_indices(stage) for row in self.read_shard(stage, i)]
 
+    def read_stats(self, stage: str, index: int) -> dict:
+        """One finished shard's stats ({} where a shard has none)."""
+        path = self.layout.stats(stage, index)
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def shard_stats(self, stage: str) -> list[dict]:
         """The stats of every finished shard (a shard without its stats file counts as empty)."""
-        out = []
-        for i in self.shard_indices(stage):
-            p = self.layout.stats(stage, i)
-            out.append(json.loads(p.read_text()) if p.exists() else {})
-        return out
+        return [self.read_stats(stage, i) for i in self.shard_indices(stage)]
 
     def write_rejects(self, stage: str, index: int, rejects: list[dict]) -> None:
         write_parquet(self.layout.rejects(stage, index), rejects, RejectRecord)

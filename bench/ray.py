@@ -1,0 +1,192 @@
+"""Scale-out on one machine: what the Ray executor costs next to the local one, and what limits it on a cluster.
+
+1. The same sample → revise → judge work (hh-rlhf prompts, n=2, one revision round, the embedded model) through
+   `cai run` three ways, each in a fresh process, alternating, best of REPS kept per side:
+   (a) local executor, and Ray with 1 actor × 2 CPUs: throughput ratio (goal ≥ 0.90) and start-up seconds;
+   (b) Ray with 2 actors × 1 CPU against (a).
+   Per stage the child records its wall time and the shards' own compute seconds (from their stats): wall −
+   compute is what starting the engine (locally) or Ray and the actor pool (Ray) cost that stage.
+2. The driver's cost per shard, for the GPU plan: Ray Data's round trip for a shard that does nothing (one
+   actor, one shard in flight, as the executor runs), plus the driver's own work when a shard lands (the
+   manifest totals, written atomically). N GPU actors keep one driver busy when N × that cost reaches the time
+   one actor takes for a shard.
+
+Run it on a quiet machine (other load changes every number here; the load average is recorded):
+
+    .venv/bin/python bench/ray.py             # results in bench/results/ray.json
+    .venv/bin/python bench/ray.py --smoke     # 4 prompts and tiny outputs: only checks that it runs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, where this very file would shadow `import ray`.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import bench_prompts, load_average, machine, run_child, save  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FULL = {"prompts": 32, "shard_size": 8, "max_tokens": 64, "reps": 2, "noop_shards": 200}
+SMOKE = {"prompts": 4, "shard_size": 2, "max_tokens": 8, "reps": 1, "noop_shards": 10}
+STAGES = ("sample", "revise", "judge")
+SIDES = {"local": ["executor.kind=local"],
+         "ray_1x2": ["executor.kind=ray", "executor.actors=1", "executor.cpus_per_actor=2"],
+         "ray_2x1": ["executor.kind=ray", "executor.actors=2", "executor.cpus_per_actor=1"]}
+
+
+def overrides(out: Path, prompts: Path, size: dict, engine: str) -> list[str]:
+    return [f"out_dir={out}", f"prompts.path={prompts}", f"shard_size={size['shard_size']}", "sample.n=2",
+            f"sample.max_tokens={size['max_tokens']}", f"revise.max_tokens={size['max_tokens']}", "revise.rounds=1",
+            "revise.few_shot=0", "judge.principles=1", f"engine.kind={engine}", "stages=[sample,revise,pairs,judge]"]
+
+
+# -- child: one side of the comparison -------------------------------------------------------------------------
+
+
+def side(args: list[str]) -> dict:
+    """`cai run` with per-stage wall clocks; prints the stage figures as JSON."""
+    import cai_pipeline.pipeline as pipeline
+    from cai_pipeline.cli import main
+
+    walls, real = {}, pipeline.run_sharded
+
+    def timed(stage, *a, **k):
+        start = time.perf_counter()
+        try:
+            return real(stage, *a, **k)
+        finally:
+            walls[stage.name] = time.perf_counter() - start
+
+    pipeline.run_sharded = timed
+    start = time.perf_counter()
+    if main(["run", str(REPO / "configs" / "demo.yaml"), *args]) != 0:
+        raise SystemExit("the run failed")
+    total = time.perf_counter() - start
+    out = Path(next(a for a in args if a.startswith("out_dir=")).split("=", 1)[1])
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    figures = {name: {"wall_s": round(walls[name], 2), "compute_s": stages[name]["seconds"],
+                      "output_tokens": stages[name]["output_tokens"], "rows": stages[name]["out"]} for name in STAGES}
+    tokens = sum(f["output_tokens"] for f in figures.values())
+    wall = sum(f["wall_s"] for f in figures.values())
+    return {"stages": figures, "total_s": round(total, 2), "stages_wall_s": round(wall, 2), "output_tokens": tokens,
+            "tok_per_s": round(tokens / wall, 1)}
+
+
+def steady_rate(run: dict, actors: int) -> float:
+    """Output tokens of the generating stages over the time their actors spent computing shards (start-up left
+    out): the engine's own rate where it runs, inside an actor or not."""
+    gen = [run["stages"][s] for s in ("sample", "revise")]
+    return round(sum(f["output_tokens"] for f in gen) / sum(f["compute_s"] / actors for f in gen), 1)
+
+
+def startup(stage: dict, actors: int = 1) -> float:
+    """A stage's wall time not spent computing shards (with N actors computing at once, compute / N)."""
+    return round(max(0.0, stage["wall_s"] - stage["compute_s"] / actors), 2)
+
+
+def driver_cost(noop_shards: int) -> dict:
+    """Seconds per shard the driver spends: Ray Data's round trip for a no-op shard, and on_done's work."""
+    import ray
+    import ray.data
+
+    from cai_pipeline.executors.ray import data_context, quiet_ray
+    from cai_pipeline.pipeline import StageTotals
+    from cai_pipeline.store import RunStore
+
+    quiet_ray()
+    ray.init(address="local", num_cpus=1, include_dashboard=False, object_store_memory=128 * 1024**2)
+    try:
+        with data_context(enable_progress_bars=False, max_errored_blocks=-1):
+            ds = ray.data.from_items([{"shard": i} for i in range(noop_shards)], override_num_blocks=noop_shards)
+            ds = ds.map_batches(NoOp, batch_size=1, num_cpus=1,
+                                compute=ray.data.ActorPoolStrategy(size=1, max_tasks_in_flight_per_actor=1))
+        rows, start, first = 0, time.perf_counter(), None
+        for _ in ds.iter_rows():
+            rows, first = rows + 1, first or time.perf_counter()
+        per_shard = (time.perf_counter() - first) / max(1, rows - 1)  # after the pool is up
+    finally:
+        ray.shutdown()
+    with tempfile.TemporaryDirectory() as tmp:
+        store, manifest = RunStore(tmp), _realistic_manifest()
+        totals = StageTotals([], noop_shards)
+        start = time.perf_counter()
+        for _ in range(noop_shards):
+            totals.add({"in": 64, "out": 128, "seconds": 60.0, "output_tokens": 30000, "rejected": {"too_long": 1}})
+            manifest["stages"]["revise"] = totals.as_dict()
+            store.write_manifest(manifest)
+        on_done = (time.perf_counter() - start) / noop_shards
+    return {"ray_round_trip_s": round(per_shard, 4), "on_done_s": round(on_done, 4),
+            "per_shard_s": round(per_shard + on_done, 4), "noop_shards": noop_shards}
+
+
+class NoOp:
+    def __call__(self, batch):
+        return {"shard": batch["shard"], "stats": ["{}"]}
+
+
+def _realistic_manifest() -> dict:
+    from cai_pipeline.config import load_config
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["out_dir=/tmp/x"])
+    return {"config": cfg.model_dump(), "fingerprints": {s: cfg.model_dump() for s in STAGES}, "stages": {}}
+
+
+# -- parent: alternate the sides, then the driver's cost --------------------------------------------------------
+
+
+def compare(size: dict, engine: str, work: Path) -> dict:
+    prompts = work / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": c}) + "\n" for c in bench_prompts(size["prompts"])))
+    runs: dict[str, list] = {name: [] for name in SIDES}
+    for rep in range(size["reps"]):  # alternate, so drifting load hits every side alike
+        for name, extra in SIDES.items():
+            args = [*overrides(work / f"{name}-{rep}", prompts, size, engine), *extra]
+            runs[name].append(run_child([__file__, "--side", json.dumps(args)]))
+    best = {name: max(r, key=lambda x: x["tok_per_s"]) for name, r in runs.items()}
+    local, one, two = best["local"], best["ray_1x2"], best["ray_2x1"]
+    return {
+        "runs": runs,
+        "ray_1x2_vs_local": round(one["tok_per_s"] / local["tok_per_s"], 3),
+        "ray_1x2_vs_local_steady": round(steady_rate(one, 1) / steady_rate(local, 1), 3),
+        "steady_tok_per_s": {"local": steady_rate(local, 1), "ray_1x2": steady_rate(one, 1),
+                             "ray_2x1": steady_rate(two, 2)},
+        "ray_2x1_vs_1x2": round(two["tok_per_s"] / one["tok_per_s"], 3),
+        "startup_s": {name: {s: startup(b["stages"][s], 2 if name == "ray_2x1" else 1) for s in STAGES}
+                      for name, b in best.items()},
+    }
+
+
+def main() -> None:
+    if "--side" in sys.argv:
+        print(json.dumps(side(json.loads(sys.argv[sys.argv.index("--side") + 1]))))
+        return
+    if "--driver" in sys.argv:
+        print(json.dumps(driver_cost(int(sys.argv[sys.argv.index("--driver") + 1]))))
+        return
+    smoke = "--smoke" in sys.argv
+    size = SMOKE if smoke else FULL
+    import importlib.util
+
+    engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
+    result = {"machine": machine(), "load_average_start": round(load_average(), 2), "engine": engine, **size}
+    with tempfile.TemporaryDirectory() as tmp:
+        result.update(compare(size, engine, Path(tmp)))
+    result["driver"] = run_child([__file__, "--driver", str(size["noop_shards"])])
+    result["load_average_end"] = round(load_average(), 2)
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+    if not smoke:
+        print(f"saved {save('ray', result)}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's local workers start from this environment: let them import this checkout, as this script does.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    main()
