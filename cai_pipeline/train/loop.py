@@ -86,7 +86,7 @@ def train_here(run_cfg, layout: RunLayout, fingerprint: dict, restart: bool) -> 
     plan = Plan(len(data.splits["train"]), cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
     run = Run(cfg, accelerator, data, plan, seed, tokenizer.pad_token_id, states if saves else None, fingerprint)
     if saved is not None:
-        run.refs, ref_status, ref_seconds = saved.trainer["refs"], "resumed", 0.0
+        run.refs, ref_status, ref_seconds = saved.trainer["refs"], "resumed" if cfg.needs_reference else "none", 0.0
         log.info("resuming from %s", saved.path)
     else:
         run.refs, ref_status, ref_seconds = reference_pass(run, lm, tokenizer, paths["reference"] or paths["model"],
