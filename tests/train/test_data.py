@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from cai_pipeline.errors import UserError
-from cai_pipeline.train.formats import read_split
 from cai_pipeline.train.data import (
     block_mask,
     collate_pairs,
@@ -17,6 +16,7 @@ from cai_pipeline.train.data import (
     tokenize_rows,
     truncate_pair,
 )
+from cai_pipeline.train.formats import read_split
 
 from .conftest import chat_pair, msg, write_split
 
