@@ -65,7 +65,7 @@ class TrainConfig(BaseModel):
     plots: bool = Field(True, description="PNG plots of metrics.jsonl in log_dir at the end")
     # Resumable state and processes
     save_every: int | None = Field(500, gt=0, description="steps between resumable states in log_dir/state "
-                                   "(and one at the end); null: only at the end")
+                                   "(and one at the end); null: none (a crash trains again from the start)")
     keep_states: int = Field(2, gt=0, description="newest resumable states kept")
     nproc: int = Field(1, gt=0, description="data-parallel processes on this machine (torchrun); batch_size is per process")
     accelerate_config: str | None = Field(None, description="launch the processes with `accelerate launch` and this "

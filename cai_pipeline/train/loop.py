@@ -206,7 +206,7 @@ def fit(run: Run, saved: Saved | None) -> dict:
         log.info("step %d/%d loss %.4f", step, run.total_steps, last["loss"])
         if cfg.eval_every and step % cfg.eval_every == 0 and step < run.total_steps:
             run.metrics.write_eval(step, evaluate(run))
-        due = step == run.total_steps or (cfg.save_every and step % cfg.save_every == 0)
+        due = cfg.save_every and (step % cfg.save_every == 0 or step == run.total_steps)
         if due and run.states is not None:
             save_state(run, step, progress, last)
     after = evaluate(run)

@@ -205,9 +205,33 @@ def test_config_errors_are_one_line(tmp_path):
     for overrides, needle in ((["train.loss=simpo", "train.label_smoothing=0.1"], "dpo only"),
                               (["train.max_length=64", "train.max_prompt_length=64"], "max_prompt_length"),
                               (["train.loss=orpo", "train.beta=0.1"], "lam"),
+                              (["train.loss=simpo", "train.reference_model=x"], "reference_model applies"),
+                              (["train.loss=sft", "train.reference_model=x"], "reference_model applies"),
+                              (["train.nproc=0"], "train.nproc"),
+                              (["train.sft_turns=first"], "train.sft_turns"),
                               (["train.loss=kto"], "train.loss")):
         with pytest.raises(UserError, match=needle):
             load_config(None, ["out_dir=x", *overrides])
+    # SFT leaves the preference settings alone: one config serves both CAI phases
+    cfg = load_config(None, ["out_dir=x", "train.loss=sft", "train.use_soft_labels=true", "train.beta=0.3"])
+    assert cfg.train.is_sft and not cfg.train.needs_reference
+
+
+def test_reference_model_is_the_reference(tiny_model, make_cfg, pairs_dir, tmp_path):
+    """By default the reference is the policy as loaded (DPO's first loss is exactly ln 2); with
+    train.reference_model another model's log-probs are the reference, and the first loss is not ln 2."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model)).save_pretrained(other)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(other)
+    firsts = {}
+    for name, ref in (("own", None), ("same", tiny_model), ("other", str(other))):
+        s = train(make_cfg(tiny_model, pairs_dir, name=name, max_steps=1, reference_model=ref))
+        firsts[name] = [r for r in read_metrics(Path(s["log_dir"]) / "metrics.jsonl") if "loss" in r][0]["loss"]
+    assert firsts["own"] == pytest.approx(math.log(2), abs=1e-7) == firsts["same"]
+    assert abs(firsts["other"] - math.log(2)) > 1e-3
 
 
 def test_cli(tiny_model, pairs_dir, tmp_path, capsys):
