@@ -116,35 +116,42 @@ def test_packed_scoring_matches_naive_on_the_embedded_model(model_path):
 
 
 @pytest.fixture(scope="module")
-def sl_cai(model_path, tmp_path_factory):
-    """`cai train configs/demo.yaml train.loss=sft` on a run folder whose datasets/sft the export's own writer
-    made (pirate revisions of the 8 questions, 2 held out), then DPO from that checkpoint into a new folder."""
+def sl_cai(model_path, hf_engine, tmp_path_factory):
+    """A real run (2 prompts × 2 samples: sample → one critique/revision round → export, on the hf engine), then
+    `cai train configs/demo.yaml train.loss=sft` on its datasets/sft, then DPO from that checkpoint into a
+    folder of its own."""
     from cai_pipeline.cli import main
-    from cai_pipeline.records import SFTRecord
-    from cai_pipeline.stages.export import write_splits
-    from cai_pipeline.store import RunLayout
+    from cai_pipeline.config import load_config
+    from cai_pipeline.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("sl-cai")
-    layout = RunLayout(root / "run")
-    rows = [{"prompt_id": f"p{i}", "sample_idx": 0, "principle_ids": ["harmless"],
-             "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": PIRATE}]}
-            for i, q in enumerate(QUESTIONS)]
-    write_splits(layout, "sft", rows, SFTRecord, {"p0", "p1"})
     demo = str(REPO / "configs" / "demo.yaml")
-    common = ["train.lr=5e-5", "train.epochs=3", "train.max_length=128", "train.max_prompt_length=64",
-              "train.plots=false"]
-    assert main(["train", demo, "train.loss=sft", f"out_dir={layout.root}", *common]) == 0
+    # the run's own settings, which `cai train` must be given too (a run folder refuses other settings)
+    run = [f"out_dir={root / 'run'}", "prompts.limit=2", "sample.max_tokens=16", "revise.max_tokens=16",
+           "revise.rounds=1", "revise.few_shot=0", "export.test_fraction=0.5", "stages=[sample,revise,pairs,export]"]
+    run_pipeline(load_config(demo, run), engine=hf_engine, summary=False)
+    common = ["train.lr=5e-5", "train.max_length=256", "train.max_prompt_length=128", "train.plots=false",
+              "train.save_every=null"]  # resumable states are test_crash.py's
+    assert main(["train", demo, "train.loss=sft", *run, "train.epochs=3", *common]) == 0
     write_split(root / "prefs", "train", [chat_pair(q, PIRATE, PLAIN, p_chosen=0.9) for q in QUESTIONS])
-    assert main(["train", demo, f"out_dir={root / 'dpo'}", f"train.model={layout.checkpoint}",
-                 f"train.data={root / 'prefs'}", "train.epochs=1", "train.precision=fp32", *common[:1], *common[2:]]) == 0
-    return {name: json.loads((folder / "manifest.json").read_text())["stages"]["train"]["summary"]
-            for name, folder in (("sft", layout.root), ("dpo", root / "dpo"))}
+    assert main(["train", demo, f"out_dir={root / 'dpo'}", f"train.model={root / 'run' / 'checkpoint'}",
+                 f"train.data={root / 'prefs'}", "train.precision=fp32", *common]) == 0
+    summaries = {name: json.loads((root / name / "manifest.json").read_text())["stages"]["train"]["summary"]
+                 for name in ("run", "dpo")}
+    return {"root": root, "sft": summaries["run"], "dpo": summaries["dpo"]}
 
 
-def test_sl_cai_learns_the_revisions(sl_cai):
-    s = sl_cai["sft"]
-    assert s["loss_type"] == "sft" and s["counts"]["train"]["rows"] == 6 and s["counts"]["test"]["rows"] == 2
-    assert s["steps"] == 6 and s["eval_after"]["loss"] < s["eval_before"]["loss"]
+def test_sl_cai_trains_on_the_runs_sft_dataset(sl_cai):
+    import pandas as pd
+
+    s, sft = sl_cai["sft"], sl_cai["root"] / "run" / "datasets" / "sft"
+    rows = {split: len(pd.read_parquet(sft / f"{split}-00000-of-00001.parquet")) for split in ("train", "test")}
+    assert rows["train"] > 0 and rows["test"] > 0
+    assert s["loss_type"] == "sft" and s["reference"] == "none"
+    assert {split: c["rows"] + sum(c["rejected"].values()) for split, c in s["counts"].items()} == rows
+    steps = [r for r in read_metrics(Path(s["log_dir"]) / "metrics.jsonl") if "loss" in r]
+    assert len(steps) == s["steps"] == 3 * -(-s["counts"]["train"]["rows"] // 4)
+    assert steps[-1]["loss"] < steps[0]["loss"]  # three passes over the same rows at lr 5e-5
 
 
 def test_dpo_from_the_sft_checkpoint(sl_cai):
