@@ -64,6 +64,17 @@ def _lengths_table(lengths: dict) -> str:
     return "\n".join(rows) + f"\n\nChosen is the longer side in {lengths['chosen_longer_rate']} of pairs."
 
 
+def _truncation_md(t: dict) -> str:
+    """Unfinished responses (hit max_tokens), counted before any were dropped."""
+    fate = (f"{t['dropped']} rows with an unfinished response went to `../rejects/export/` (reason `truncated`; "
+            "export.drop_truncated is on)" if t["drop_truncated"] else
+            "they are kept and flagged (`truncated`, `chosen_truncated`, `rejected_truncated`); export.drop_truncated "
+            "is off")
+    return (f"- SFT: {t['sft_truncated']} final responses hit max_tokens (rate {t['sft_truncated_rate']})\n"
+            f"- Preferences: chosen {t['chosen_truncated']} (rate {t['chosen_truncated_rate']}), rejected "
+            f"{t['rejected_truncated']} (rate {t['rejected_truncated_rate']})\n- {fate}.\n")
+
+
 def dataset_card(cfg, constitution, manifest: dict, summary: dict, judge_md: str) -> str:
     """The card's Markdown. `judge_md` is `judge_section(...)` where the judge ran, else ""."""
     parts = [
@@ -80,6 +91,7 @@ def dataset_card(cfg, constitution, manifest: dict, summary: dict, judge_md: str
         f"rejected, from {summary['preferences_from']}; origins {json.dumps(summary['origins'])}.",
         "- Train/test are split by `prompt_id`: no prompt is in both.\n",
         "## Length of chosen vs rejected\n", _lengths_table(summary["lengths"]) + "\n",
+        "## Truncated responses\n", _truncation_md(summary["truncation"]),
         judge_md,
         "## Rejected rows\n",
         "Every dropped row is in `../rejects/<stage>/` with its reason. Counts by stage:\n",

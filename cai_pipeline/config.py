@@ -9,10 +9,10 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from cai_pipeline import stages as stage_list
 from cai_pipeline.bundled import PROJECT_ROOT, RESOURCES, resolve_resource
@@ -26,6 +26,11 @@ __all__ = ["PROJECT_ROOT", "RESOURCES", "RunConfig", "load_config", "resolve_res
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _one_or_more(value: Any) -> Any:
+    """`sample.stop=END` means one stop string: a list of one."""
+    return [value] if isinstance(value, str) else value
 
 
 class EngineConfig(Strict):
@@ -55,6 +60,15 @@ class PromptsConfig(Strict):
     format: Literal["auto", "jsonl", "parquet", "csv", "hh-rlhf"] = Field("auto", description="auto: by file name")
     limit: int | None = Field(None, gt=0, description="use the first N prompts (after de-duplication)")
     system_prompt: str | None = Field(None, description="prepended as a system message to every prompt")
+    part: int | None = Field(None, ge=0, description="use only part `part` of `parts` (by hashed prompt_id, after "
+                             "limit): disjoint prompt sets for rounds or jobs")
+    parts: int = Field(1, gt=0, description="how many parts `part` counts from")
+
+    @model_validator(mode="after")
+    def _part_in_range(self) -> PromptsConfig:
+        if self.part is not None and self.part >= self.parts:
+            raise ValueError(f"part {self.part} is not below parts {self.parts}; parts are numbered from 0")
+        return self
 
 
 class SampleConfig(Strict):
@@ -62,7 +76,8 @@ class SampleConfig(Strict):
     temperature: float = Field(0.8, ge=0, description="0 is greedy")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
     max_tokens: int = Field(256, gt=0, description="per response")
-    stop: list[str] = Field([], description="stop strings (not kept in the text)")
+    stop: Annotated[list[str], BeforeValidator(_one_or_more)] = Field(
+        [], description="stop strings (not kept in the text); one string or a list")
 
 
 class ReviseConfig(Strict):
@@ -93,6 +108,9 @@ class JudgeConfig(Strict):
 
 class ExportConfig(Strict):
     test_fraction: float = Field(0.1, ge=0, lt=1, description="share of prompts held out as the test split")
+    drop_truncated: bool = Field(True, description="rows whose response hit max_tokens go to rejects (truncated): "
+                                 "training on an unfinished text teaches the model to end mid-sentence; every row "
+                                 "carries the flag either way")
 
 
 class RunConfig(Strict):
@@ -175,6 +193,9 @@ def apply_override(data: dict, item: str) -> None:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
+    if value is None and raw.lstrip().startswith("#"):
+        raise UserError(f"override {item!r}: YAML reads a value starting with '#' as a comment, so it is empty; "
+                        f"quote it: {key}='\"{raw}\"'")
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
@@ -207,6 +228,8 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
         return f"{source}: {key}: required, add it to the file or pass {key}=..."
     got = e.get("input")
     shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    if got is None and e["type"] != "missing":  # `stop: ###` is an empty value: YAML took the rest as a comment
+        shown += "; an empty value, or one starting with '#' (a YAML comment): quote it"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{source}: {key}: {e['msg']}{shown}{more}"
 

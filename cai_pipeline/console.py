@@ -30,6 +30,8 @@ def quiet_libraries(verbose: bool = False) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10's NUMA-binding notes, read when torch loads
+    os.environ.setdefault("TORCH_LOGS", "-torch")  # torch's own loggers at ERROR ("Triton not available")
     import warnings
 
     for category in (FutureWarning, DeprecationWarning, UserWarning):

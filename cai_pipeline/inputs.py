@@ -59,7 +59,7 @@ def _read_text(path: Path) -> str:
         except OSError as e:
             raise UserError(f"{path}: not a valid gzip file ({e}); decompress it or fix the name") from None
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # Excel's "CSV UTF-8" and many JSONL writers start with a BOM
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); re-save it as UTF-8") from None
 
@@ -103,10 +103,13 @@ def _messages(where: str, obj: dict) -> list[dict]:
                 msgs = json.loads(msgs)
             except json.JSONDecodeError:
                 raise UserError(f"{where}: 'messages' is not a JSON list of {{role, content}}") from None
-        ok = isinstance(msgs, list) and all(
-            isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str) for m in msgs)
+        ok = isinstance(msgs, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
         if not ok:
             raise UserError(f"{where}: 'messages' must be a list of {{role: system|user|assistant, content: str}}")
+        for i, m in enumerate(msgs):
+            if m.get("role") not in _ROLES:
+                raise UserError(f"{where}: 'messages' must be a list of turns whose role is system, user or "
+                                f"assistant (lower case); messages[{i}].role is {m.get('role')!r}")
         return [{"role": m["role"], "content": m["content"]} for m in msgs]
     if "prompt" in obj and obj["prompt"] is not None:
         if not isinstance(obj["prompt"], str):
@@ -115,6 +118,20 @@ def _messages(where: str, obj: dict) -> list[dict]:
     if isinstance(obj.get("chosen"), str):
         return [{"role": "user", "content": hh_first_human_turn(obj["chosen"])}]
     raise UserError(f"{where}: row has neither 'prompt' nor 'messages' (nor hh-rlhf 'chosen'); add one of them")
+
+
+def turn_problem(messages: list[dict]) -> tuple[str, str] | None:
+    """(reason, detail) when a prompt is not one the pipeline can answer: an optional system turn, then user
+    and assistant alternating from the user, ending with the user's turn (the one to answer)."""
+    roles = [m["role"] for m in messages]
+    body = roles[1:] if roles[:1] == ["system"] else roles
+    if body and body[-1] == "assistant":
+        return "ends_with_assistant", ("the conversation ends with an assistant turn, so there is nothing to "
+                                       "answer; drop that turn (or end with the user's question)")
+    if not body or body != [("user", "assistant")[i % 2] for i in range(len(body))]:
+        return "bad_turn_order", (f"roles {roles}: after an optional first system turn, user and assistant must "
+                                  "alternate, starting and ending with user")
+    return None
 
 
 def read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
@@ -129,9 +146,22 @@ def read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
     raise UserError(f"{path}: unknown prompt file type; use .jsonl, .jsonl.gz, .parquet or .csv, or set prompts.format")
 
 
+def _duplicate(pid: str, given, first) -> str:
+    if given is not None and first is not None and type(given) is not type(first):
+        return f"prompt_id {given!r} is the same id as {first!r} seen before, after conversion to text"
+    return f"prompt_id {pid} seen before"
+
+
+def in_part(pid: str, part: int | None, parts: int) -> bool:
+    """Whether a prompt belongs to part `part` of `parts`: by its hashed id, so the parts are disjoint, cover
+    every prompt, and do not move when the file is reordered."""
+    return part is None or int(stable_id("part", pid), 16) % parts == part
+
+
 def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = None,
-                 system_prompt: str | None = None) -> LoadedPrompts:
-    """Read, validate, de-duplicate by prompt_id, apply `limit` (to kept prompts, in file order)."""
+                 system_prompt: str | None = None, part: int | None = None, parts: int = 1) -> LoadedPrompts:
+    """Read, validate, de-duplicate by prompt_id, apply `limit` (to kept prompts, in file order), then keep
+    part `part` of `parts`."""
     file = Path(path).expanduser() if path else BUNDLED_PROMPTS
     if not file.exists():
         raise UserError(f"prompts.path: {file} does not exist; point it at a JSONL, Parquet or CSV file")
@@ -139,21 +169,28 @@ def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = Non
     if not rows:
         raise UserError(f"{file}: no prompts in the file; add rows with a 'prompt' or 'messages' field")
     out = LoadedPrompts(rows=[], source=str(file))
-    seen: set[str] = set()
+    seen: dict[str, object] = {}  # prompt_id → the id as the file gave it
     for lineno, obj in rows:
         if limit is not None and len(out.rows) >= limit:
             break
         messages = _messages(f"{file}:{lineno}", obj)
         if system_prompt and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system_prompt}, *messages]
-        pid = str(obj.get("prompt_id") or prompt_id(messages))
+        given = obj.get("prompt_id")
+        pid = str(given if given not in (None, "") else prompt_id(messages))
+        problem = turn_problem(messages)
         if not any(m["content"].strip() for m in messages if m["role"] == "user"):
             out.rejects.append(make_reject("prompts", pid, "empty_prompt", f"line {lineno}: the prompt is empty or whitespace", obj))
+        elif problem:
+            out.rejects.append(make_reject("prompts", pid, problem[0], f"line {lineno}: {problem[1]}", obj))
         elif pid in seen:
-            out.rejects.append(make_reject("prompts", pid, "duplicate_prompt", f"line {lineno}: prompt_id {pid} seen before", obj))
+            out.rejects.append(make_reject("prompts", pid, "duplicate_prompt", f"line {lineno}: {_duplicate(pid, given, seen[pid])}", obj))
         else:
-            seen.add(pid)
+            seen[pid] = given
             out.rows.append({"prompt_id": pid, "prompt": messages})
     if not out.rows:
         raise UserError(f"{file}: every row was rejected ({out.rejects[0]['reason']}); nothing to run")
+    out.rows = [r for r in out.rows if in_part(r["prompt_id"], part, parts)]
+    if not out.rows:
+        raise UserError(f"prompts.part: part {part} of {parts} holds none of the {file} prompts; use fewer parts")
     return out

@@ -58,9 +58,13 @@ def load_assets(cfg: RunConfig) -> Assets:
     from cai_pipeline.constitution import constitution_sha256, load_constitution
     from cai_pipeline.templates import TemplateSet
 
-    prompts = load_prompts(cfg.prompts.path, fmt=cfg.prompts.format, limit=cfg.prompts.limit,
-                           system_prompt=cfg.prompts.system_prompt)
+    p = cfg.prompts
+    prompts = load_prompts(p.path, fmt=p.format, limit=p.limit, system_prompt=p.system_prompt, part=p.part,
+                           parts=p.parts)
     constitution = load_constitution(resolve_resource(cfg.constitution))
+    if cfg.judge.principles > len(constitution.principles):
+        raise UserError(f"judge.principles={cfg.judge.principles}, but {cfg.constitution} has "
+                        f"{len(constitution.principles)} principles; set judge.principles to at most that")
     templates = TemplateSet.for_constitution(constitution)
     hashes = {"prompts": sha(prompts.rows), "constitution": constitution_sha256(constitution),
               "templates": templates.template_hashes()}

@@ -44,7 +44,8 @@ class Round(Record):
     critique: str
     revision: str
     cleaned: bool  # a boilerplate preamble ("Sure, here is a revised response:") was cut off
-    kept_previous: str | None  # why the revision was not used (empty, truncated); the text stays as before
+    kept_previous: str | None  # why the revision was not used (empty); the text stays as before
+    truncated: bool  # the revision hit max_tokens (finish_reason "length")
 
 
 class ReviseRecord(Record):
@@ -52,8 +53,10 @@ class ReviseRecord(Record):
     sample_idx: int
     prompt: list[Message]
     initial: str
+    initial_truncated: bool  # the sampled response hit max_tokens
     rounds: list[Round]
     final: str
+    final_truncated: bool  # the text that ended as final hit max_tokens
 
 
 class PairRecord(Record):
@@ -65,7 +68,9 @@ class PairRecord(Record):
     origin: Literal["sampled", "revision"]
     a_idx: int  # sample index of a (revision pairs: the revised sample)
     b_idx: int
-    principle_ids: list[str]  # revision pairs: the principles the revision applied
+    a_truncated: bool  # a hit max_tokens: an unfinished text
+    b_truncated: bool
+    revision_principle_ids: list[str]  # revision pairs: the principles the revision applied; [] for sampled
 
 
 class Verdict(Record):
@@ -78,6 +83,7 @@ class Verdict(Record):
 
 
 class JudgeRecord(PairRecord):
+    judge_principle_ids: list[str]  # the principles the judge asked about this pair (its draw, not the revision's)
     verdicts: list[Verdict]
     p_a: float  # ensemble probability that a is better: mean over principles of ½(p_a_first + p_a_second)
     consistent: bool  # false when some principle's two orders picked the same position
@@ -101,7 +107,8 @@ class SFTRecord(Record):
     prompt_id: str
     sample_idx: int
     messages: list[Message]
-    principle_ids: list[str]
+    principle_ids: list[str]  # the principles of the critique/revision rounds, in order
+    truncated: bool  # the final text hit max_tokens: an unfinished response
 
 
 class PreferenceRecord(Record):
@@ -111,8 +118,11 @@ class PreferenceRecord(Record):
     chosen: list[Message]
     rejected: list[Message]
     p_chosen: float | None  # the judge's soft label; null where no judge ran
-    principle_ids: list[str]
+    revision_principle_ids: list[str]  # revision pairs: the principles the revision applied
+    judge_principle_ids: list[str]  # the principles the judge asked about (empty where no judge ran)
     origin: Literal["sampled", "revision"]
+    chosen_truncated: bool  # hit max_tokens: an unfinished text
+    rejected_truncated: bool
 
 
 _SCALARS = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}

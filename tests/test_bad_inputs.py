@@ -344,3 +344,84 @@ def test_full_disk_on_a_tiny_tmpfs(tmp_path, capsys, echo):
     finally:
         subprocess.run(["umount", str(mount)], check=False)
 
+
+
+# -- messy inputs a new user fed it (issue 10) ----------------------------------------------------------------
+
+
+def test_a_bom_at_the_start_of_jsonl_and_csv_is_read(tmp_path, echo):
+    bom = "\ufeff"
+    for name, text in (("p.jsonl", bom + json.dumps({"prompt": "one"}) + "\n"), ("p.csv", bom + "prompt\none\n")):
+        path = write(tmp_path / name, text)
+        assert cai(tmp_path, f"prompts.path={path}", f"out_dir={tmp_path / ('run-' + name)}") == 0
+        assert len(rows(tmp_path / ("run-" + name) / "sample")) == 2
+
+
+def test_a_role_that_is_not_one_of_the_three(tmp_path, capsys):
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt": "fine"}, {"messages": [{"role": "User", "content": "hi"}]}])
+    one_line(capsys, cai(tmp_path, f"prompts.path={path}"), "p.jsonl:2:", "messages[0].role is 'User'",
+             "system, user or assistant")  # the row, the role found, the ones allowed
+
+
+def test_ids_equal_after_conversion_to_text_say_so(tmp_path, echo):
+    path = jsonl(tmp_path / "p.jsonl", [{"prompt_id": 1, "prompt": "one"}, {"prompt_id": "1", "prompt": "two"}])
+    assert cai(tmp_path, f"prompts.path={path}") == 0
+    [reject] = rows(tmp_path / "run" / "rejects" / "prompts")
+    assert reject["reason"] == "duplicate_prompt" and "after conversion to text" in reject["detail"]
+
+
+def test_a_config_key_given_twice(tmp_path, capsys):
+    cfg = write(tmp_path / "c.yaml", "out_dir: x\nseed: 1\nsample:\n  n: 2\nseed: 2\n")
+    one_line(capsys, cai(tmp_path, config=cfg), "c.yaml:5:", "seed", "appears twice")
+
+
+def test_a_stop_string_that_yaml_reads_as_a_comment(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, "sample.stop=###"), "sample.stop", "comment", "quote it")
+    cfg = write(tmp_path / "c.yaml", f"out_dir: {tmp_path / 'y'}\nsample:\n  stop: ###\n")
+    one_line(capsys, cai(tmp_path, config=cfg), "sample.stop", "quote it")
+
+
+def test_a_single_stop_string_is_a_list_of_one(tmp_path, echo):
+    assert cai(tmp_path, "sample.stop=END") == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["config"]["sample"]["stop"] == ["END"]
+
+
+def test_more_judge_principles_than_the_constitution_has(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, "judge.principles=99"), "judge.principles=99", "at most")
+    assert not (tmp_path / "run").exists()
+
+
+def test_api_key_variable_set_but_empty(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CAI_TEST_EMPTY_KEY", "")
+    with FaultProxy(None) as stub:
+        code = cai(tmp_path, "engine.kind=openai", f"engine.base_url={stub.url}", "engine.api_key_env=CAI_TEST_EMPTY_KEY")
+    one_line(capsys, code, "CAI_TEST_EMPTY_KEY", "set but empty")
+
+
+def test_a_bad_judge_model_fails_before_any_stage_runs(tmp_path, capsys, echo):
+    code = cai(tmp_path, f"judge.model={tmp_path / 'no-judge'}", "stages=[sample,revise,pairs,judge]")
+    one_line(capsys, code, "judge.model", "does not exist")
+    assert not (tmp_path / "run").exists()  # nothing ran, nothing was written
+
+
+def model_folder(tmp_path: Path, model_path: str, drop: tuple[str, ...], edit=None) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(model_path, folder)
+    for name in drop:
+        (folder / name).unlink()
+    if edit:
+        edit(folder)
+    return folder
+
+
+@pytest.mark.parametrize("drop,needle", [
+    (("tokenizer.json", "tokenizer_config.json"), "has no tokenizer"),
+    (("chat_template.jinja",), "without a chat template"),
+])
+def test_a_model_folder_that_cannot_run_is_one_line_before_any_stage(tmp_path, capsys, model_path, drop, needle):
+    folder = model_folder(tmp_path, model_path, drop)
+    for key in ("model", "judge.model", "train.model"):
+        code = cai(tmp_path, f"{key}={folder}", "stages=[sample,judge,train]")
+        one_line(capsys, code, key, needle)
+    assert not (tmp_path / "run").exists()

@@ -16,9 +16,10 @@ def make_run(root, final: str, weight: float, cleaned: bool):
     store = RunStore(root)
     store.write_manifest({"model": "embedded", "seed": 0, "constitution_sha256": f"{weight:064.1f}",
                           "stages": {"revise": {"in": 1, "out": 1, "rejected": {}}}})
-    rounds = [{"principle_id": "violence", "critique": "c", "revision": final, "cleaned": cleaned, "kept_previous": None}]
-    row = {"prompt_id": "p", "sample_idx": 0, "prompt": PROMPT, "initial": "Slash the tyres.", "rounds": rounds,
-           "final": final}
+    rounds = [{"principle_id": "violence", "critique": "c", "revision": final, "cleaned": cleaned, "kept_previous": None,
+               "truncated": False}]
+    row = {"prompt_id": "p", "sample_idx": 0, "prompt": PROMPT, "initial": "Slash the tyres.", "initial_truncated": False,
+           "rounds": rounds, "final": final, "final_truncated": False}
     store.write_shard("revise", 0, [row], ReviseRecord, [], {})
     data = yaml.safe_load((REPO / "constitutions" / "harmless.yaml").read_text())
     data["principles"][0]["weight"] = weight

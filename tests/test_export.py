@@ -18,7 +18,8 @@ PROMPT = [{"role": "user", "content": "q"}]
 
 def judged(p_a, origin="sampled", **extra):
     return {"pair_id": "x", "prompt_id": "p", "prompt": PROMPT, "a": "A text", "b": "B text", "origin": origin,
-            "p_a": p_a, "verdicts": [{"principle_id": "u"}, {"principle_id": "v"}], "principle_ids": [], **extra}
+            "p_a": p_a, "verdicts": [{"principle_id": "u"}, {"principle_id": "v"}], "judge_principle_ids": ["u", "v"],
+            "revision_principle_ids": [], "a_truncated": True, "b_truncated": False, **extra}
 
 
 def test_the_judges_side_is_chosen_and_p_chosen_is_its_probability():
@@ -27,12 +28,14 @@ def test_the_judges_side_is_chosen_and_p_chosen_is_its_probability():
     row = preference_row(judged(0.3))
     assert row["chosen"][0]["content"] == "B text" and row["rejected"][0]["content"] == "A text"
     assert row["p_chosen"] == pytest.approx(0.7)
-    assert row["principle_ids"] == ["u", "v"]  # the judge's, where the pair carries none of its own
+    assert row["judge_principle_ids"] == ["u", "v"] and row["revision_principle_ids"] == []
+    assert (row["chosen_truncated"], row["rejected_truncated"]) == (False, True)  # the flags follow their texts
 
 
 def test_an_unjudged_revision_pair_takes_the_revision_with_no_label():
-    row = preference_row({**judged(None, "revision"), "principle_ids": ["w"]})
-    assert row["chosen"][0]["content"] == "A text" and row["p_chosen"] is None and row["principle_ids"] == ["w"]
+    row = preference_row({**judged(None, "revision", judge_principle_ids=[]), "revision_principle_ids": ["w"]})
+    assert row["chosen"][0]["content"] == "A text" and row["p_chosen"] is None
+    assert row["revision_principle_ids"] == ["w"] and row["judge_principle_ids"] == []
     pairs = [judged(None, "revision"), judged(None, "sampled")]
     counts = {}
     rows, source = preference_rows([], [{k: v for k, v in p.items() if k != "p_a"} for p in pairs], counts)
@@ -48,7 +51,7 @@ def test_the_split_is_by_prompt_id_and_stable():
     assert held_out_prompts({"a", "b"}, 0.1) and len(held_out_prompts({"a", "b"}, 0.1)) == 1  # at least one
     assert held_out_prompts({"only"}, 0.5) == set() and held_out_prompts(ids, 0.0) == set()
     # each prompt's rows land together: the split is a set of prompt ids, not of rows
-    revised = [{"prompt_id": pid, "sample_idx": k, "prompt": PROMPT, "final": "f", "rounds": []}
+    revised = [{"prompt_id": pid, "sample_idx": k, "prompt": PROMPT, "final": "f", "rounds": [], "final_truncated": False}
                for pid in sorted(ids) for k in range(2)]
     sft = sft_rows(revised)
     assert {r["prompt_id"] for r in sft if r["prompt_id"] in held} == held

@@ -130,3 +130,15 @@ def test_unknown_extension(tmp_path):
 
 def test_hh_first_turn_without_assistant():
     assert hh_first_human_turn("\n\nHuman: only a question") == "only a question"
+
+
+def test_prompt_parts_are_disjoint_and_cover_the_set():
+    from cai_pipeline.inputs import load_prompts
+
+    whole = {r["prompt_id"] for r in load_prompts(None).rows}
+    parts = [{r["prompt_id"] for r in load_prompts(None, part=k, parts=3).rows} for k in range(3)]
+    assert set().union(*parts) == whole and sum(map(len, parts)) == len(whole)
+    assert all(len(p) >= len(whole) // 6 for p in parts)  # roughly even: a hash, not a range
+    first_ten = {r["prompt_id"] for r in load_prompts(None, limit=10).rows}
+    halves = [{r["prompt_id"] for r in load_prompts(None, limit=10, part=k, parts=2).rows} for k in range(2)]
+    assert halves[0] | halves[1] == first_ten and not halves[0] & halves[1]  # limit first, then the part

@@ -240,7 +240,8 @@ def test_single_order_mode_asks_each_pair_as_given():
 def stage_pairs():
     def row(i, a, b, origin="sampled"):
         return {"pair_id": f"pair{i}", "prompt_id": f"p{i}", "prompt": [{"role": "user", "content": f"q{i}"}],
-                "a": a, "b": b, "origin": origin, "a_idx": 0, "b_idx": 1, "principle_ids": []}
+                "a": a, "b": b, "origin": origin, "a_idx": 0, "b_idx": 1, "a_truncated": False, "b_truncated": False,
+                "revision_principle_ids": []}
 
     return [row(0, "strong", "weak"), row(1, "close", "closer"), row(2, "first", "second"),
             row(3, "same-ish", "alike"), row(4, "revised", "initial", "revision"), row(5, "x", "TOO_LONG")]
@@ -358,7 +359,8 @@ def test_judge_stage_in_a_run_labels_the_preference_dataset(hf_engine, run_confi
     cfg = run_config("stages=[judge,export]", "judge.min_margin=0", "judge.drop_inconsistent=false",
                      "judge.principles=1")
     rows = [{"pair_id": f"pair{i}", "prompt_id": f"p{i}", "prompt": judge.as_messages(p["prompt"]), "a": p["a"],
-             "b": p["b"], "origin": origin, "a_idx": 0, "b_idx": 1 if origin == "sampled" else 0, "principle_ids": []}
+             "b": p["b"], "origin": origin, "a_idx": 0, "b_idx": 1 if origin == "sampled" else 0, "a_truncated": False,
+             "b_truncated": False, "revision_principle_ids": []}
             for i, (p, origin) in enumerate(zip(PAIRS, ["sampled", "revision", "revision"]))]
     store = RunStore(cfg.out_dir)
     store.write_manifest({"package": "cai-pipeline", "stages": {}})  # a run folder of ours, pairs made by hand

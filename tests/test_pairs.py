@@ -21,10 +21,12 @@ def samples(prompt_id: str, n: int, texts=None) -> list[dict]:
 
 
 def revised(prompt_id: str, idx: int, initial: str, final: str) -> dict:
-    rounds = [{"principle_id": "violence", "critique": "c", "revision": final, "cleaned": False, "kept_previous": None},
-              {"principle_id": "privacy", "critique": "c", "revision": "", "cleaned": False, "kept_previous": "empty"}]
+    rounds = [{"principle_id": "violence", "critique": "c", "revision": final, "cleaned": False, "kept_previous": None,
+               "truncated": False},
+              {"principle_id": "privacy", "critique": "c", "revision": "", "cleaned": False, "kept_previous": "empty",
+               "truncated": False}]
     return {"prompt_id": prompt_id, "sample_idx": idx, "prompt": [{"role": "user", "content": f"ask {prompt_id}"}],
-            "initial": initial, "rounds": rounds, "final": final}
+            "initial": initial, "initial_truncated": True, "rounds": rounds, "final": final, "final_truncated": False}
 
 
 def index_pairs(rows):
@@ -86,7 +88,8 @@ def test_revision_pairs_put_the_revision_first_and_name_its_principles():
     rev = [r for r in out.rows if r["origin"] == "revision"]
     assert len(rev) == 1 and rev[0]["a"] == "revised text" and rev[0]["b"] == "initial text"
     assert rev[0]["a_idx"] == rev[0]["b_idx"] == 0
-    assert rev[0]["principle_ids"] == ["violence"]  # the round that kept the previous text applied nothing
+    assert rev[0]["revision_principle_ids"] == ["violence"]  # the round that kept the previous text applied nothing
+    assert (rev[0]["a_truncated"], rev[0]["b_truncated"]) == (False, True)  # final, then the (cut) initial
     assert [r["reason"] for r in out.rejects] == ["identical"]  # sample 1: the revision changed nothing
     assert dict(out.counts) == {"sampled": 1, "revision": 1}
 

@@ -24,9 +24,11 @@ def check_run_folder(out):
     assert {s["sample_idx"] for s in samples} <= {0, 1} and all(s["n_tokens"] > 0 for s in samples)
     revised = pq.read_table(out / "revise" / "part-00000.parquet").to_pylist()
     assert len(revised) + len(pq.read_table(out / "rejects" / "revise" / "part-00000.parquet")) == len(samples)
+    finish = {(s["prompt_id"], s["sample_idx"]): s["finish_reason"] for s in samples}
     for r in revised:
         assert len(r["rounds"]) == 2
         assert {x["principle_id"] for x in r["rounds"]} <= PRINCIPLE_IDS
+        assert r["initial_truncated"] == (finish[(r["prompt_id"], r["sample_idx"])] == "length")
     critiques = [x["critique"] for r in revised for x in r["rounds"]]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages"]["sample"]["out"] == len(samples)
@@ -43,7 +45,10 @@ def check_datasets(out, n_revised):
 
     sft = datasets.load_dataset("parquet", data_dir=str(out / "datasets" / "sft"))
     prefs = datasets.load_dataset("parquet", data_dir=str(out / "datasets" / "preferences"))
-    assert sum(len(s) for s in sft.values()) == n_revised
+    assert sum(len(s) for s in sft.values()) == n_revised  # the demo keeps unfinished responses, flagged
+    final_cut = {(r["prompt_id"], r["sample_idx"]): r["final_truncated"]
+                 for r in pq.read_table(out / "revise").to_pylist()}
+    assert all(row["truncated"] == final_cut[(row["prompt_id"], row["sample_idx"])] for s in sft.values() for row in s)
     train = prefs["train"]
     assert set(train.column_names) >= {"prompt", "chosen", "rejected", "p_chosen", "origin", "prompt_id"}
     assert all(r["chosen"][0]["role"] == "assistant" and r["prompt"][-1]["role"] == "user" for r in train)

@@ -47,7 +47,14 @@ from cai_pipeline.engines.base import (
     error_completion,
     too_long,
 )
-from cai_pipeline.engines.chat import choice_token_ids, prompt_ids, split_prefix
+from cai_pipeline.engines.chat import (
+    COMMON_CONTROL_STRINGS,
+    choice_token_ids,
+    control_strings,
+    find_control_string,
+    prompt_ids,
+    split_prefix,
+)
 from cai_pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -79,9 +86,12 @@ def read_api_key(env_name: str | None) -> str:
     if not env_name:
         return "EMPTY"  # local servers started without --api-key take any key; the client needs one
     key = os.environ.get(env_name)
-    if not key:
+    if key is None:
         raise UserError(f"engine.api_key_env: environment variable {env_name} is not set; export it, or unset "
                         "engine.api_key_env for a server without a key")
+    if not key.strip():
+        raise UserError(f"engine.api_key_env: environment variable {env_name} is set but empty; put the key in "
+                        "it, or unset engine.api_key_env for a server without a key")
     return key
 
 
@@ -347,7 +357,20 @@ class OpenAIEngine:
             return {"add_generation_prompt": False, "continue_final_message": True}
         return {}
 
+    def _injected(self, conv: list[Message]) -> Failure | None:
+        """A server renders the chat template and tokenises the text itself, and a vLLM server reads a control
+        string in a message as the control token; we cannot make it plain text there, so the row is rejected."""
+        strings = control_strings(self.tokenizer) if self.tokenizer is not None else COMMON_CONTROL_STRINGS
+        found = find_control_string((m["content"] for m in conv), strings)
+        if found is None:
+            return None
+        return self._error("control_tokens", f"the text holds the control string {found!r}, which a server would "
+                           "read as a chat-template token; remove it from the input")
+
     async def _generate_one(self, conv: list[Message], params: GenParams) -> list[Completion]:
+        injected = self._injected(conv)
+        if injected:
+            return [error_completion(injected)]
         n_prompt, failure = self._fits(conv)
         if failure:
             return [error_completion(failure)]
@@ -389,6 +412,9 @@ class OpenAIEngine:
         return dict(zip(choices, values))
 
     async def _top_choices(self, conv: list[Message], choices: list[str]) -> dict[str, float] | str:
+        injected = self._injected(conv)
+        if injected:
+            return injected
         body = {"model": self.info.model, "messages": [dict(m) for m in conv], "max_tokens": 1, "temperature": 0,
                 "logprobs": True, "top_logprobs": TOP_LOGPROBS}
         try:

@@ -92,6 +92,7 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code,
             load_format="safetensors", hf_overrides={"head_dtype": "float32"} if fp32_head else None,
             logits_processors=[NUCLEUS] if self.on_cpu else None,
+            use_tqdm_on_load=False,  # a progress bar per checkpoint shard is noise in a pipeline's output
         )
         self.nucleus = self.on_cpu  # on GPU vLLM's own top-p is fast
         # On CUDA vLLM accumulates the fp32 head without a cast, so it stays on for every call there.

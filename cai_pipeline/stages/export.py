@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 
-from cai_pipeline.records import PreferenceRecord, SFTRecord
+from cai_pipeline.records import PreferenceRecord, SFTRecord, make_reject
 from cai_pipeline.rng import derive_seed
 from cai_pipeline.stages.base import RunContext
 from cai_pipeline.store import RunLayout, atomic_write_text, write_parquet
@@ -30,20 +30,56 @@ def held_out_prompts(prompt_ids: set[str], fraction: float) -> set[str]:
 def sft_rows(revised: list[dict]) -> list[dict]:
     return [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"],
              "messages": [*r["prompt"], {"role": "assistant", "content": r["final"]}],
-             "principle_ids": [x["principle_id"] for x in r["rounds"]]} for r in revised]
+             "principle_ids": [x["principle_id"] for x in r["rounds"]], "truncated": r["final_truncated"]}
+            for r in revised]
 
 
 def preference_row(pair: dict) -> dict:
     """A judged pair (has p_a) is oriented by the verdict; an unjudged revision pair takes the revision."""
     p_a = pair.get("p_a")
     a_wins = p_a is None or p_a > 0.5
-    chosen, rejected = (pair["a"], pair["b"]) if a_wins else (pair["b"], pair["a"])
+    chosen, rejected = ("a", "b") if a_wins else ("b", "a")
     return {"pair_id": pair["pair_id"], "prompt_id": pair["prompt_id"], "prompt": pair["prompt"],
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}],
+            "chosen": [{"role": "assistant", "content": pair[chosen]}],
+            "rejected": [{"role": "assistant", "content": pair[rejected]}],
             "p_chosen": None if p_a is None else (p_a if a_wins else 1.0 - p_a),
-            "principle_ids": list(pair.get("principle_ids") or [v["principle_id"] for v in pair.get("verdicts", [])]),
-            "origin": pair["origin"]}
+            "revision_principle_ids": list(pair["revision_principle_ids"]),
+            "judge_principle_ids": list(pair.get("judge_principle_ids") or []), "origin": pair["origin"],
+            "chosen_truncated": pair[f"{chosen}_truncated"], "rejected_truncated": pair[f"{rejected}_truncated"]}
+
+
+def check_conversation(messages: list[dict], last: str) -> None:
+    """What every dataset row must be, asserted before it is written: roles from the three, an optional system
+    turn first, then user and assistant alternating from the user, ending with `last`. The prompt loader
+    refuses anything else, so a failure here is a bug, not a user's mistake."""
+    roles = [m["role"] for m in messages]
+    body = roles[1:] if roles[:1] == ["system"] else roles
+    expected = [("user", "assistant")[i % 2] for i in range(len(body))]
+    if not body or body != expected or body[-1] != last:
+        raise AssertionError(f"export: a row with roles {roles} is not a well-formed conversation ending with {last}")
+
+
+def check_row(row: dict) -> None:
+    if "messages" in row:
+        check_conversation(row["messages"], "assistant")
+    else:
+        check_conversation(row["prompt"], "user")
+        for side in ("chosen", "rejected"):
+            check_conversation(row["prompt"] + row[side], "assistant")
+
+
+def drop_truncated(rows: list[dict], dataset: str, rejects: list[dict]) -> list[dict]:
+    """Rows whose response (either side of a pair) is unfinished go to rejects with reason `truncated`."""
+    kept = []
+    for row in rows:
+        cut = [side for side in ("", "chosen_", "rejected_") if row.get(f"{side}truncated")]
+        if not cut:
+            kept.append(row)
+            continue
+        key = row.get("pair_id") or f"{row['prompt_id']}/{row['sample_idx']}"
+        which = ", ".join(c.rstrip("_") or "the response" for c in cut)
+        rejects.append(make_reject("export", key, "truncated", f"{dataset}: {which} hit max_tokens", row))
+    return kept
 
 
 def preference_rows(judged: list[dict], pairs: list[dict], counts: Counter) -> tuple[list[dict], str]:
@@ -58,10 +94,24 @@ def preference_rows(judged: list[dict], pairs: list[dict], counts: Counter) -> t
 def write_splits(layout: RunLayout, name: str, rows: list[dict], model, held_out: set[str]) -> dict[str, int]:
     splits = {"train": [], "test": []}
     for row in rows:
+        check_row(row)
         splits["test" if row["prompt_id"] in held_out else "train"].append(row)
     for split, part in splits.items():
         write_parquet(layout.split_file(name, split), part, model)
     return {split: len(part) for split, part in splits.items()}
+
+
+def truncation_stats(sft: list[dict], prefs: list[dict]) -> dict:
+    """How many responses were cut off by max_tokens, before any are dropped (the card shows the rates)."""
+    def rate(hits: int, total: int) -> float | None:
+        return round(hits / total, 3) if total else None
+
+    sft_cut = sum(r["truncated"] for r in sft)
+    chosen = sum(r["chosen_truncated"] for r in prefs)
+    rejected = sum(r["rejected_truncated"] for r in prefs)
+    return {"sft_truncated": sft_cut, "sft_truncated_rate": rate(sft_cut, len(sft)),
+            "chosen_truncated": chosen, "chosen_truncated_rate": rate(chosen, len(prefs)),
+            "rejected_truncated": rejected, "rejected_truncated_rate": rate(rejected, len(prefs))}
 
 
 def identity(ctx: RunContext) -> dict:
@@ -85,6 +135,11 @@ def run(ctx: RunContext) -> dict:
     pairs = [] if judged else store.read_stage("pairs")
     sft = sft_rows(store.read_stage("revise"))
     prefs, source = preference_rows(judged, pairs, counts)
+    truncation = truncation_stats(sft, prefs)
+    rejects: list[dict] = []
+    if cfg.export.drop_truncated:
+        sft, prefs = drop_truncated(sft, "sft", rejects), drop_truncated(prefs, "preferences", rejects)
+    store.write_rejects("export", 0, rejects)
     # One split for both datasets, so a prompt held out of SFT is held out of preference training too.
     held_out = held_out_prompts({r["prompt_id"] for r in sft + prefs}, cfg.export.test_fraction)
     summary = {
@@ -93,6 +148,7 @@ def run(ctx: RunContext) -> dict:
         "preferences_from": source, "counts": dict(counts),
         "lengths": length_stats(prefs, cfg.model),
         "origins": dict(Counter(p["origin"] for p in prefs)),
+        "truncation": {**truncation, "dropped": len(rejects), "drop_truncated": cfg.export.drop_truncated},
     }
     if prefs and prefs[0]["p_chosen"] is not None:
         summary["mean_p_chosen"] = round(statistics.fmean(p["p_chosen"] for p in prefs), 4)

@@ -286,7 +286,8 @@ def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult
         if rec["error"]:
             out.rejects.append(make_reject("judge", pair["pair_id"], Failure(rec["error"]).reason, rec["error"], pair))
             continue
-        row = {**pair, **{k: rec[k] for k in _RECORD_KEYS}}
+        row = {**pair, "judge_principle_ids": [v["principle_id"] for v in rec["verdicts"]],
+               **{k: rec[k] for k in _RECORD_KEYS}}
         _tally(out.counts, row)
         weak = weak_verdict(row, cfg.min_margin, cfg.drop_inconsistent)
         if weak:

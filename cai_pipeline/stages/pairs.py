@@ -15,10 +15,15 @@ def pair_id(prompt_id: str, origin: str, a_idx: int, b_idx: int) -> str:
     return stable_id(prompt_id, origin, a_idx, b_idx)
 
 
-def _pair(sample_a: dict, a: str, b: str, origin: str, a_idx: int, b_idx: int, principle_ids: list[str]) -> dict:
-    return {"pair_id": pair_id(sample_a["prompt_id"], origin, a_idx, b_idx), "prompt_id": sample_a["prompt_id"],
-            "prompt": sample_a["prompt"], "a": a, "b": b, "origin": origin, "a_idx": a_idx, "b_idx": b_idx,
-            "principle_ids": principle_ids}
+def _pair(row: dict, origin: str, a: tuple[str, int, bool], b: tuple[str, int, bool], principle_ids: list[str]) -> dict:
+    """a, b: (text, sample index, truncated)."""
+    return {"pair_id": pair_id(row["prompt_id"], origin, a[1], b[1]), "prompt_id": row["prompt_id"],
+            "prompt": row["prompt"], "a": a[0], "b": b[0], "origin": origin, "a_idx": a[1], "b_idx": b[1],
+            "a_truncated": a[2], "b_truncated": b[2], "revision_principle_ids": principle_ids}
+
+
+def _side(sample: dict) -> tuple[str, int, bool]:
+    return sample["response"], sample["sample_idx"], sample["finish_reason"] == "length"
 
 
 def sampled_pairs(samples: list[dict], ctx: StageContext) -> list[dict]:
@@ -33,13 +38,13 @@ def sampled_pairs(samples: list[dict], ctx: StageContext) -> list[dict]:
         limit = ctx.cfg.pairs.max_sampled_per_prompt or (len(combos) if len(group) <= 4 else len(group))
         if len(combos) > limit:
             combos = sorted(ctx.rng("pairs", pid).sample(combos, limit), key=lambda c: (c[0]["sample_idx"], c[1]["sample_idx"]))
-        out += [_pair(x, x["response"], y["response"], "sampled", x["sample_idx"], y["sample_idx"], [])
-                for x, y in combos]
+        out += [_pair(x, "sampled", _side(x), _side(y), []) for x, y in combos]
     return out
 
 
 def revision_pairs(revised: list[dict]) -> list[dict]:
-    return [_pair(r, r["final"], r["initial"], "revision", r["sample_idx"], r["sample_idx"],
+    return [_pair(r, "revision", (r["final"], r["sample_idx"], r["final_truncated"]),
+                  (r["initial"], r["sample_idx"], r["initial_truncated"]),
                   [x["principle_id"] for x in r["rounds"] if x["kept_previous"] is None])
             for r in revised]
 

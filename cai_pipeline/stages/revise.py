@@ -85,6 +85,7 @@ async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
     conv: list[Message] = [*sample["prompt"], {"role": "assistant", "content": sample["response"]}]
     shots = few_shot_turns(ctx, ctx.rng("revise-shots", *key), ctx.cfg.revise.few_shot)
     current, rounds, counts = sample["response"], [], Counter()
+    current_truncated = sample["finish_reason"] == "length"
     for r in range(ctx.cfg.revise.rounds):
         [principle] = draw_principles(ctx.constitution.principles, ctx.rng("revise", *key, r), 1,
                                       exclude=[x["principle_id"] for x in rounds])
@@ -103,11 +104,16 @@ async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
             counts[f"kept_previous:{kept}"] += 1
         else:
             current = text
+        truncated = revision.finish_reason == "length"
         rounds.append({"principle_id": principle.id, "critique": critique.text.strip(),
-                       "revision": revision.text.strip(), "cleaned": cleaned, "kept_previous": kept})
+                       "revision": revision.text.strip(), "cleaned": cleaned, "kept_previous": kept,
+                       "truncated": truncated})
+        if not kept:
+            current_truncated = truncated
         conv = conv + [{"role": "assistant", "content": current}]
     row = {k: sample[k] for k in ("prompt_id", "sample_idx", "prompt")}
-    return Revised({**row, "initial": sample["response"], "rounds": rounds, "final": current}, counts)
+    return Revised({**row, "initial": sample["response"], "initial_truncated": sample["finish_reason"] == "length",
+                    "rounds": rounds, "final": current, "final_truncated": current_truncated}, counts)
 
 
 async def _guarded(gen: Gen, sample: dict, ctx: StageContext) -> Revised | ChainFailed:

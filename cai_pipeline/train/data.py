@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cai_pipeline.engines.chat import end_token_ids
+from cai_pipeline.engines.chat import conversation_ids, end_token_ids
 from cai_pipeline.errors import UserError
 from cai_pipeline.records import make_reject
 from cai_pipeline.train.formats import is_data_file
@@ -100,10 +100,9 @@ def tokenize_pair(tokenizer, row: dict, end_ids: set[int]) -> tuple[list[int], l
     BOS if it adds one, and the EOS appended when missing. If the template renders the prompt differently on
     its own (prompt_is_prefix False), the completion starts where the two renderings diverge.
     """
-    if check_row(row) == "chat":
-        render = tokenizer.apply_chat_template
-        prompt = encode_text(tokenizer, render(row["prompt"], tokenize=False, add_generation_prompt=True), False)
-        fulls = [encode_text(tokenizer, render(row["prompt"] + row[c], tokenize=False), False) for c in COLUMNS[1:]]
+    if check_row(row) == "chat":  # message text never becomes a control token (engines/chat.py)
+        prompt = conversation_ids(tokenizer, row["prompt"], add_generation_prompt=True)
+        fulls = [conversation_ids(tokenizer, row["prompt"] + row[c], add_generation_prompt=False) for c in COLUMNS[1:]]
     else:
         prompt = encode_text(tokenizer, row["prompt"], True)
         fulls = [encode_text(tokenizer, row["prompt"] + row[c], True) for c in COLUMNS[1:]]

@@ -1,7 +1,7 @@
 """SFT data: conversations tokenised with the model's chat template, the loss on assistant tokens only.
 
 A conversation is rendered once, whole, through the chat template (one BOS, one system prompt, exactly what an
-engine sends at generation time). An assistant turn's tokens are found by rendering the turns before it with
+engine sends at generation time; message text tokenised as text, never as control tokens). An assistant turn's tokens are found by rendering the turns before it with
 the generation prompt: the turn starts where that rendering ends and runs to its end token, which is trained
 on (the model must learn to stop); the template's newline after it is not (the model never generates it).
 
@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cai_pipeline.engines.chat import conversation_ids
 from cai_pipeline.records import make_reject
-from cai_pipeline.train.data import block_mask, common_prefix, cut_after_end, encode_text
+from cai_pipeline.train.data import block_mask, common_prefix, cut_after_end
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    return encode_text(tokenizer, text, False)  # the rendered text carries its own special tokens
+    # message text never becomes a control token (engines/chat.py), as for preference pairs and the engines
+    return conversation_ids(tokenizer, messages, add_generation_prompt=generation_prompt)
 
 
 def assistant_spans(tokenizer, messages: list[dict], end_ids: set[int], turns: str):

@@ -128,7 +128,8 @@ def sl_cai(model_path, hf_engine, tmp_path_factory):
     demo = str(REPO / "configs" / "demo.yaml")
     # the run's own settings, which `cai train` must be given too (a run folder refuses other settings)
     run = [f"out_dir={root / 'run'}", "prompts.limit=2", "sample.max_tokens=16", "revise.max_tokens=16",
-           "revise.rounds=1", "revise.few_shot=0", "export.test_fraction=0.5", "stages=[sample,revise,pairs,export]"]
+           "revise.rounds=1", "revise.few_shot=0", "export.test_fraction=0.5", "export.drop_truncated=false",
+           "stages=[sample,revise,pairs,export]"]  # 16 tokens cut most replies short: keep them, flagged
     run_pipeline(load_config(demo, run), engine=hf_engine, summary=False)
     common = ["train.lr=5e-5", "train.max_length=256", "train.max_prompt_length=128", "train.plots=false",
               "train.save_every=null"]  # resumable states are test_crash.py's
