@@ -46,7 +46,7 @@ bench: install
 	$(PY) bench/engines.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/judge.py
-	$(PY) bench/train.py
+	$(PY) bench/train.py --suite all
 	$(PY) bench/resume.py
 
 clean:

@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/train.py                       # fp32 and bf16, 64 pairs, batch 4, max_length 256
     .venv/bin/python bench/train.py --precision fp32 --pairs 32
+    .venv/bin/python bench/train.py --suite sft           # SFT vs TRL's SFTTrainer (bench/train_sft.py)
+    .venv/bin/python bench/train.py --suite state         # what a resumable state costs (bench/train_state.py)
+    .venv/bin/python bench/train.py --suite ddp           # 2 processes × 1 thread vs 1 × 2 (bench/train_ddp.py)
+    .venv/bin/python bench/train.py --suite all --smoke   # every suite, tiny: checks they run, measures nothing
 
 Same 64 pairs (the first real hh-rlhf harmless-base test conversations from ../shared/data, as chat messages),
 same token ids (TRL gets ours pre-tokenised, so both score exactly the same sequences), same batch size,
@@ -31,6 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # `bench.train_*` and `cai_pipeline` from this checkout
 HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 TURN = re.compile(r"\n\n(Human|Assistant): ")
 
@@ -71,7 +76,7 @@ def worker_ours(a) -> dict:
         "model": a.model, "data": a.data, "loss": "dpo", "beta": a.beta, "lr": a.lr, "lr_schedule": "constant",
         "warmup_ratio": 0.0, "batch_size": a.batch_size, "epochs": 1, "max_length": a.max_length,
         "max_prompt_length": a.max_prompt_length, "precision": a.precision, "shuffle": False, "plots": False,
-        "gradient_checkpointing": a.grad_ckpt}})
+        "gradient_checkpointing": a.grad_ckpt, "save_every": None}})
     cpu = time.process_time()
     s = train(cfg)
     cpu = time.process_time() - cpu  # the whole call, model loading and saving included: conservative
@@ -89,7 +94,8 @@ def worker_trl(a) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from cai_pipeline.train.data import end_token_ids, read_rows, tokenize_rows
+    from cai_pipeline.train.data import end_token_ids, tokenize_rows
+    from cai_pipeline.train.formats import read_split
 
     class PreTokenized(DPOTrainer):
         """TRL on our token ids, in file order, so both trainers see identical sequences in the same batches."""
@@ -102,7 +108,7 @@ def worker_trl(a) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
-    pairs = tokenize_rows(read_rows(sorted(Path(a.data).glob("train-*.parquet"))), tokenizer,
+    pairs = tokenize_rows(read_split(sorted(Path(a.data).glob("train-*.parquet")), "preference").rows, tokenizer,
                           max_length=a.max_length, max_prompt_length=a.max_prompt_length,
                           end_ids=end_token_ids(tokenizer, model.generation_config))
     ds = Dataset.from_dict({"prompt_ids": [p.tolist() for p in pairs.prompt],
@@ -131,7 +137,7 @@ def run_worker(kind: str, a, *, precision: str, cai_home: str, **flags) -> dict:
            "--data", a.data, "--pairs", str(a.pairs), "--batch-size", str(a.batch_size),
            "--max-length", str(a.max_length), "--max-prompt-length", str(a.max_prompt_length),
            "--beta", str(a.beta), "--lr", str(a.lr), "--threads", str(a.threads)]
-    cmd += [f"--{k.replace('_', '-')}" for k, v in flags.items() if v]
+    cmd += [f"--{k.replace('_', '-')}" for k, v in flags.items() if v] + (["--smoke"] if a.smoke else [])
     env = {**os.environ, "CAI_HOME": cai_home, "TOKENIZERS_PARALLELISM": "false"}
     if a.threads:
         env["OMP_NUM_THREADS"] = str(a.threads)
@@ -191,9 +197,27 @@ def ratios(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SUITES = ("dpo", "sft", "state", "ddp")
+
+
 def main() -> None:
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--suite", choices=[*SUITES, "all"], default="dpo")
+    first.add_argument("--smoke", action="store_true")
+    known, rest = first.parse_known_args()
+    for suite in SUITES if known.suite == "all" else (known.suite,):
+        if suite == "dpo":
+            main_dpo([*rest, *(["--smoke"] if known.smoke else [])])
+        else:
+            import importlib
+
+            importlib.import_module(f"bench.train_{suite}").main([*rest, *(["--smoke"] if known.smoke else [])])
+
+
+def main_dpo(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", choices=["ours", "trl"])
+    p.add_argument("--smoke", action="store_true", help="8 pairs, fp32, max_length 64: checks the suite runs")
     p.add_argument("--precision", default="fp32,bf16")
     p.add_argument("--model", default=None)
     p.add_argument("--data", default=None)
@@ -207,7 +231,9 @@ def main() -> None:
     p.add_argument("--grad-ckpt", action="store_true")
     p.add_argument("--repeat", type=int, default=1, help="runs per variant; the fastest counts")
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker; 0: torch's default")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.pairs, a.precision, a.max_length, a.max_prompt_length = 8, "fp32", 64, 32
     if a.worker:
         if a.threads:
             import torch
@@ -230,6 +256,8 @@ def main() -> None:
     results = [r for precision in a.precision.split(",") for r in bench_precision(a, precision)]
     report = table(results) + "\n\n" + ratios(results)
     print(report)
+    if a.smoke:
+        return
     out = REPO / "bench" / "results" / f"train-{a.precision.replace(',', '-')}-threads{a.threads or 'default'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if k != "worker"}, "results": results,

@@ -21,7 +21,9 @@ examples:
   cai run configs/demo.yaml --stages sample,revise    only these stages (their inputs must exist)
   cai constitution validate constitutions/*.yaml      check constitution files, every problem with its line
   cai judge-eval --data hh-rlhf-harmless-base-test.jsonl.gz --limit 100
+  cai train configs/demo.yaml train.loss=sft          SL-CAI: fine-tune on the run's final revisions
   cai train configs/demo.yaml train.loss=simpo        train on the run's preference dataset
+  cai train configs/demo.yaml --nproc 2               ... on 2 data-parallel processes (DDP)
   cai compare outputs/v1 outputs/v2                   what changed between two runs (say, two constitutions)
   cai report outputs/demo                             (re)write outputs/demo/report.html: open it in a browser
   cai show outputs/demo 3f2a                          one prompt's trace in the terminal (a prompt_id prefix)

@@ -210,6 +210,7 @@ def run_whole(stage: Stage, ctx: RunContext) -> str:
                         f"({shown(changed)}); `cai {stage.name} CONFIG --restart` redoes only this stage, "
                         "or set out_dir to a new folder")
     start = time.perf_counter()
+    ctx.fingerprint = fingerprint  # e.g. the trainer stores it in its resumable states
     summary = stage.run(ctx)
     manifest["stages"][stage.name] = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 2),
                                       "summary": summary}
@@ -237,12 +238,15 @@ def check_models(cfg: RunConfig, plan: list[Stage]) -> None:
     from cai_pipeline.models import check_model
 
     served = resolve_kind(cfg.engine.kind) == "openai"  # names on a server: the server is probed at start
-    roles = {s.model_role for s in plan} | ({"train"} if "train" in {s.name for s in plan} else set())
+    roles = {s.model_role for s in plan}
+    if "train" in {s.name for s in plan}:
+        roles |= {"train", "reference"} if cfg.train.reference_model and cfg.train.needs_reference else {"train"}
     wanted = {"policy": ("model", cfg.model), "judge": ("judge.model", cfg.judge.model or cfg.model),
-              "train": ("train.model", cfg.train.model or cfg.model)}
+              "train": ("train.model", cfg.train.model or cfg.model),
+              "reference": ("train.reference_model", cfg.train.reference_model)}
     for role in sorted(r for r in roles if r):
         key, name = wanted[role]
-        if not (served and role != "train"):
+        if not (served and role not in ("train", "reference")):
             check_model(name, key)
 
 

@@ -152,10 +152,18 @@ class RunLayout:
 
 
 class TrainLayout:
-    """The trainer's files: under the run's train/ and checkpoint/ unless train.log_dir / train.out_dir say."""
+    """The trainer's files: under the run's train/ and checkpoint/ unless train.log_dir / train.out_dir say;
+    its rejects (rows of train.data it cannot use) in the run's rejects/train/, like every stage's.
 
-    def __init__(self, log_dir: str | Path, checkpoint: str | Path):
-        self.log_dir, self.checkpoint = Path(log_dir), Path(checkpoint)
+    ```
+    train/metrics.jsonl  train/summary.json  train/plots/*.png
+    train/state/step-00000050/           a resumable state (trainer state: weights, optimizer, RNG, ...)
+    rejects/train/part-00000.parquet     both splits' rejected rows, with their reasons
+    ```
+    """
+
+    def __init__(self, log_dir: str | Path, checkpoint: str | Path, rejects: str | Path):
+        self.log_dir, self.checkpoint, self.rejects = Path(log_dir), Path(checkpoint), Path(rejects)
 
     @property
     def metrics(self) -> Path:
@@ -172,6 +180,9 @@ class TrainLayout:
     @property
     def states(self) -> Path:
         return self.log_dir / "state"
+
+    def state(self, step: int) -> Path:
+        return self.states / f"step-{step:08d}"
 
 
 # ---------------------------------------------------------------------------------------------------------

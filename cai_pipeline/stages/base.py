@@ -45,6 +45,7 @@ class RunContext:
     manifest: dict
     engines: Any = None
     redo: bool = False  # asked to run again from scratch (`cai train --restart`): no skip, no resume
+    fingerprint: dict | None = None  # what pipeline.run_whole records for this run: a stage may keep it too
 
 
 @dataclass

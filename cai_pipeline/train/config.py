@@ -24,13 +24,17 @@ class LoraConfig(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # Where things are
-    data: str | None = Field(None, description="preference Parquet folder/file; default <out_dir>/datasets/preferences")
+    data: str | None = Field(None, description="Parquet/JSONL folder or file; default <out_dir>/datasets/preferences "
+                             "(loss sft: <out_dir>/datasets/sft)")
     out_dir: str | None = Field(None, description="checkpoint folder; default <out_dir>/checkpoint")
     log_dir: str | None = Field(None, description="metrics.jsonl, plots, summary; default <out_dir>/train")
     model: str | None = Field(None, description="policy to train; default: the run's model")
+    reference_model: str | None = Field(None, description="dpo/ipo reference; default: the policy's starting weights")
     seed: int | None = Field(None, description="default: the run's seed")
     # The objective
-    loss: Literal["dpo", "ipo", "simpo", "orpo"] = Field("dpo", description="dpo/ipo use cached reference log-probs")
+    loss: Literal["dpo", "ipo", "simpo", "orpo", "sft"] = Field(
+        "dpo", description="dpo/ipo use cached reference log-probs; sft: supervised, on a messages column")
+    sft_turns: Literal["last", "all"] = Field("last", description="sft: train on the last assistant turn, or all")
     beta: float | None = Field(None, gt=0, description="default per loss: dpo 0.1, ipo 0.1, simpo 2.0")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo: robust/cDPO smoothing ε")
     use_soft_labels: bool = Field(False, description="dpo: train on the judge's p_chosen as the target")
@@ -59,11 +63,24 @@ class TrainConfig(BaseModel):
     save_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(None, description="default: as trained")
     reference_cache: bool = Field(True, description="dpo/ipo: keep reference log-probs under $CAI_HOME/refcache")
     plots: bool = Field(True, description="PNG plots of metrics.jsonl in log_dir at the end")
+    # Resumable state and processes
+    save_every: int | None = Field(500, gt=0, description="steps between resumable states in log_dir/state "
+                                   "(and one at the end); null: none (a crash trains again from the start)")
+    keep_states: int = Field(2, gt=0, description="newest resumable states kept")
+    nproc: int = Field(1, gt=0, description="data-parallel processes on this machine (torchrun); batch_size is per process")
+    accelerate_config: str | None = Field(None, description="launch the processes with `accelerate launch` and this "
+                                          "config (FSDP, DeepSpeed) instead of torchrun")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.max_prompt_length >= self.max_length:
             raise ValueError("max_prompt_length must be below max_length, so every completion keeps some tokens")
+        if self.reference_model is not None and not self.needs_reference:
+            raise ValueError(f"reference_model applies to loss: dpo or ipo (loss is {self.loss}, which has none)")
+        if self.loss == "sft":
+            # The preference settings have nothing to act on here, and one run config serves both CAI phases
+            # (SL-CAI, then preference training from its checkpoint), so they are left alone rather than refused.
+            return self
         if self.loss != "dpo" and (self.label_smoothing or self.use_soft_labels):
             raise ValueError(f"label_smoothing and use_soft_labels apply to loss: dpo only (loss is {self.loss})")
         if self.label_smoothing and self.use_soft_labels:
@@ -83,3 +100,7 @@ class TrainConfig(BaseModel):
     @property
     def needs_reference(self) -> bool:
         return self.loss in ("dpo", "ipo")
+
+    @property
+    def is_sft(self) -> bool:
+        return self.loss == "sft"

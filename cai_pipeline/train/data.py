@@ -1,4 +1,5 @@
-"""Preference data for the trainer: read Parquet, tokenise with the model's chat template, pack pairs.
+"""Preference data for the trainer: find the files, tokenise with the model's chat template, pack pairs.
+(Reading the layouts people have is formats.py; SFT conversations are sft.py.)
 
 A pair is tokenised as two full chat-templated conversations (prompt + chosen, prompt + rejected) rendered in
 one piece, so the template sees the whole conversation: one BOS, one (default) system prompt, and the
@@ -12,21 +13,20 @@ block mask keeps the rejected tokens from seeing the chosen ones; the prompt is 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader
 
 from cai_pipeline.engines.chat import conversation_ids, end_token_ids
 from cai_pipeline.errors import UserError
+from cai_pipeline.records import make_reject
+from cai_pipeline.train.formats import is_data_file
 
-__all__ = ["PairSet", "collate_pairs", "end_token_ids", "find_splits", "pair_loader", "read_rows", "tokenize_rows"]
+__all__ = ["PairSet", "collate_pairs", "end_token_ids", "find_splits", "tokenize_rows"]
 
 COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -35,36 +35,19 @@ COLUMNS = ("prompt", "chosen", "rejected")
 
 
 def find_splits(path: Path) -> dict[str, list[Path]]:
-    """{"train": [...], "test": [...]}: a file is the train split; a folder gives train-*/test-* shards (or
-    every *.parquet as train when none is named so)."""
+    """{"train": [...], "test": [...]}: a file is the train split; a folder gives train-*/test-* files (or
+    every data file but test-* as train when none is named so). Parquet and JSON Lines (formats.SUFFIXES)."""
     if path.is_file():
         return {"train": [path], "test": []}
     if not path.is_dir():
         raise UserError(f"train.data: {path} does not exist; run the pipeline's export stage first or set "
-                        "train.data to a Parquet folder or file with prompt/chosen/rejected columns")
-    train = sorted(path.rglob("train-*.parquet")) or sorted(
-        f for f in path.rglob("*.parquet") if not f.name.startswith("test-"))
+                        "train.data to a Parquet or JSONL folder or file")
+    files = sorted(f for f in path.rglob("*") if f.is_file() and is_data_file(f) and not f.name.startswith("."))
+    train = [f for f in files if f.name.startswith("train-")] or [f for f in files if not f.name.startswith("test-")]
     if not train:
-        raise UserError(f"train.data: {path} holds no train-*.parquet (or other .parquet) files; "
-                        "point train.data at the preference dataset folder")
-    return {"train": train, "test": sorted(path.rglob("test-*.parquet"))}
-
-
-def read_rows(files: list[Path]) -> list[dict]:
-    rows = []
-    for f in files:
-        try:
-            schema = pq.read_schema(f)
-        except Exception as e:  # pyarrow raises several types for a bad file
-            raise UserError(f"{f}: not a readable Parquet file ({type(e).__name__}); re-export it") from None
-        missing = [c for c in COLUMNS if c not in schema.names]
-        if missing:
-            raise UserError(f"{f}: missing column(s) {', '.join(missing)}; a preference dataset needs "
-                            "prompt, chosen and rejected (TRL's format)")
-        wanted = [*COLUMNS, *(c for c in ("p_chosen",) if c in schema.names)]
-        for row in pq.read_table(f, columns=wanted).to_pylist():
-            rows.append({**row, "_file": str(f)})
-    return rows
+        raise UserError(f"train.data: {path} holds no train-*.parquet (or other .parquet/.jsonl) files; "
+                        "point train.data at a dataset folder or file")
+    return {"train": train, "test": [f for f in files if f.name.startswith("test-")]}
 
 
 def _kind(value) -> str:
@@ -76,7 +59,8 @@ def _kind(value) -> str:
 
 
 def check_row(row: dict) -> str:
-    """"chat" (lists of {role, content}) or "text" (plain strings); anything else is the user's to fix."""
+    """"chat" (lists of {role, content}) or "text" (plain strings); formats.read_split normalises every layout
+    to one of the two, so anything else reaching here is a caller's mistake."""
     kinds = {_kind(row[c]) for c in COLUMNS}
     if len(kinds) != 1 or "bad" in kinds:
         raise UserError(f"{row['_file']}: prompt/chosen/rejected must all be message lists [{{role, content}}] "
@@ -87,7 +71,7 @@ def check_row(row: dict) -> str:
 # ---------------------------------------------------------------------------------------------- tokenising
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -96,7 +80,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _cut_after_end(ids: list[int], end_ids: set[int]) -> list[int]:
+def cut_after_end(ids: list[int], end_ids: set[int]) -> list[int]:
     """Keep the completion up to and including its last end token (drop the template's trailing text)."""
     for i in range(len(ids) - 1, -1, -1):
         if ids[i] in end_ids:
@@ -104,7 +88,7 @@ def _cut_after_end(ids: list[int], end_ids: set[int]) -> list[int]:
     return ids
 
 
-def _encode(tokenizer, text: str, special: bool) -> list[int]:
+def encode_text(tokenizer, text: str, special: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
@@ -120,11 +104,11 @@ def tokenize_pair(tokenizer, row: dict, end_ids: set[int]) -> tuple[list[int], l
         prompt = conversation_ids(tokenizer, row["prompt"], add_generation_prompt=True)
         fulls = [conversation_ids(tokenizer, row["prompt"] + row[c], add_generation_prompt=False) for c in COLUMNS[1:]]
     else:
-        prompt = _encode(tokenizer, row["prompt"], True)
-        fulls = [_encode(tokenizer, row["prompt"] + row[c], True) for c in COLUMNS[1:]]
+        prompt = encode_text(tokenizer, row["prompt"], True)
+        fulls = [encode_text(tokenizer, row["prompt"] + row[c], True) for c in COLUMNS[1:]]
         fulls = [f if f and f[-1] == tokenizer.eos_token_id else f + [tokenizer.eos_token_id] for f in fulls]
-    n = min(_common_prefix(prompt, f) for f in fulls)
-    chosen, rejected = (_cut_after_end(f[n:], end_ids) for f in fulls)
+    n = min(common_prefix(prompt, f) for f in fulls)
+    chosen, rejected = (cut_after_end(f[n:], end_ids) for f in fulls)
     return prompt[:n], chosen, rejected, n == len(prompt)
 
 
@@ -152,6 +136,7 @@ class PairSet:
     target: list[float] = field(default_factory=list)  # p_chosen, NaN where the row has none
     counts: dict[str, int] = field(default_factory=lambda: {
         "rows": 0, "truncated_prompt": 0, "truncated_completion": 0, "prompt_not_prefix": 0})
+    rejects: list[dict] = field(default_factory=list)  # rows that tokenise to nothing trainable
 
     def __len__(self) -> int:
         return len(self.prompt)
@@ -175,9 +160,10 @@ def tokenize_rows(rows: list[dict], tokenizer, *, max_length: int, max_prompt_le
     out = PairSet()
     for row in rows:
         p, c, r, is_prefix = tokenize_pair(tokenizer, row, end_ids)
-        if not p:
-            raise UserError(f"{row['_file']}: a row's prompt tokenises to nothing (and the tokenizer adds no BOS); "
-                            "every pair needs a non-empty prompt")
+        if not p:  # nothing to predict the first completion token from
+            out.rejects.append(make_reject("train", row["_file"], "empty_prompt", f"{row['_file']}: the prompt "
+                                           "tokenises to nothing (and the tokenizer adds no BOS)", row))
+            continue
         p, c, r, cut_p, cut_c = truncate_pair(p, c, r, max_length, max_prompt_length)
         for name, flag in (("truncated_prompt", cut_p), ("truncated_completion", cut_c),
                            ("prompt_not_prefix", not is_prefix)):
@@ -249,10 +235,3 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             "labels": labels, "completion_mask": mask, "idx": torch.tensor([e["idx"] for e in examples]),
             "target": torch.tensor([e["target"] for e in examples], dtype=torch.float32),
             "n_tokens": torch.tensor(sum(len(x[0]) for x in packed))}
-
-
-def pair_loader(pairs: PairSet, batch_size: int, *, shuffle: bool, seed: int, pad_id: int) -> DataLoader:
-    """The one way batches are made. Built twice with the same arguments it yields the same batches: the
-    reference pass relies on that to score exactly the first epoch's batches."""
-    return DataLoader(pairs, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
-                      collate_fn=functools.partial(collate_pairs, pad_id=pad_id))

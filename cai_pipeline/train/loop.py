@@ -1,64 +1,166 @@
-"""The preference trainer: a plain loop on accelerate, readable top to bottom.
+"""The trainer: a plain loop on accelerate, readable top to bottom.
 
-    train(run_cfg) → load policy → tokenise pairs → reference log-probs (dpo/ipo; cached) → [LoRA] →
-    AdamW + warmup/decay → for each batch: score packed pairs, loss, backward (accumulated), clip, step →
-    metrics.jsonl each step, eval on the test split before/every N/after → checkpoint + plots + summary.
+    train(run_cfg) → [train.nproc > 1: launch the processes, each runs the rest] → load the policy → read and
+    tokenise the data (unusable rows → rejects/train/) → resume the newest state, or compute the reference
+    log-probs (dpo/ipo; cached) → [LoRA] → AdamW + warmup/decay → each step: this process's micro-batches
+    (batches.Plan), score, loss, backward (gradients synced on the last), clip, step → metrics.jsonl; eval
+    every N; a resumable state every save_every and at the end → checkpoint + plots + summary.
 
-`accelerate launch -m cai_pipeline.cli train CONFIG` runs the same code on several GPUs (DDP, FSDP, DeepSpeed).
+Every loss gives per-example contributions and units (pairs, or tokens for sft); a step's loss is Σ
+contributions / Σ units over the whole step, all processes together, so its gradient is the same however the
+step is split into micro-batches or processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import math
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from accelerate.utils import gather_object
 
 from cai_pipeline.errors import UserError
 from cai_pipeline.models import resolve_model
-from cai_pipeline.store import RunLayout, TrainLayout, atomic_write_json
+from cai_pipeline.records import RejectRecord
+from cai_pipeline.store import RunLayout, TrainLayout, atomic_write_json, atomic_write_text, write_parquet
+from cai_pipeline.train.batches import Plan, epoch_order, shard_batches
 from cai_pipeline.train.config import TrainConfig
-from cai_pipeline.train.data import PairSet, end_token_ids, find_splits, pair_loader, read_rows, tokenize_rows
-from cai_pipeline.train.losses import dpo_loss, ipo_loss, orpo_loss, simpo_loss
+from cai_pipeline.train.data import collate_pairs, end_token_ids, find_splits, tokenize_rows
+from cai_pipeline.train.formats import read_split
+from cai_pipeline.train.losses import dpo_loss, ipo_loss, orpo_loss, sft_loss, simpo_loss
 from cai_pipeline.train.modeling import MODEL_INPUTS, PairScorer, add_lora, load_policy, save_checkpoint
 from cai_pipeline.train.reference import cache_key, reference_logps
+from cai_pipeline.train.sft import collate_conversations, tokenize_conversations
+from cai_pipeline.train.state import Saved, TrainStates, capture_rng, restore_rng
 
 log = logging.getLogger(__name__)
 
 
-def train(run_cfg, layout: RunLayout | None = None) -> dict:
-    """Train `run_cfg.train` on the run's preference dataset; returns the summary (also in <log_dir>/summary.json)."""
-    cfg: TrainConfig = run_cfg.train
-    paths = resolve_paths(run_cfg, layout or RunLayout(run_cfg.out_dir))
-    written = TrainLayout(paths["log"], paths["out"])
-    accelerator = make_accelerator(cfg)
+def train(run_cfg, layout: RunLayout | None = None, *, fingerprint: dict | None = None, restart: bool = False) -> dict:
+    """Train `run_cfg.train`; returns the summary (also written to <log_dir>/summary.json).
+
+    fingerprint: the train stage's (pipeline.run_whole passes it; computed here when called directly). Every
+    resumable state records it, and a state is resumed only under the same one. restart: discard the states.
+    With train.nproc > 1 (or an accelerate config) this process only launches the workers, which train, and
+    returns the summary their rank 0 wrote."""
+    from cai_pipeline.train import launch
+
+    layout = layout or RunLayout(run_cfg.out_dir)
+    fingerprint = fingerprint if fingerprint is not None else stage_fingerprint(run_cfg, layout)
+    if launch.wanted(run_cfg.train) and not launch.in_worker():
+        return launch.run_workers(run_cfg, fingerprint, restart)
+    return train_here(run_cfg, layout, fingerprint, restart)
+
+
+def train_here(run_cfg, layout: RunLayout, fingerprint: dict, restart: bool) -> dict:
+    """Train in this process (one of the workers, or the only one)."""
     from accelerate.utils import set_seed
 
+    cfg: TrainConfig = run_cfg.train
+    paths = resolve_paths(run_cfg, layout)
+    files = TrainLayout(paths["log"], paths["out"], layout.rejects("train", 0))
+    accelerator = make_accelerator(cfg)
     seed = cfg.seed if cfg.seed is not None else run_cfg.seed
     set_seed(seed)
-    files = find_splits(paths["data"])  # a wrong path fails here, before minutes of model loading
+    data_files = find_splits(paths["data"])  # a wrong path fails here, before minutes of model loading
     tokenizer, lm = load_policy(paths["model"])
-    splits = load_splits(paths["data"], files, tokenizer, lm, cfg)
-    batch_sizes = {"train": cfg.batch_size, "test": cfg.eval_batch_size or 2 * cfg.batch_size}
+    data = load_data(paths["data"], data_files, tokenizer, lm, cfg)
+    states = TrainStates(files, cfg.keep_states)
+    if accelerator.is_main_process:
+        write_parquet(files.rejects, data.rejects, RejectRecord)
+        if restart:
+            states.clear()
+        states.tidy()
+    accelerator.wait_for_everyone()
+    saves = keeps_states(accelerator, cfg)
+    saved = states.latest(fingerprint, accelerator.num_processes) if saves else None
+    plan = Plan(len(data.splits["train"]), cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
+    run = Run(cfg, accelerator, data, plan, seed, tokenizer.pad_token_id, states if saves else None, fingerprint)
+    if saved is not None:
+        run.refs, ref_status, ref_seconds = saved.trainer["refs"], "resumed" if cfg.needs_reference else "none", 0.0
+        log.info("resuming from %s", saved.path)
+    else:
+        run.refs, ref_status, ref_seconds = reference_pass(run, lm, tokenizer, paths["reference"] or paths["model"],
+                                                           separate=paths["reference"] is not None)
+    prepare(run, lm, saved)
+    run.metrics = MetricsLog(files.metrics, enabled=accelerator.is_main_process,
+                             lines=saved.metrics if saved else None)
+    if saved is None:
+        run.metrics.write({"step": 0, "counts": data.counts, "reference": ref_status})
+    result = fit(run, saved)
 
-    def loader(name: str) -> DataLoader:  # the training batches (reshuffled each epoch) or the test split's
-        return pair_loader(splits[name], batch_sizes[name], shuffle=cfg.shuffle and name == "train", seed=seed,
-                           pad_id=tokenizer.pad_token_id)
+    accelerator.wait_for_everyone()
+    save_final(run, tokenizer, paths["out"])
+    if accelerator.is_main_process and cfg.plots:
+        from cai_pipeline.train.plots import plot_metrics
 
-    # The reference is this very model before its first update: score every pair now, then train alone.
-    refs, ref_status, ref_start = {}, "none", time.perf_counter()
-    if cfg.needs_reference:
-        for name, pairs in splits.items():
-            key = ref_key(paths["model"], pairs, cfg, accelerator, batch_sizes[name], seed) if cfg.reference_cache else None
-            refs[name], ref_status = reference_logps(accelerator, lm, loader(name), key=key)
-        gc.collect()
-    ref_seconds = time.perf_counter() - ref_start
+        plot_metrics(files.metrics, files.plots)
+    summary = {"checkpoint": str(paths["out"]), "log_dir": str(paths["log"]), "loss_type": cfg.loss,
+               "reference": ref_status, "reference_seconds": ref_seconds, "counts": data.counts,
+               "processes": accelerator.num_processes, "resumed_from": saved.step if saved else None, **result}
+    if accelerator.is_main_process:
+        atomic_write_json(files.summary, summary)
+    return summary
 
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Data:
+    splits: dict[str, Any]  # "train" (always) and "test": a data.PairSet, or an sft.SFTSet
+    rejects: list[dict]
+    counts: dict[str, dict]  # per split: rows, truncations, rejected by reason
+
+
+@dataclass
+class Run:
+    """What the loop works with, built once: the loop's only other state is the step counter."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    data: Data
+    plan: Plan
+    seed: int
+    pad_id: int
+    states: TrainStates | None  # None: no resumable states (FSDP/DeepSpeed)
+    fingerprint: dict
+    refs: dict | None = None  # split → (N, 2) reference log-probs (dpo/ipo)
+    scorer: Any = None  # the prepared (wrapped) PairScorer
+    optimizer: Any = None
+    scheduler: Any = None
+    total_steps: int = 0
+    metrics: MetricsLog | None = None
+
+    def order(self, epoch: int) -> np.ndarray:
+        return epoch_order(self.plan.n, seed=self.seed, epoch=epoch, shuffle=self.cfg.shuffle)
+
+    def batch(self, split: str, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        collate = collate_conversations if self.cfg.is_sft else collate_pairs
+        batch = collate([self.data.splits[split][int(i)] for i in idx], self.pad_id)
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def split_batches(self, split: str, rank: int) -> list[np.ndarray]:
+        """Process `rank`'s batches of a split as the reference pass scores them: the training split in the
+        first epoch's micro-batches (see reference.compute_reference), the test split as evaluation does."""
+        if split == "train":
+            return self.plan.epoch_batches(self.order(0), rank)
+        size = self.cfg.eval_batch_size or 2 * self.cfg.batch_size
+        return shard_batches(len(self.data.splits[split]), size, rank, self.accelerator.num_processes)
+
+
+def prepare(run: Run, lm, saved: Saved | None) -> None:
+    """LoRA, the optimizer and schedule, the state to resume (if any), then accelerate's wrapping."""
+    cfg = run.cfg
     if cfg.lora is not None:
         lm = add_lora(lm, cfg.lora)
     if cfg.gradient_checkpointing:
@@ -66,77 +168,100 @@ def train(run_cfg, layout: RunLayout | None = None) -> dict:
     scorer = PairScorer(lm)
     optimizer = torch.optim.AdamW([p for p in scorer.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    scorer, optimizer, train_loader = accelerator.prepare(scorer, optimizer, loader("train"))
-    total_steps = cfg.max_steps or cfg.epochs * math.ceil(len(train_loader) / cfg.grad_accum)
-    scheduler = make_scheduler(optimizer, cfg, total_steps)
-    eval_loader = accelerator.prepare(loader("test")) if "test" in splits else None
-
-    metrics = MetricsLog(written.metrics, enabled=accelerator.is_main_process)
-    metrics.write({"step": 0, "counts": {name: s.counts for name, s in splits.items()}, "reference": ref_status})
-    result = fit(accelerator, scorer, optimizer, scheduler, train_loader, eval_loader, refs, cfg, total_steps, metrics)
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_checkpoint(accelerator.unwrap_model(scorer).lm, tokenizer, paths["out"], cfg.save_dtype)
-        if cfg.plots:
-            from cai_pipeline.train.plots import plot_metrics
-
-            plot_metrics(written.metrics, written.plots)
-    summary = {"checkpoint": str(paths["out"]), "log_dir": str(paths["log"]), "loss_type": cfg.loss,
-               "reference": ref_status, "reference_seconds": ref_seconds,
-               "counts": {n: s.counts for n, s in splits.items()}, **result}
-    if accelerator.is_main_process:
-        atomic_write_json(written.summary, summary)
-    return summary
+    run.total_steps = cfg.max_steps or cfg.epochs * run.plan.steps_per_epoch
+    # Not prepared by accelerate, which would step it once per process: our steps are already global.
+    scheduler = make_scheduler(optimizer, cfg, run.total_steps)
+    if saved is not None:
+        if not np.array_equal(saved.trainer["order"].numpy(), run.order(saved.info["epoch"])):
+            raise UserError(f"{saved.path}: the state's data order is not the one this run computes (another "
+                            "torch version?); `cai train CONFIG --restart` starts afresh")
+        saved.load_weights(lm)
+        optimizer.load_state_dict(saved.trainer["optimizer"])
+        scheduler.load_state_dict(saved.trainer["scheduler"])
+        restore_rng(saved.trainer["rng"][run.accelerator.process_index])
+    run.scorer, run.optimizer = run.accelerator.prepare(scorer, optimizer)
+    run.scheduler = scheduler
 
 
-def fit(accelerator, scorer, optimizer, scheduler, loader, eval_loader, refs, cfg, total_steps, metrics) -> dict:
-    """The loop. One optimizer step = grad_accum micro-batches; accelerate divides each micro-batch's loss by
-    grad_accum, so the step's gradient is that of the mean loss over all its pairs."""
-    evals = {"before": evaluate(accelerator, scorer, eval_loader, refs.get("test"), cfg)}
-    metrics.write_eval(0, evals["before"])
-    step, micro, tokens, pairs, start = 0, [], 0, 0, time.perf_counter()
-    step_start = start
-    while step < total_steps:
-        for batch in loader:
-            with accelerator.accumulate(scorer):  # (prepare() wrapped scorer.forward in the autocast)
-                loss, stats = batch_loss(scorer, batch, refs.get("train"), cfg)
-                accelerator.backward(loss)
-                micro.append(stats)
-                tokens, pairs = tokens + int(batch["n_tokens"]), pairs + len(batch["idx"])
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm or math.inf)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            now = time.perf_counter()
-            row = {"step": step, **mean_stats(accelerator, micro), "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": float(grad_norm), "tokens/s": step_tokens(micro) / (now - step_start)}
-            metrics.write(row)
-            log.info("step %d/%d loss %.4f acc %.2f", step, total_steps, row["loss"], row["rewards/accuracies"])
-            micro, step_start, last = [], now, row
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-                metrics.write_eval(step, evaluate(accelerator, scorer, eval_loader, refs.get("test"), cfg))
-            if step >= total_steps:
-                break
-    seconds = time.perf_counter() - start
-    evals["after"] = evaluate(accelerator, scorer, eval_loader, refs.get("test"), cfg)
-    metrics.write_eval(step, evals["after"])
-    return {"steps": step, "final_loss": last["loss"], "reward_accuracy": last["rewards/accuracies"],
-            "train_seconds": seconds, "tokens_per_s": tokens / seconds, "pairs_per_s": pairs / seconds,
-            "eval_before": evals["before"], "eval_after": evals["after"]}
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def fit(run: Run, saved: Saved | None) -> dict:
+    cfg = run.cfg
+    progress = dict(saved.info["progress"]) if saved else {"seconds": 0.0, "tokens": 0, "examples": 0,
+                                                           "state_seconds": 0.0, "states": 0}
+    if saved is None:
+        progress["eval_before"] = evaluate(run)
+        run.metrics.write_eval(0, progress["eval_before"])
+    step, last = (saved.step, saved.info["last"]) if saved else (0, None)
+    while step < run.total_steps:
+        start = time.perf_counter()
+        row, tokens, examples = train_step(run, step)
+        seconds = time.perf_counter() - start
+        step += 1
+        progress.update(seconds=progress["seconds"] + seconds, tokens=progress["tokens"] + tokens,
+                        examples=progress["examples"] + examples)
+        last = {"step": step, **row, "tokens/s": tokens / seconds}
+        run.metrics.write(last)
+        log.info("step %d/%d loss %.4f", step, run.total_steps, last["loss"])
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < run.total_steps:
+            run.metrics.write_eval(step, evaluate(run))
+        due = cfg.save_every and (step % cfg.save_every == 0 or step == run.total_steps)
+        if due and run.states is not None:
+            save_state(run, step, progress, last)
+    after = evaluate(run)
+    run.metrics.write_eval(step, after)
+    seconds = max(progress["seconds"], 1e-9)
+    return {"steps": step, "final_loss": last["loss"], "reward_accuracy": last.get("rewards/accuracies"),
+            "train_seconds": progress["seconds"], "tokens_per_s": progress["tokens"] / seconds,
+            "examples_per_s": progress["examples"] / seconds,
+            **({} if cfg.is_sft else {"pairs_per_s": progress["examples"] / seconds}),
+            "state_seconds": progress["state_seconds"], "states_written": progress["states"],
+            "eval_before": progress["eval_before"], "eval_after": after}
+
+
+def train_step(run: Run, step: int) -> tuple[dict, int, int]:
+    """Optimizer step `step` (0-based): its metrics row, and its tokens and examples over all processes."""
+    acc, cfg = run.accelerator, run.cfg
+    epoch, within = divmod(step, run.plan.steps_per_epoch)
+    micro = [run.batch("train", idx) for idx in run.plan.micro_batches(run.order(epoch), within, acc.process_index)]
+    units = acc.reduce(torch.tensor(sum(batch_units(b, cfg) for b in micro), device=acc.device), "sum").item()
+    parts = []
+    for i, batch in enumerate(micro):
+        # Gradients are all-reduced once per step, on the last micro-batch's backward.
+        with contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(run.scorer):
+            total, stats = batch_loss(run.scorer, batch, run.refs.get("train"), cfg)
+            # DDP averages the processes' gradients; scaling each share by their number makes the step's
+            # gradient that of Σ contributions / Σ units over the whole step.
+            acc.backward(total * acc.num_processes / units)
+        parts.append(stats)
+    grad_norm = acc.clip_grad_norm_(run.scorer.parameters(), cfg.max_grad_norm or math.inf)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    tokens = acc.reduce(torch.tensor(sum(int(b["n_tokens"]) for b in micro), device=acc.device), "sum").item()
+    row = {**summarise(parts), "lr": run.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+    return row, tokens, len(run.plan.step_examples(run.order(epoch), within))
+
+
+def batch_units(batch: dict, cfg: TrainConfig) -> int:
+    """What a step's loss is a mean over: trained tokens (sft) or pairs."""
+    return int(batch["completion_mask"].sum()) if cfg.is_sft else len(batch["idx"])
 
 
 def batch_loss(scorer, batch, ref_table, cfg) -> tuple[torch.Tensor, dict]:
-    """Mean loss over the batch's pairs (a scalar to backpropagate) and detached per-pair stats for metrics."""
+    """The sum of the batch's loss contributions (to backpropagate, before the step's normalisation) and its
+    detached per-example stats, `loss_sum` and `units` among them (summarise divides their sums)."""
     logps, counts = scorer(**{k: batch[k] for k in MODEL_INPUTS})
-    ref = ref_table[batch["idx"].cpu()].to(logps.device) if ref_table is not None else None
-    losses, stats = pair_losses(cfg, logps.float(), counts, ref, batch["target"])
-    stats["n_tokens"] = batch["n_tokens"].float().view(1)
-    return losses.mean(), stats
+    if cfg.is_sft:
+        contributions, units = sft_loss(logps.float(), counts)
+        stats = {"length/completion": counts.float()}
+    else:
+        ref = ref_table[batch["idx"].cpu()].to(logps.device) if ref_table is not None else None
+        contributions, stats = pair_losses(cfg, logps.float(), counts, ref, batch["target"])
+        units = torch.ones_like(contributions)
+    stats = {**stats, "loss_sum": contributions, "units": units}
+    return contributions.sum(), {k: v.detach().float().cpu() for k, v in stats.items()}
 
 
 def pair_losses(cfg: TrainConfig, logps, counts, ref, target) -> tuple[torch.Tensor, dict]:
@@ -160,50 +285,90 @@ def pair_losses(cfg: TrainConfig, logps, counts, ref, target) -> tuple[torch.Ten
         shown = (pc / nc, pr / nr)
         losses, _ = orpo_loss(*shown, -shown[0], lam=cfg.lam)
         rw_c, rw_r = (cfg.lam * s.detach() for s in shown)
-    stats = {"loss": losses, "rewards/chosen": rw_c, "rewards/rejected": rw_r,
-             "rewards/accuracies": (rw_c > rw_r).float(), "rewards/margins": rw_c - rw_r,
-             "logps/chosen": shown[0], "logps/rejected": shown[1], "length/chosen": nc, "length/rejected": nr}
+    stats = {"rewards/chosen": rw_c, "rewards/rejected": rw_r, "rewards/accuracies": (rw_c > rw_r).float(),
+             "rewards/margins": rw_c - rw_r, "logps/chosen": shown[0], "logps/rejected": shown[1],
+             "length/chosen": nc, "length/rejected": nr}
     return losses, {k: v.detach().float() for k, v in stats.items()}
 
 
+def summarise(parts: list[dict]) -> dict:
+    """Per-example stats of micro-batches on every process → metrics: `loss` is Σ contributions / Σ units (the
+    mean over pairs, or over tokens for sft), every other stat the mean over examples. Processes with nothing
+    to add (evaluation shares can be empty) still take part: this gathers."""
+    local = {k: torch.cat([p[k] for p in parts]).tolist() for k in parts[0]} if parts else {}
+    merged: dict[str, list[float]] = {}
+    for share in gather_object([local]):
+        for key, values in share.items():
+            merged.setdefault(key, []).extend(values)
+    loss = sum(merged.pop("loss_sum")) / sum(merged.pop("units"))
+    return {"loss": loss, **{k: sum(v) / len(v) for k, v in merged.items()}}
+
+
 @torch.no_grad()
-def evaluate(accelerator, scorer, loader, ref_table, cfg) -> dict | None:
-    """Mean loss, reward accuracy and margins over the test split (None when there is none)."""
-    if loader is None:
+def evaluate(run: Run) -> dict | None:
+    """The test split's metrics (None when there is none), each process scoring its share with the bare model
+    (its DDP wrapper would make processes with unequal shares wait on each other)."""
+    if "test" not in run.data.splits:
         return None
-    scorer.eval()
-    stats = []
-    for batch in loader:
-        with accelerator.autocast():
-            _, s = batch_loss(scorer, batch, ref_table, cfg)
-        stats.append(s)
+    scorer = run.accelerator.unwrap_model(run.scorer).eval()
+    parts = []
+    for idx in run.split_batches("test", run.accelerator.process_index):
+        with run.accelerator.autocast():
+            parts.append(batch_loss(scorer, run.batch("test", idx), run.refs.get("test"), run.cfg)[1])
     scorer.train()
-    return mean_stats(accelerator, stats)
+    return summarise(parts)
 
 
-def mean_stats(accelerator, stats: list[dict]) -> dict:
-    """Per-pair stats from micro-batches (and processes) → their means over pairs."""
-    out = {}
-    for key in stats[0]:
-        if key == "n_tokens":
-            continue
-        values = accelerator.gather_for_metrics(torch.cat([s[key] for s in stats]))
-        out[key] = values.mean().item()
-    return out
+def save_state(run: Run, step: int, progress: dict, last: dict) -> None:
+    acc = run.accelerator
+    rng = gather_object([capture_rng()])  # every process's, in rank order
+    if acc.is_main_process:
+        start = time.perf_counter()
+        epoch, within = divmod(step, run.plan.steps_per_epoch)
+        info = {"epoch": epoch, "position": within, "world": acc.num_processes, "fingerprint": run.fingerprint,
+                "progress": progress, "last": last}
+        run.states.save(step, lm=acc.unwrap_model(run.scorer).lm, optimizer=run.optimizer,
+                        scheduler=run.scheduler, rng=rng, order=run.order(epoch), refs=run.refs,
+                        metrics=run.metrics.lines, info=info)
+        progress["state_seconds"] += time.perf_counter() - start
+        progress["states"] += 1
 
 
-def step_tokens(micro: list[dict]) -> float:
-    return float(sum(s["n_tokens"].sum() for s in micro))
+def save_final(run: Run, tokenizer, out: Path) -> None:
+    """The checkpoint: a plain Hugging Face folder. Under FSDP/DeepSpeed the full weights are gathered first
+    (every process takes part); otherwise rank 0 saves its (identical) copy, LoRA merged in."""
+    acc = run.accelerator
+    if sharded(acc):
+        weights = acc.get_state_dict(run.scorer)
+        if acc.is_main_process:
+            from cai_pipeline.store import atomic_folder
+
+            lm = acc.unwrap_model(run.scorer).lm
+            state = {k.removeprefix("lm."): v for k, v in weights.items()}
+            atomic_folder(out, lambda tmp: (lm.save_pretrained(tmp, state_dict=state), tokenizer.save_pretrained(tmp)))
+    elif acc.is_main_process:
+        save_checkpoint(acc.unwrap_model(run.scorer).lm, tokenizer, out, run.cfg.save_dtype)
+    acc.wait_for_everyone()
 
 
 # ---------------------------------------------------------------------------------------------- set-up
 
 
+def stage_fingerprint(run_cfg, layout: RunLayout) -> dict:
+    """The train stage's fingerprint (what pipeline.run_whole records), for a train() called on its own."""
+    from cai_pipeline.fingerprint import run_fingerprint
+    from cai_pipeline.stages import BY_NAME
+    from cai_pipeline.stages.train import inputs_identity
+
+    return run_fingerprint(run_cfg, BY_NAME["train"], inputs_identity(run_cfg, layout))
+
+
 def resolve_paths(run_cfg, layout: RunLayout) -> dict:
-    """The `train:` paths with their fallbacks into the run folder."""
+    """The `train:` paths with their fallbacks into the run folder (the SFT dataset for loss sft)."""
     cfg = run_cfg.train
-    return {"data": Path(cfg.data) if cfg.data else layout.dataset("preferences"),
+    return {"data": Path(cfg.data) if cfg.data else layout.dataset("sft" if cfg.is_sft else "preferences"),
             "model": resolve_model(cfg.model or run_cfg.model),
+            "reference": resolve_model(cfg.reference_model) if cfg.reference_model and cfg.needs_reference else None,
             "out": Path(cfg.out_dir) if cfg.out_dir else layout.checkpoint,
             "log": Path(cfg.log_dir) if cfg.log_dir else layout.train_dir}
 
@@ -220,14 +385,33 @@ def resolve_precision(precision: str) -> str:
 
 
 def make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState
 
     # accelerate keeps its precision in process-global state and refuses a change; one process may train more
     # than once (the pipeline, tests), so start that state afresh. The process group (PartialState) stays.
     AcceleratorState._reset_state()
     mixed = {"bf16": "bf16", "fp32": "no"}[resolve_precision(cfg.precision)]
-    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=cfg.grad_accum)
+    # The model's only buffers (rotary frequencies) never change: broadcasting them before every forward, as
+    # DDP does by default, would be a collective for nothing. Accumulation is ours (see train_step).
+    return Accelerator(mixed_precision=mixed, kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+
+
+def sharded(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def keeps_states(accelerator, cfg: TrainConfig) -> bool:
+    """Resumable states are written for one process or DDP; under FSDP/DeepSpeed each process holds a shard of
+    the optimizer, which our state format does not gather (yet): those runs keep only the final checkpoint."""
+    if sharded(accelerator):
+        if cfg.lora is not None:
+            raise UserError("train.lora: LoRA under FSDP/DeepSpeed is not supported; use DDP (no accelerate_config)")
+        log.warning("FSDP/DeepSpeed: no resumable states are written (only the final checkpoint)")
+        return False
+    return True
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
@@ -238,42 +422,84 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
                          num_training_steps=total_steps)
 
 
-def load_splits(path: Path, files: dict[str, list[Path]], tokenizer, lm, cfg: TrainConfig) -> dict[str, PairSet]:
+def load_data(path: Path, files: dict[str, list[Path]], tokenizer, lm, cfg: TrainConfig) -> Data:
+    """Read every split in whatever layout it is (formats.py), tokenise it; count and keep what is rejected."""
     end_ids = end_token_ids(tokenizer, getattr(lm, "generation_config", None))
-    splits = {}
+    lengths = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length, "end_ids": end_ids}
+    data = Data({}, [], {})
     for name, split_files in files.items():
-        rows = read_rows(split_files)
-        if rows:
-            splits[name] = tokenize_rows(rows, tokenizer, max_length=cfg.max_length,
-                                         max_prompt_length=cfg.max_prompt_length, end_ids=end_ids)
-    if "train" not in splits:
-        raise UserError(f"train.data: {path} has no training rows; export a preference dataset first")
-    if cfg.use_soft_labels and any(math.isnan(t) for s in splits.values() for t in s.target):
+        if not split_files:
+            continue
+        read = read_split(split_files, "sft" if cfg.is_sft else "preference")
+        examples = tokenize_conversations(read.rows, tokenizer, turns=cfg.sft_turns, **lengths) if cfg.is_sft \
+            else tokenize_rows(read.rows, tokenizer, **lengths)
+        rejects = read.rejects + examples.rejects
+        data.rejects += rejects
+        data.counts[name] = {**examples.counts, "rejected": dict(Counter(r["reason"] for r in rejects))}
+        if len(examples):
+            data.splits[name] = examples
+    if "train" not in data.splits:
+        why = f" (every row was rejected: {data.rejects[0]['detail']})" if data.rejects else ""
+        raise UserError(f"train.data: {path} has no usable training rows{why}; export a dataset first or fix the file")
+    if cfg.use_soft_labels and not cfg.is_sft and any(math.isnan(t) for s in data.splits.values() for t in s.target):
         raise UserError(f"train.use_soft_labels: {path} has rows without p_chosen (no judge ran); "
                         "set train.use_soft_labels=false or use train.label_smoothing")
-    return splits
+    return data
 
 
-def ref_key(model_path: str, pairs: PairSet, cfg: TrainConfig, accelerator, batch_size: int, seed: int) -> str:
-    # Batching is part of the key: in bf16 the log-probs depend (slightly) on the batch a pair was scored in.
-    settings = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length, "batch_size": batch_size,
-                "shuffle": cfg.shuffle, "seed": seed}
-    return cache_key(model_path, pairs, precision=accelerator.mixed_precision, settings=settings)
+def reference_pass(run: Run, lm, tokenizer, model_path: str, *, separate: bool) -> tuple[dict, str, float]:
+    """dpo/ipo: the reference log-probs of every pair of every split, split across the processes and gathered
+    (or read from the cache). The reference is the policy as loaded, or train.reference_model (`separate`)."""
+    if not run.cfg.needs_reference:
+        return {}, "none", 0.0
+    start, acc = time.perf_counter(), run.accelerator
+    ref_lm = load_reference(model_path, tokenizer) if separate else lm
+    refs, status = {}, "none"
+    for name, pairs in run.data.splits.items():
+        key = ref_key(model_path, pairs, run, [run.split_batches(name, r) for r in range(acc.num_processes)])
+        mine = (run.batch(name, idx) for idx in run.split_batches(name, acc.process_index))
+        refs[name], status = reference_logps(acc, ref_lm, mine, len(pairs), key=key)
+    if separate:
+        del ref_lm
+    gc.collect()
+    return refs, status, time.perf_counter() - start
+
+
+def load_reference(path: str, tokenizer):
+    """train.reference_model: it scores our token ids, so it must share the policy's vocabulary."""
+    ref_tokenizer, ref_lm = load_policy(path, key="train.reference_model")
+    if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise UserError(f"train.reference_model: {path} has another vocabulary than train.model; DPO compares "
+                        "log-probs of the same token ids, so give a reference with the policy's tokenizer")
+    return ref_lm
+
+
+def ref_key(model_path: str, pairs, run: Run, batches: list[list[np.ndarray]]) -> str | None:
+    """The cache key; None when caching is off. The batches count (every process's): in bf16 a pair's log-probs
+    depend, slightly, on the batch it was scored in."""
+    if not run.cfg.reference_cache:
+        return None
+    layout = json.dumps([[b.tolist() for b in rank] for rank in batches])
+    settings = {"max_length": run.cfg.max_length, "max_prompt_length": run.cfg.max_prompt_length,
+                "batches": layout}
+    return cache_key(model_path, pairs, precision=run.accelerator.mixed_precision, settings=settings)
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line (a step's training metrics, an eval, or the run's counts)."""
+    """metrics.jsonl: one JSON object per line (a step's training metrics, an eval, or the run's counts). A
+    resumed run starts from the lines its state saved, so every step is in the file exactly once."""
 
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool = True, lines: list[str] | None = None):
+        self.path, self.enabled, self.lines = path, enabled, list(lines or [])
         if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
+            atomic_write_text(path, "".join(self.lines))
 
     def write(self, row: dict) -> None:
+        line = json.dumps(row) + "\n"
+        self.lines.append(line)
         if self.enabled:
             with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(line)
 
     def write_eval(self, step: int, stats: dict | None) -> None:
         if stats is not None:

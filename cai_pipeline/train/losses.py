@@ -1,4 +1,4 @@
-"""Preference losses: pure functions over per-sequence log-probabilities.
+"""Training losses: pure functions over per-sequence log-probabilities (the preference losses and SFT's NLL).
 
 Notation (every tensor below has shape `(B,)`, one entry per preference pair):
   pc, pr   policy log-probs of the chosen / rejected completion, log π_θ(y_w|x), log π_θ(y_l|x)
@@ -122,3 +122,18 @@ def orpo_loss(
     log_odds = (pc_avg - pr_avg) - (_log1mexp(pc_avg) - _log1mexp(pr_avg))
     losses = chosen_nll - lam * F.logsigmoid(log_odds)
     return losses, log_odds
+
+
+def sft_loss(logps: torch.Tensor, n_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Supervised fine-tuning (SL-CAI: Bai et al. 2022 fine-tune on the final revisions): the negative
+    log-likelihood of the trained (assistant) tokens, averaged over tokens.
+
+        loss = −Σ_b logps_b / Σ_b n_b
+
+    logps: (B,) per-conversation sums of the trained tokens' log-probs (sequence_logps); n_tokens: (B,) how many
+    tokens each sum has. Returns (nll (B,), tokens (B,)) rather than the quotient, because the mean is over every
+    token of an optimizer step — all its micro-batches, on all processes — which no one batch knows: the trainer
+    divides the step's Σ nll by its Σ tokens (as transformers' Trainer does with `num_items_in_batch`), so the
+    step's gradient does not depend on how the step is split into micro-batches or processes.
+    """
+    return -logps, n_tokens.to(logps.dtype)

@@ -16,9 +16,10 @@ _HEAD_CHUNK_ELEMENTS = 1 << 24
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_policy(path: str):
+def load_policy(path: str, key: str = "train.model"):
     """(tokenizer, model) in fp32: the optimizer keeps full-precision master weights; bf16 comes from autocast.
-    sdpa attention, because the packed pairs need a custom (block) attention mask."""
+    sdpa attention, because the packed pairs need a custom (block) attention mask. `key`: the config key that
+    named the model, for the error message."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -26,7 +27,7 @@ def load_policy(path: str):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"train.model: cannot load {path!r} ({first}); give a local Hugging Face model folder") from None
+        raise UserError(f"{key}: cannot load {path!r} ({first}); give a local Hugging Face model folder") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     disable_dropout(model)
@@ -62,7 +63,8 @@ def _head_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tenso
 
 
 class PairScorer(torch.nn.Module):
-    """Packed pairs (data.collate_pairs) → per-completion log-prob sums (2B,) and token counts (2B,).
+    """Packed pairs (data.collate_pairs) → per-completion log-prob sums (2B,) and token counts (2B,); SFT rows
+    (sft.collate_conversations) are the same tensors with one scored row per conversation → (B,), (B,).
 
     One module around the causal LM, so that what accelerate wraps (DDP, FSDP) is the whole computation. It
     runs the decoder once over the packed rows, gathers the hidden states that predict completion tokens, and

@@ -1,5 +1,5 @@
 """Trainer fixtures: a tiny random llama (the embedded model's config and tokenizer, 2 small layers) for fast
-unit tests, preference Parquet writers, and a private $CAI_HOME per test so reference caches never leak.
+unit tests, preference and SFT Parquet writers, and a private $CAI_HOME per test so reference caches never leak.
 
 The real embedded model comes from tests/conftest.py's `model_path` (fails instead of skipping under CI=true).
 """
@@ -73,6 +73,20 @@ def pairs_dir(tmp_path) -> Path:
     folder = tmp_path / "prefs"
     write_split(folder, "train", SMALL_PAIRS)
     write_split(folder, "test", SMALL_PAIRS[:4])
+    return folder
+
+
+def sft_rows(pairs: list[dict]) -> list[dict]:
+    """The chosen side of preference rows as SFT conversations (the export's `messages` column)."""
+    return [{"messages": r["prompt"] + r["chosen"]} for r in pairs]
+
+
+@pytest.fixture
+def sft_dir(tmp_path) -> Path:
+    """The 8 pairs' chosen conversations as an SFT dataset, the first 4 as test."""
+    folder = tmp_path / "sft"
+    write_split(folder, "train", sft_rows(SMALL_PAIRS))
+    write_split(folder, "test", sft_rows(SMALL_PAIRS[:4]))
     return folder
 
 

@@ -12,11 +12,11 @@ from cai_pipeline.train.data import (
     collate_pairs,
     end_token_ids,
     find_splits,
-    read_rows,
     tokenize_pair,
     tokenize_rows,
     truncate_pair,
 )
+from cai_pipeline.train.formats import read_split
 
 from .conftest import chat_pair, msg, write_split
 
@@ -148,7 +148,9 @@ def test_missing_column_names_the_file(tmp_path):
     path = tmp_path / "train-0.parquet"
     pq.write_table(pa.Table.from_pylist([{"prompt": "a", "chosen": "b"}]), path)
     with pytest.raises(UserError, match=r"train-0.parquet: missing column\(s\) rejected"):
-        read_rows([path])
+        read_split([path], "preference")
+    with pytest.raises(UserError, match=r"train-0.parquet: missing column\(s\) messages"):
+        read_split([path], "sft")
 
 
 def test_mixed_row_types_are_a_user_error(tokenizer):

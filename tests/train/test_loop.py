@@ -23,34 +23,51 @@ def _weights(folder) -> dict[str, torch.Tensor]:
     return load_file(f"{folder}/model.safetensors")
 
 
-def test_grad_accumulation_invariance_of_gradients(tiny_model, make_cfg, pairs_dir):
-    """Batch 4, one backward == batch 1, four accumulated backwards (accelerate divides each by 4), to 1e-5."""
-    from cai_pipeline.train.data import collate_pairs, end_token_ids, pair_loader, tokenize_rows
+@pytest.mark.parametrize("loss", ["dpo", "sft"])
+def test_step_gradient_does_not_depend_on_the_micro_batches(tiny_model, make_cfg, pairs_dir, loss):
+    """One step's gradient is that of Σ contributions / Σ units over the whole step: batch 4 in one backward
+    equals batch 1 in four accumulated backwards, to 1e-5. For sft the units are tokens and the micro-batches
+    hold different numbers of them, so averaging each micro-batch's own mean would be wrong: checked too."""
+    from cai_pipeline.train.data import collate_pairs, end_token_ids, tokenize_rows
+    from cai_pipeline.train.loop import batch_units
     from cai_pipeline.train.modeling import PairScorer, load_policy
     from cai_pipeline.train.reference import compute_reference
+    from cai_pipeline.train.sft import collate_conversations, tokenize_conversations
 
+    cfg = make_cfg(tiny_model, pairs_dir, loss=loss).train
     tokenizer, lm = load_policy(tiny_model)
     rows = [{"_file": "m", **r} for r in SMALL_PAIRS[:4]]
-    pairs = tokenize_rows(rows, tokenizer, max_length=64, max_prompt_length=32, end_ids=end_token_ids(tokenizer))
-    with torch.no_grad():  # a reference that differs from the policy, so the DPO gradient is not trivial
-        loader = pair_loader(pairs, 4, shuffle=False, seed=0, pad_id=tokenizer.pad_token_id)
-        ref = compute_reference(make_accelerator(make_cfg(tiny_model, pairs_dir).train), lm, loader)
+    lengths = {"max_length": 64, "max_prompt_length": 32, "end_ids": end_token_ids(tokenizer)}
+    if loss == "sft":
+        answers = [r["chosen"] if i % 2 else r["rejected"] for i, r in enumerate(rows)]  # unequal lengths
+        examples = tokenize_conversations([{"_file": "m", "messages": r["prompt"] + a} for r, a in zip(rows, answers)],
+                                          tokenizer, **lengths)
+        assert len({int(t.sum()) for t in examples.trained}) > 1
+        collate, ref = collate_conversations, None
+    else:
+        examples, collate = tokenize_rows(rows, tokenizer, **lengths), collate_pairs
+        with torch.no_grad():  # a reference that differs from the policy, so the DPO gradient is not trivial
+            ref = compute_reference(make_accelerator(cfg), lm, [collate([examples[i] for i in range(4)], 0)], 4)
         ref = ref - 0.3 * torch.arange(8.0).view(4, 2)
     scorer = PairScorer(lm)
-    grads = []
-    for batch_size, accum in ((4, 1), (1, 4)):
-        cfg = make_cfg(tiny_model, pairs_dir, grad_accum=accum).train
-        accelerator = make_accelerator(cfg)
+
+    def gradient(batch_size: int, per_batch_mean: bool = False) -> dict[str, torch.Tensor]:
+        batches = [collate([examples[i] for i in range(s, s + batch_size)], tokenizer.pad_token_id)
+                   for s in range(0, 4, batch_size)]
+        units = sum(batch_units(b, cfg) for b in batches)
         lm.zero_grad(set_to_none=True)
-        for start in range(0, 4, batch_size):
-            batch = collate_pairs([pairs[i] for i in range(start, start + batch_size)], tokenizer.pad_token_id)
-            with accelerator.accumulate(scorer):
-                loss, _ = batch_loss(scorer, batch, ref, cfg)
-                accelerator.backward(loss)
-        grads.append({n: p.grad.clone() for n, p in lm.named_parameters()})
-    for name, g in grads[0].items():
-        assert torch.allclose(g, grads[1][name], atol=1e-5), name
-    assert max(g.abs().max().item() for g in grads[0].values()) > 1e-3  # a real gradient, not zeros
+        for batch in batches:
+            total, _ = batch_loss(scorer, batch, ref, cfg)
+            (total / batch_units(batch, cfg) / len(batches) if per_batch_mean else total / units).backward()
+        return {n: p.grad.clone() for n, p in lm.named_parameters()}
+
+    whole, split = gradient(4), gradient(1)
+    for name, g in whole.items():
+        assert torch.allclose(g, split[name], atol=1e-5), name
+    assert max(g.abs().max().item() for g in whole.values()) > 1e-3  # a real gradient, not zeros
+    if loss == "sft":  # the mean of micro-batch means weighs a short conversation's tokens more
+        naive = gradient(1, per_batch_mean=True)
+        assert max((naive[n] - g).abs().max().item() for n, g in whole.items()) > 1e-4
 
 
 def test_grad_accumulation_invariance_end_to_end(tiny_model, make_cfg, pairs_dir):
@@ -129,7 +146,7 @@ def test_metrics_plots_summary_and_truncation_counts(tiny_model, make_cfg, tmp_p
     s = train(make_cfg(tiny_model, tmp_path / "d", loss="simpo", max_length=96, max_prompt_length=64, plots=True,
                        epochs=2, batch_size=2))
     assert s["counts"] == {"train": {"rows": 4, "truncated_prompt": 1, "truncated_completion": 0,
-                                     "prompt_not_prefix": 0}}
+                                     "prompt_not_prefix": 0, "rejected": {}}}
     assert s["reference"] == "none" and s["steps"] == 4 and s["eval_before"] is None
     log_dir = tmp_path / "run" / "train"
     rows = read_metrics(log_dir / "metrics.jsonl")
@@ -188,9 +205,33 @@ def test_config_errors_are_one_line(tmp_path):
     for overrides, needle in ((["train.loss=simpo", "train.label_smoothing=0.1"], "dpo only"),
                               (["train.max_length=64", "train.max_prompt_length=64"], "max_prompt_length"),
                               (["train.loss=orpo", "train.beta=0.1"], "lam"),
+                              (["train.loss=simpo", "train.reference_model=x"], "reference_model applies"),
+                              (["train.loss=sft", "train.reference_model=x"], "reference_model applies"),
+                              (["train.nproc=0"], "train.nproc"),
+                              (["train.sft_turns=first"], "train.sft_turns"),
                               (["train.loss=kto"], "train.loss")):
         with pytest.raises(UserError, match=needle):
             load_config(None, ["out_dir=x", *overrides])
+    # SFT leaves the preference settings alone: one config serves both CAI phases
+    cfg = load_config(None, ["out_dir=x", "train.loss=sft", "train.use_soft_labels=true", "train.beta=0.3"])
+    assert cfg.train.is_sft and not cfg.train.needs_reference
+
+
+def test_reference_model_is_the_reference(tiny_model, make_cfg, pairs_dir, tmp_path):
+    """By default the reference is the policy as loaded (DPO's first loss is exactly ln 2); with
+    train.reference_model another model's log-probs are the reference, and the first loss is not ln 2."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model)).save_pretrained(other)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(other)
+    firsts = {}
+    for name, ref in (("own", None), ("same", tiny_model), ("other", str(other))):
+        s = train(make_cfg(tiny_model, pairs_dir, name=name, max_steps=1, reference_model=ref))
+        firsts[name] = [r for r in read_metrics(Path(s["log_dir"]) / "metrics.jsonl") if "loss" in r][0]["loss"]
+    assert firsts["own"] == pytest.approx(math.log(2), abs=1e-7) == firsts["same"]
+    assert abs(firsts["other"] - math.log(2)) > 1e-3
 
 
 def test_cli(tiny_model, pairs_dir, tmp_path, capsys):

@@ -59,3 +59,21 @@ def test_new_data_is_a_change(config, pairs_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", config]) == 2
     assert "inputs.data_sha256" in capsys.readouterr().err
+
+
+def test_the_reference_model_is_an_input(config, tiny_model, tmp_path, capsys):
+    """train.reference_model's weight files are part of what the training read: other weights under the same
+    path are a change, refused like any other."""
+    import os
+    import shutil
+
+    reference = tmp_path / "reference"
+    shutil.copytree(tiny_model, reference)
+    assert main(["train", config, f"train.reference_model={reference}"]) == 0
+    inputs = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["train"]["fingerprint"]["inputs"]
+    assert inputs["reference_model"]["model"] == str(reference.resolve())
+    weights = reference / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert main(["train", config, f"train.reference_model={reference}"]) == 2
+    assert "inputs.reference_model" in capsys.readouterr().err
