@@ -200,7 +200,7 @@ def training(store: RunStore, manifest: dict, warnings: list[str]) -> dict | Non
     log_dir = Path(summary["log_dir"]) if summary.get("log_dir") else store.layout.train_dir
     if not log_dir.is_dir():
         log_dir = store.layout.train_dir
-    path = TrainLayout(log_dir, store.layout.checkpoint).metrics
+    path = TrainLayout(log_dir, store.layout.checkpoint, store.layout.rejects("train", 0)).metrics
     if not path.exists():
         return None
     try:
