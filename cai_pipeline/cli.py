@@ -22,6 +22,7 @@ examples:
   cai constitution validate constitutions/*.yaml      check constitution files, every problem with its line
   cai judge-eval --data hh-rlhf-harmless-base-test.jsonl.gz --limit 100
   cai train configs/demo.yaml train.loss=simpo        train on the run's preference dataset
+  cai audit configs/demo.yaml                         the checkpoint vs the base model, per principle, with CIs
   cai compare outputs/v1 outputs/v2                   what changed between two runs (say, two constitutions)
 
 Options and key=value overrides go in any order. A run writes everything to its out_dir: sample/ revise/
@@ -142,12 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_config(sub)
     _add_compare(sub)
-    from cai_pipeline import cli_constitution, cli_judge
+    from cai_pipeline import cli_audit, cli_constitution, cli_judge
     from cai_pipeline.train import cli as train_cli
 
     cli_constitution.register(sub)
     cli_judge.register(sub)
     train_cli.register(sub)
+    cli_audit.register(sub)
     return parser
 
 

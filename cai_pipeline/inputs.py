@@ -130,8 +130,9 @@ def read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
 
 
 def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = None,
-                 system_prompt: str | None = None) -> LoadedPrompts:
-    """Read, validate, de-duplicate by prompt_id, apply `limit` (to kept prompts, in file order)."""
+                 system_prompt: str | None = None, keep: tuple[str, ...] = ()) -> LoadedPrompts:
+    """Read, validate, de-duplicate by prompt_id, apply `limit` (to kept prompts, in file order). `keep`: extra
+    columns to carry into each row as they are (None where a row lacks one), e.g. the audit's `tag`."""
     file = Path(path).expanduser() if path else BUNDLED_PROMPTS
     if not file.exists():
         raise UserError(f"prompts.path: {file} does not exist; point it at a JSONL, Parquet or CSV file")
@@ -153,7 +154,7 @@ def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = Non
             out.rejects.append(make_reject("prompts", pid, "duplicate_prompt", f"line {lineno}: prompt_id {pid} seen before", obj))
         else:
             seen.add(pid)
-            out.rows.append({"prompt_id": pid, "prompt": messages})
+            out.rows.append({"prompt_id": pid, "prompt": messages, **{k: obj.get(k) for k in keep}})
     if not out.rows:
         raise UserError(f"{file}: every row was rejected ({out.rejects[0]['reason']}); nothing to run")
     return out

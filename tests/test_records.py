@@ -27,6 +27,11 @@ EXAMPLES = {
                          "chosen": [{"role": "assistant", "content": "c"}],
                          "rejected": [{"role": "assistant", "content": "r"}], "p_chosen": None,
                          "principle_ids": [], "origin": "revision"},
+    R.AuditResponseRecord: {"prompt_id": "x", "tag": "benign", "side": "model", "model": "embedded", "sample_idx": 0,
+                            "prompt": MSG, "response": "Rayleigh.", "finish_reason": "stop", "n_tokens": 3,
+                            "p_refusal": 0.2, "refused": False},
+    R.AuditVerdictRecord: {"pair_id": "p1", "prompt_id": "x", "tag": "harmful", "sample_idx": 0,
+                           "principle_id": "harm-1", "weight": 1.5, "order": "baseline_first", "p_model": 0.4},
 }
 
 
