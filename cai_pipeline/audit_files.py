@@ -6,10 +6,10 @@ All numbers come from summary.json, so the README, the terminal and the HTML rep
 
 from __future__ import annotations
 
-from cai_pipeline.records import AuditResponseRecord, AuditVerdictRecord
-from cai_pipeline.store import RunLayout, atomic_write, atomic_write_json, atomic_write_text, write_parquet
+import json
 
-AXIS_NOTE = {"harmlessness": "principles tagged for harms", "helpfulness": "principles against needless refusal"}
+from cai_pipeline.records import AuditResponseRecord, AuditVerdictRecord
+from cai_pipeline.store import RunLayout, atomic_write, atomic_write_text, write_parquet
 
 
 def write_audit(layout: RunLayout, responses: list[dict], verdicts: list[dict], judged: list[dict],
@@ -21,7 +21,8 @@ def write_audit(layout: RunLayout, responses: list[dict], verdicts: list[dict], 
     write_parquet(layout.audit_verdicts, verdicts, AuditVerdictRecord)
     plots = write_plots(layout, judged, summary)
     atomic_write_text(layout.audit_readme, readme(summary, [p.name for p in plots]))
-    atomic_write_json(layout.audit_summary, summary)
+    # Not the store's sorted JSON: principles stay in constitution order, which is how people read them.
+    atomic_write_text(layout.audit_summary, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -79,13 +80,18 @@ def readme(summary: dict, plots: list[str]) -> str:
 
 
 def console_table(summary: dict, title: str):
+    """The README's table in five columns, so it fits a terminal: the interval beside each rate."""
     from rich.table import Table
 
+    def span(rate: str, interval: str) -> str:
+        return f"{rate} {interval.strip('[]').replace(', ', '–')}" if interval != "—" else rate
+
     table = Table(title=title, title_justify="left")
-    for col in HEADER:
-        table.add_column(col, justify="left" if col in ("", "axis") else "right")
-    for row in table_rows(summary):
-        table.add_row(*row)
+    table.add_column("", no_wrap=True)
+    for col in ("win % (CI)", "LC % (CI)", "consistent", "n"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, _, win, ci, lc, lc_ci, consistent, n in table_rows(summary):
+        table.add_row(name, span(win, ci), span(lc, lc_ci), consistent, n)
     return table
 
 

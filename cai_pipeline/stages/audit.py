@@ -119,7 +119,8 @@ def held_out_prompts(layout: RunLayout) -> list[dict]:
 
 def audit_prompts(cfg, layout: RunLayout) -> tuple[list[dict], list[dict]]:
     """({prompt_id, prompt, tag} rows, rejects): audit.prompts, or the held-out prompts and the bundled set;
-    de-duplicated by prompt_id; with audit.limit, the first N by hashed id (the same N in every run)."""
+    de-duplicated by prompt_id. With audit.limit: the held-out prompts first (the run's own kind of prompt),
+    then the others by hashed id, so the same N are audited in every run."""
     a = cfg.audit
     if a.prompts:
         rows, rejects = _file_prompts(a.prompts, "audit.prompts", cfg.prompts.system_prompt)
@@ -128,7 +129,8 @@ def audit_prompts(cfg, layout: RunLayout) -> tuple[list[dict], list[dict]]:
         rows = held_out_prompts(layout) + bundled
     unique = list({r["prompt_id"]: r for r in reversed(rows)}.values())[::-1]  # the first of each id
     if a.limit is not None and a.limit < len(unique):
-        chosen = set(sorted((r["prompt_id"] for r in unique), key=lambda pid: derive_seed(0, "audit", pid))[: a.limit])
+        rank = {r["prompt_id"]: (r["tag"] != "held_out", derive_seed(0, "audit", r["prompt_id"])) for r in unique}
+        chosen = set(sorted(rank, key=rank.__getitem__)[: a.limit])
         unique = [r for r in unique if r["prompt_id"] in chosen]
     return unique, rejects
 
