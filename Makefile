@@ -43,6 +43,7 @@ bench: install
 	$(PY) bench/judge.py
 	$(PY) bench/train.py
 	$(PY) bench/resume.py
+	$(PY) bench/audit.py
 
 clean:
 	rm -rf $(VENV) outputs/*/

@@ -41,6 +41,8 @@ class EngineConfig(Strict):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM on GPU: share of memory to use")
     tensor_parallel_size: int = Field(1, gt=0, description="vLLM: GPUs per model")
     kv_cache_gb: float = Field(2, gt=0, description="vLLM on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    block_size: int | None = Field(None, gt=0, description="vLLM: KV-cache block in tokens; the prefix cache shares "
+                                   "whole blocks; default vLLM's (16 on GPU, 128 on CPU, where it wants multiples of 32)")
     # OpenAI-compatible server
     base_url: str | None = Field(None, description="openai: server URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the key")

@@ -219,3 +219,18 @@ def test_compare_shows_both_audits_side_by_side(stand_in, tmp_path, capsys):
     assert "Audit" in shown and "no_lecturing" in shown
     for s in (a, b):
         assert f"{100 * s['overall']['win_rate']:.1f}" in shown
+
+
+def test_editing_the_refusal_template_leaves_the_shards_alone():
+    """Only the audit renders refusal.j2: an edit redoes the audit (its identity has every template), never
+    makes a run refuse to resume its sample/revise/judge shards."""
+    from cai_pipeline.config import load_config
+    from cai_pipeline.fingerprint import shard_fingerprints
+    from cai_pipeline.stages import STAGES
+
+    cfg = load_config(CONFIG, ["out_dir=x"])
+    hashes = {"prompts": "p", "constitution": "c", "templates": {"judge.j2": "1", "refusal.j2": "a"}}
+    edited = {**hashes, "templates": {"judge.j2": "1", "refusal.j2": "b"}}
+    judge_edited = {**hashes, "templates": {"judge.j2": "2", "refusal.j2": "a"}}
+    assert shard_fingerprints(cfg, hashes, STAGES) == shard_fingerprints(cfg, edited, STAGES)
+    assert shard_fingerprints(cfg, hashes, STAGES)["judge"] != shard_fingerprints(cfg, judge_edited, STAGES)["judge"]
