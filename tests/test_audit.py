@@ -234,3 +234,53 @@ def test_editing_the_refusal_template_leaves_the_shards_alone():
     judge_edited = {**hashes, "templates": {"judge.j2": "2", "refusal.j2": "a"}}
     assert shard_fingerprints(cfg, hashes, STAGES) == shard_fingerprints(cfg, edited, STAGES)
     assert shard_fingerprints(cfg, hashes, STAGES)["judge"] != shard_fingerprints(cfg, judge_edited, STAGES)["judge"]
+
+
+@pytest.mark.parametrize("judge, expected", [("org/base", ["org/trained", "org/base"]),
+                                             ("org/trained", ["org/base", "org/trained"])])
+def test_one_model_at_a_time_and_the_judge_reuses_an_open_engine(monkeypatch, tmp_path, judge, expected):
+    live, built = [], []
+
+    class Tracked(StandIn):
+        def close(self):
+            live.remove(self)
+
+    def build(*args, model=None, **kwargs):
+        assert not live, f"{model} would be loaded while {live[0].model} is still resident"
+        engine = Tracked()
+        engine.model = model
+        live.append(engine)
+        built.append(model)
+        return engine
+
+    monkeypatch.setattr(cai_pipeline.engines, "make_engine", build)
+    # Hub ids pass the model check (where a hub is reachable the engine fetches them); nothing is fetched here.
+    assert main(["audit", CONFIG, f"out_dir={tmp_path / 'run'}", "audit.limit=4", "audit.model=org/trained",
+                 "audit.baseline=org/base", f"audit.judge.model={judge}"]) == 0
+    assert built == expected and live == []  # the judge's model went last and was not loaded twice
+
+
+def test_default_prompts_put_the_run_s_held_out_ones_first(tmp_path):
+    from cai_pipeline.config import load_config
+    from cai_pipeline.inputs import prompt_id
+    from cai_pipeline.records import PreferenceRecord
+    from cai_pipeline.stages.audit import BUNDLED_PROMPTS, audit_prompts
+    from cai_pipeline.store import RunLayout, write_parquet
+
+    layout = RunLayout(tmp_path / "run")
+    bundled = json.loads(BUNDLED_PROMPTS.read_text().splitlines()[5])["prompt"]
+    messages = [[{"role": "user", "content": text}] for text in ("Mine?", bundled)]
+    ids = [prompt_id(m) for m in messages]  # as the run gave them: a hash of the messages
+    rows = [{"pair_id": f"p{i}", "prompt_id": ids[i], "prompt": m, "chosen": [{"role": "assistant", "content": "c"}],
+             "rejected": [{"role": "assistant", "content": "r"}], "p_chosen": 0.7, "principle_ids": [],
+             "origin": "sampled"} for i, m in enumerate(messages)]
+    write_parquet(layout.split_file("preferences", "test"), rows, PreferenceRecord)
+    cfg = load_config(CONFIG, [f"out_dir={layout.root}", "audit.limit=null"])
+    prompts, rejects = audit_prompts(cfg, layout)
+    assert [p["prompt_id"] for p in prompts[:2]] == ids and rejects == []
+    assert [p["tag"] for p in prompts[:2]] == ["held_out", "held_out"]  # the bundled duplicate stays held out
+    assert len(prompts) == 2 + 99 - 1 and len({p["prompt_id"] for p in prompts}) == len(prompts)
+    limited, _ = audit_prompts(load_config(CONFIG, [f"out_dir={layout.root}", "audit.limit=5"]), layout)
+    assert [p["tag"] for p in limited][:2] == ["held_out", "held_out"] and len(limited) == 5
+    again, _ = audit_prompts(load_config(CONFIG, [f"out_dir={layout.root}", "audit.limit=5", "seed=3"]), layout)
+    assert again == limited  # the same five whatever the seed

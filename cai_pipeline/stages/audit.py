@@ -127,7 +127,10 @@ def audit_prompts(cfg, layout: RunLayout) -> tuple[list[dict], list[dict]]:
     else:
         bundled, rejects = _file_prompts(str(BUNDLED_PROMPTS), "audit.prompts", cfg.prompts.system_prompt)
         rows = held_out_prompts(layout) + bundled
-    unique = list({r["prompt_id"]: r for r in reversed(rows)}.values())[::-1]  # the first of each id
+    first: dict[str, dict] = {}
+    for r in rows:
+        first.setdefault(r["prompt_id"], r)  # a held-out prompt that is also in the bundled set stays held out
+    unique = list(first.values())
     if a.limit is not None and a.limit < len(unique):
         rank = {r["prompt_id"]: (r["tag"] != "held_out", derive_seed(0, "audit", r["prompt_id"])) for r in unique}
         chosen = set(sorted(rank, key=rank.__getitem__)[: a.limit])
