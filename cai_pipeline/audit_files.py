@@ -117,9 +117,9 @@ def forest(summary: dict):
     """Per principle (and overall, per axis): the win rate with its interval, raw and length-controlled."""
     import matplotlib.pyplot as plt
 
-    rows = [("overall", summary["overall"])] + [(f"axis: {k}", v) for k, v in summary.get("axes", {}).items()]
-    rows += list(summary["principles"].items())
-    rows = [(name, row) for name, row in rows if row["win_rate"] is not None][::-1]
+    pooled = [("overall", summary["overall"])] + [(f"axis: {k}", v) for k, v in summary.get("axes", {}).items()]
+    rows = [(name, row) for name, row in pooled + list(summary["principles"].items())
+            if row["win_rate"] is not None][::-1]
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(rows)))
     ys = range(len(rows))
     for y, (_, row) in zip(ys, rows):
@@ -129,6 +129,7 @@ def forest(summary: dict):
     ax.plot([r["lc_win_rate"] for _, r in rows], [y - 0.12 for y in ys], "D", color="tab:orange",
             label="length-controlled")
     ax.axvline(0.5, color="grey", ls="--", lw=1)
+    ax.axhline(len(rows) - len(pooled) - 0.5, color="grey", lw=0.6)  # pooled rows above, principles below
     ax.set_yticks(list(ys), [name for name, _ in rows], fontsize=8)
     ax.set_xlabel(f"P(model ≻ baseline), {round(100 * summary['settings']['confidence'])}% intervals over prompts")
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)

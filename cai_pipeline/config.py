@@ -120,8 +120,8 @@ class AuditConfig(Strict):
     prompts: str | None = Field(None, description="JSONL/Parquet/CSV with prompt (or messages) and an optional "
                                 "tag (harmful, benign); default: the run's held-out test prompts + the bundled "
                                 "audit set")
-    limit: int | None = Field(None, gt=0, description="audit N of the prompts, drawn by hashed id (the same "
-                              "N every run)")
+    limit: int | None = Field(None, gt=0, description="audit N of the prompts: held-out ones first, then each "
+                              "tag in proportion, by hashed id (the same N every run)")
     n: int = Field(1, gt=0, description="responses per prompt and model")
     temperature: float = Field(0.8, ge=0, description="sampling temperature of both models")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling for both models")

@@ -119,8 +119,7 @@ def held_out_prompts(layout: RunLayout) -> list[dict]:
 
 def audit_prompts(cfg, layout: RunLayout) -> tuple[list[dict], list[dict]]:
     """({prompt_id, prompt, tag} rows, rejects): audit.prompts, or the held-out prompts and the bundled set;
-    de-duplicated by prompt_id. With audit.limit: the held-out prompts first (the run's own kind of prompt),
-    then the others by hashed id, so the same N are audited in every run."""
+    de-duplicated by prompt_id, then `limited` to audit.limit."""
     a = cfg.audit
     if a.prompts:
         rows, rejects = _file_prompts(a.prompts, "audit.prompts", cfg.prompts.system_prompt)
@@ -132,10 +131,27 @@ def audit_prompts(cfg, layout: RunLayout) -> tuple[list[dict], list[dict]]:
         first.setdefault(r["prompt_id"], r)  # a held-out prompt that is also in the bundled set stays held out
     unique = list(first.values())
     if a.limit is not None and a.limit < len(unique):
-        rank = {r["prompt_id"]: (r["tag"] != "held_out", derive_seed(0, "audit", r["prompt_id"])) for r in unique}
-        chosen = set(sorted(rank, key=rank.__getitem__)[: a.limit])
+        chosen = limited(unique, a.limit)
         unique = [r for r in unique if r["prompt_id"] in chosen]
     return unique, rejects
+
+
+def limited(rows: list[dict], limit: int) -> set[str]:
+    """The prompt ids of a limited audit: held-out prompts first, then each other tag's share of the rest in
+    proportion to its size (largest remainders), so 24 of the bundled set keep its harmful / benign mix. Within
+    a tag, prompts go by hashed id: the same ones in every run, whatever the seed."""
+    by_tag: dict[str, list[str]] = {}
+    for r in rows:
+        by_tag.setdefault(r["tag"], []).append(r["prompt_id"])
+    for ids in by_tag.values():
+        ids.sort(key=lambda pid: derive_seed(0, "audit", pid))
+    held = by_tag.pop("held_out", [])[:limit]
+    rest, total = limit - len(held), sum(len(ids) for ids in by_tag.values())
+    exact = {tag: rest * len(ids) / total for tag, ids in by_tag.items()} if total else {}
+    quota = {tag: int(x) for tag, x in exact.items()}
+    for tag in sorted(exact, key=lambda t: quota[t] - exact[t])[: rest - sum(quota.values())]:
+        quota[tag] += 1
+    return set(held) | {pid for tag, ids in by_tag.items() for pid in ids[: quota[tag]]}
 
 
 # ---------------------------------------------------------------------------------------------------------
