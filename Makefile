@@ -48,6 +48,7 @@ bench: install
 	$(PY) bench/judge.py
 	$(PY) bench/train.py --suite all
 	$(PY) bench/resume.py
+	$(PY) bench/audit.py
 
 clean:
 	rm -rf $(VENV) outputs/*/

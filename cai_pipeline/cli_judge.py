@@ -173,13 +173,14 @@ def evaluate(data: str, engine, principles: list, *, limit: int | None = None, *
 
 
 def evaluate_labelled(labelled: list[dict], skipped: Counter, engine, principles: list, *, k: int = 2,
-                      reasoning: bool = False, seed: int = 0, both_orders: bool = True, templates=None) -> dict:
+                      reasoning: bool = False, seed: int = 0, both_orders: bool = True, templates=None,
+                      layout: str = "question_first") -> dict:
     from cai_pipeline.stages.judge import judge_pairs
 
     pairs, chosen_first = shown_pairs(labelled, seed)
     start = time.perf_counter()
     records = judge_pairs(engine, pairs, principles, both_orders=both_orders, reasoning=reasoning, seed=seed, k=k,
-                          templates=templates)
+                          templates=templates, layout=layout)
     seconds = time.perf_counter() - start
     report = eval_metrics(records, chosen_first)
     verdicts = sum(len(r["verdicts"]) for r in records if not r["error"])
@@ -217,12 +218,13 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     engine = make_engine(kind=args.engine, model=args.model, seed=args.seed, **options)
     try:
         report = evaluate_labelled(labelled, skipped, engine, constitution.principles, k=args.principles,
-                                   reasoning=args.reasoning, seed=args.seed,
+                                   reasoning=args.reasoning, seed=args.seed, layout=args.layout,
                                    templates=TemplateSet.for_constitution(constitution))
     finally:
         engine.close()
     report = {"data": args.data, "model": args.model, "engine": engine.name, "constitution": constitution.name,
-              "principles": args.principles, "reasoning": args.reasoning, "seed": args.seed, **report}
+              "principles": args.principles, "reasoning": args.reasoning, "layout": args.layout, "seed": args.seed,
+              **report}
     print(format_table(report))
     if args.out:
         Path(args.out).expanduser().write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -251,6 +253,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--constitution", default="constitutions/harmless.yaml", help="whose comparison questions to ask")
     p.add_argument("--principles", type=_positive, default=2, help="principles drawn per pair (k)")
     p.add_argument("--reasoning", action="store_true", help="chain-of-thought first, probabilities clamped to [0.4, 0.6]")
+    p.add_argument("--layout", default="question_first", choices=["question_first", "shared_prefix"],
+                   help="judge prompt layout (judge.layout): the question first, or the responses first")
     p.add_argument("--seed", type=int, default=0, help="seeds the principle draws and which side is shown first")
     p.add_argument("--out", help="also write the report as JSON to this file")
     p.set_defaults(func=_cmd_judge_eval)

@@ -1,9 +1,11 @@
 """`cai compare RUN_A RUN_B`: what changed between two runs — typically the same prompts and seed under two
 versions of a constitution. The constitutions' differences (from each run's snapshot), per-stage counts,
-revision behaviour, the preference data, and a few side-by-side final revisions of the same rows."""
+revision behaviour, the preference data, the two audits side by side where the runs have them, and a few
+side-by-side final revisions of the same rows."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -79,6 +81,50 @@ def constitution_changes(a: RunStore, b: RunStore) -> list[str]:
     return diff_constitutions(load_constitution(paths[0]), load_constitution(paths[1]))
 
 
+def read_audit(store: RunStore) -> dict | None:
+    path = store.layout.audit_summary
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _audit_cell(row: dict | None) -> str:
+    if not row or row.get("win_rate") is None:
+        return "—"
+    return (f"{100 * row['win_rate']:.1f} [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]  "
+            f"LC {100 * row['lc_win_rate']:.1f}")
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def audit_rows(a: dict | None, b: dict | None) -> list[tuple[str, str, str]]:
+    """(label, run A, run B): win % [CI] and length-controlled, overall, per axis, per principle; refusal
+    rates and the length change. A row one audit lacks shows —."""
+    a, b = a or {}, b or {}
+    rows = [("overall", _audit_cell(a.get("overall")), _audit_cell(b.get("overall")))]
+    for name in dict.fromkeys([*a.get("axes", {}), *b.get("axes", {})]):
+        rows.append((f"axis: {name}", _audit_cell(a.get("axes", {}).get(name)),
+                     _audit_cell(b.get("axes", {}).get(name))))
+    for pid in dict.fromkeys([*a.get("principles", {}), *b.get("principles", {})]):
+        rows.append((pid, _audit_cell(a.get("principles", {}).get(pid)), _audit_cell(b.get("principles", {}).get(pid))))
+    oa, ob = a.get("overall", {}), b.get("overall", {})
+    for key, label in (("refusal_rate_model", "refusal %, benign: model"),
+                       ("refusal_rate_baseline", "refusal %, benign: baseline"),
+                       ("mean_length_change", "mean length change (tokens)")):
+        show = (lambda x: "—" if x is None else f"{x:+}") if key == "mean_length_change" else _pct
+        rows.append((label, show(oa.get(key)), show(ob.get(key))))
+    return rows
+
+
+def print_audits(console: Console, a: dict | None, b: dict | None, names: tuple[str, str]) -> None:
+    table = Table(title="Audit: win % of model over baseline [CI], length-controlled (LC)", title_justify="left")
+    for col in ("", *names):
+        table.add_column(col)
+    for label, va, vb in audit_rows(a, b):
+        table.add_row(escape(label), escape(va), escape(vb) if vb == va else f"[bold]{escape(vb)}[/bold]")
+    console.print(table)
+
+
 def compare(path_a: str, path_b: str, *, examples: int = 3, console: Console | None = None) -> dict:
     a, b = open_run(path_a), open_run(path_b)
     console = console or Console()
@@ -94,9 +140,13 @@ def compare(path_a: str, path_b: str, *, examples: int = 3, console: Console | N
         va, vb = stats_a.get(key, "—"), stats_b.get(key, "—")
         table.add_row(key, escape(va), escape(vb) if vb == va else f"[bold]{escape(vb)}[/bold]")
     console.print(table)
+    audits = read_audit(a), read_audit(b)
+    if any(audits):
+        print_audits(console, *audits, (Path(path_a).name or path_a, Path(path_b).name or path_b))
     pairs = side_by_side(a, b, examples)
     for prompt, initial, fa, fb in pairs:
         console.print(f"\n[bold]prompt[/bold]: {escape(prompt)}", highlight=False)
         for label, text in (("initial", initial), ("A final", fa), ("B final", fb)):
             console.print(f"  [dim]{label}[/dim]: {escape(text[:400])}", highlight=False)
-    return {"constitution": changes, "a": stats_a, "b": stats_b, "examples": len(pairs)}
+    return {"constitution": changes, "a": stats_a, "b": stats_b, "examples": len(pairs),
+            "audits": [x is not None for x in audits]}

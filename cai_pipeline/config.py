@@ -54,6 +54,8 @@ class EngineConfig(Strict):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM on GPU: share of memory to use")
     tensor_parallel_size: int = Field(1, gt=0, description="vLLM: GPUs per model")
     kv_cache_gb: float = Field(2, gt=0, description="vLLM on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    block_size: int | None = Field(None, gt=0, description="vLLM: KV-cache block in tokens; the prefix cache shares "
+                                   "whole blocks; default vLLM's (16 on GPU, 128 on CPU, where it wants multiples of 32)")
     # OpenAI-compatible server
     base_url: str | None = Field(None, description="openai: server URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
@@ -112,6 +114,9 @@ class JudgeConfig(Strict):
     reasoning_max_tokens: int = Field(128, gt=0, description="length of the judge's reasoning")
     min_margin: float = Field(0.05, ge=0, lt=0.5, description="|p − 0.5| below this → rejects (below_margin)")
     drop_inconsistent: bool = Field(True, description="pairs whose two orders pick the same position → rejects")
+    layout: Literal["question_first", "shared_prefix"] = Field(
+        "question_first", description="judge prompt: question before the responses, or conversation and both "
+        "responses first so a pair's principles share one prefix (see docs/judge.md)")
 
 
 class ExportConfig(Strict):
@@ -144,6 +149,41 @@ class ExecutorConfig(Strict):
         return actors
 
 
+class AuditJudgeConfig(Strict):
+    model: str | None = Field(None, description="judge model; default: judge.model, else the run's model")
+    url: str | None = Field(None, description="serve the judge through the openai engine at this URL")
+    layout: Literal["question_first", "shared_prefix"] = Field(
+        "shared_prefix", description="shared_prefix: a pair's principles share one prefix (vLLM's prefix cache "
+        "computes it once); question_first: the judge stage's default layout")
+    reasoning: bool = Field(False, description="chain of thought first; probabilities clamped to [0.4, 0.6]")
+    reasoning_max_tokens: int = Field(128, gt=0, description="length of the judge's reasoning")
+
+
+class AuditConfig(Strict):
+    model: str | None = Field(None, description="the model audited: `embedded`, a folder, or a served name "
+                              "(with model_url); default: the run's checkpoint")
+    model_url: str | None = Field(None, description="serve `model` through the openai engine at this URL")
+    baseline: str | None = Field(None, description="what it is compared with; default: the model the run "
+                                 "started from (train.model, else model)")
+    baseline_url: str | None = Field(None, description="serve `baseline` through the openai engine at this URL")
+    prompts: str | None = Field(None, description="JSONL/Parquet/CSV with prompt (or messages) and an optional "
+                                "tag (harmful, benign); default: the run's held-out test prompts + the bundled "
+                                "audit set")
+    limit: int | None = Field(None, gt=0, description="audit N of the prompts: held-out ones first, then each "
+                              "tag in proportion, by hashed id (the same N every run)")
+    n: int = Field(1, gt=0, description="responses per prompt and model")
+    temperature: float = Field(0.8, ge=0, description="sampling temperature of both models")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling for both models")
+    max_tokens: int = Field(256, gt=0, description="per response")
+    principles: list[str] | None = Field(None, description="principle ids to judge; default: every principle")
+    bootstrap: int = Field(1000, ge=100, description="bootstrap resamples of the prompts for each CI")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="level of the confidence intervals")
+    refusal: bool = Field(True, description="ask the judge whether each response declines (prompts/refusal.j2)")
+    helpfulness_tags: list[str] = Field(["helpfulness", "anti-preachiness"], description="principles with one "
+                                        "of these tags form the helpfulness axis; other tagged ones harmlessness")
+    judge: AuditJudgeConfig = AuditJudgeConfig()
+
+
 class RunConfig(Strict):
     out_dir: str = Field(min_length=1, description="the run folder; running again resumes it")
     seed: int = Field(0, description="every random choice derives from it and the row's ids")
@@ -161,6 +201,7 @@ class RunConfig(Strict):
     export: ExportConfig = ExportConfig()
     train: TrainConfig = TrainConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _known(self) -> RunConfig:

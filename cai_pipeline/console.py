@@ -117,6 +117,10 @@ def _run_stage_figures(name: str, entry: dict) -> tuple[str, str]:
     if name == "train":
         loss = summary.get("final_loss")
         return "", f"{summary.get('steps', 0)} steps, final loss {loss:.4f}" if loss is not None else ""
+    if name == "audit" and summary.get("win_rate") is not None:
+        lo, hi = summary["ci"]
+        return str(summary["pairs"]), (f"win {summary['win_rate']:.3f} [{lo:.3f}, {hi:.3f}], "
+                                       f"length-controlled {summary['lc_win_rate']:.3f}")
     return "", ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int | float | str))[:80]
 
 

@@ -14,6 +14,9 @@ from cai_pipeline.errors import UserError
 
 # engine keys that change how requests are sent, never what comes back
 OPERATIONAL = {"concurrency", "max_retries", "timeout_s", "api_key_env"}
+# Templates no sharded stage renders (the audit's; its own identity records every template): editing one must
+# not make a run refuse to resume its shards.
+RUN_SCOPE_TEMPLATES = frozenset({"refusal.j2"})
 
 
 def sha(obj) -> str:
@@ -24,7 +27,8 @@ def shard_fingerprints(cfg, hashes: dict, stages) -> dict[str, dict]:
     """Per sharded stage: the settings that shape its output, including everything upstream of it."""
     dump = cfg.model_dump()
     dump["engine"] = {k: v for k, v in dump["engine"].items() if k not in OPERATIONAL}
-    content = {"constitution_sha256": hashes["constitution"], "templates": hashes["templates"]}
+    templates = {k: v for k, v in hashes["templates"].items() if k not in RUN_SCOPE_TEMPLATES}
+    content = {"constitution_sha256": hashes["constitution"], "templates": templates}
     extra = {"sample": {"prompts_sha256": hashes["prompts"]}, "revise": content, "judge": content}
     out, upstream = {}, {}
     for stage in stages:

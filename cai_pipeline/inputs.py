@@ -159,9 +159,11 @@ def in_part(pid: str, part: int | None, parts: int) -> bool:
 
 
 def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = None,
-                 system_prompt: str | None = None, part: int | None = None, parts: int = 1) -> LoadedPrompts:
+                 system_prompt: str | None = None, part: int | None = None, parts: int = 1,
+                 keep: tuple[str, ...] = ()) -> LoadedPrompts:
     """Read, validate, de-duplicate by prompt_id, apply `limit` (to kept prompts, in file order), then keep
-    part `part` of `parts`."""
+    part `part` of `parts`. `keep`: extra columns to carry into each row as they are (None where a row lacks
+    one), e.g. the audit's `tag`."""
     file = Path(path).expanduser() if path else BUNDLED_PROMPTS
     if not file.exists():
         raise UserError(f"prompts.path: {file} does not exist; point it at a JSONL, Parquet or CSV file")
@@ -187,7 +189,7 @@ def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = Non
             out.rejects.append(make_reject("prompts", pid, "duplicate_prompt", f"line {lineno}: {_duplicate(pid, given, seen[pid])}", obj))
         else:
             seen[pid] = given
-            out.rows.append({"prompt_id": pid, "prompt": messages})
+            out.rows.append({"prompt_id": pid, "prompt": messages, **{k: obj.get(k) for k in keep}})
     if not out.rows:
         raise UserError(f"{file}: every row was rejected ({out.rejects[0]['reason']}); nothing to run")
     out.rows = [r for r in out.rows if in_part(r["prompt_id"], part, parts)]

@@ -313,6 +313,8 @@ def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bo
     assets = load_assets(cfg)
     if engine is None:
         check_models(cfg, plan)
+    for stage in (s for s in plan if s.check):
+        stage.check(assets, {s.name for s in plan}, models=engine is None)
     store = RunStore(cfg.out_dir)
     check_folder(store)
     store.check_writable()

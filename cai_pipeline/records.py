@@ -125,6 +125,35 @@ class PreferenceRecord(Record):
     rejected_truncated: bool
 
 
+class AuditResponseRecord(Record):
+    """audit/responses.parquet: one response of the audited model or the baseline."""
+
+    prompt_id: str
+    tag: str  # harmful | benign | held_out (the run's test split) | untagged, or a tag of the user's file
+    side: Literal["model", "baseline"]
+    model: str  # the name the audit loaded it by
+    sample_idx: int
+    prompt: list[Message]
+    response: str
+    finish_reason: str
+    n_tokens: int
+    p_refusal: float | None  # the judge's P("Yes") to "does the response decline?"; null with audit.refusal off
+    refused: bool | None  # p_refusal > ½
+
+
+class AuditVerdictRecord(Record):
+    """audit/verdicts.parquet: one principle's verdict on one pair in one order."""
+
+    pair_id: str
+    prompt_id: str
+    tag: str
+    sample_idx: int  # the pair is the model's and the baseline's response number sample_idx
+    principle_id: str
+    weight: float
+    order: Literal["model_first", "baseline_first"]  # which response was shown as (A)
+    p_model: float  # the judge's probability that the model's response is better, in this order (over A/B)
+
+
 _SCALARS = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 
 

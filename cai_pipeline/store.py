@@ -7,7 +7,8 @@ appended), which keeps every row exactly once. One `cai run` at a time holds the
 
 A folder that holds Parquet holds only Parquet, so `pandas.read_parquet`, `pyarrow.dataset.dataset` and
 `datasets.load_dataset("parquet", data_dir=...)` read any of them directly: shard stats live under stats/,
-rejects under rejects/, plots under train/plots/.
+rejects under rejects/, plots under train/plots/. The one exception is audit/: its two tables are different
+records, so each is a single file opened by its own name (`pandas.read_parquet("audit/verdicts.parquet")`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class RunLayout:
     datasets/sft/  datasets/preferences/  datasets/README.md
     checkpoint/                       the trained model (a plain Hugging Face folder)
     train/  metrics.jsonl  summary.json  plots/*.png  state/
-    audit/  rounds/NN-kind/           (each round a run folder of its own)
+    audit/  responses.parquet  verdicts.parquet  summary.json  README.md  plots/*.png
+    rounds/NN-kind/                   (each round a run folder of its own)
     ```
     """
 
@@ -123,15 +125,33 @@ class RunLayout:
     def train_dir(self) -> Path:
         return self.root / "train"
 
-    # -- later stages
+    # -- the audit: two tables, each one Parquet file opened by its name, beside the summary and plots
     @property
     def audit_dir(self) -> Path:
         return self.root / "audit"
 
     @property
+    def audit_responses(self) -> Path:
+        return self.audit_dir / "responses.parquet"
+
+    @property
+    def audit_verdicts(self) -> Path:
+        return self.audit_dir / "verdicts.parquet"
+
+    @property
     def audit_summary(self) -> Path:
-        """audit/summary.json: per-principle and overall win rates (the audit's contract; see issue 13)."""
+        """The audit's numbers (**contract**: see stages/audit.py and docs/audit.md)."""
         return self.audit_dir / "summary.json"
+
+    @property
+    def audit_readme(self) -> Path:
+        return self.audit_dir / "README.md"
+
+    @property
+    def audit_plots(self) -> Path:
+        return self.audit_dir / "plots"
+
+    # -- later stages
 
     @property
     def rounds_dir(self) -> Path:

@@ -8,7 +8,11 @@ Templates and the variables each receives (a template may use fewer, never other
   judge.j2             conversation, question,      the judge's user turn; the engine then scores the next
                        response_a, response_b       token after the assistant prefix JUDGE_PREFIX
   judge_reasoning.j2   (same as judge.j2)           asks for step-by-step reasoning first
+  judge_shared.j2      (same as judge.j2)           judge.layout shared_prefix: conversation and both responses
+                                                    first, the question last (one prefix per pair and order)
+  judge_shared_reasoning.j2  (same as judge.j2)     the same layout with reasoning first
   judge_prefix.j2      (none)                       the assistant prefix before the scored letter
+  refusal.j2           conversation, response       the audit's "does the response decline?" (scored Yes/No)
 
 `principle` is a constitution Principle (fields: id, critique, revision, comparison, rationale, tags, weight).
 `conversation` is a transcript string (see `transcript`). Every error a template can cause — an undefined
@@ -52,7 +56,10 @@ TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     "revision": frozenset({"principle"}),
     "judge": _JUDGE_VARIABLES,
     "judge_reasoning": _JUDGE_VARIABLES,
+    "judge_shared": _JUDGE_VARIABLES,
+    "judge_shared_reasoning": _JUDGE_VARIABLES,
     "judge_prefix": frozenset(),
+    "refusal": frozenset({"conversation", "response"}),
 }
 PRINCIPLE_ATTRIBUTES = frozenset({"id", "critique", "revision", "comparison", "rationale", "tags", "weight"})
 _SPEAKERS = {"user": "Human", "assistant": "Assistant", "system": "System"}

@@ -30,6 +30,11 @@ EXAMPLES = {
                          "rejected": [{"role": "assistant", "content": "r"}], "p_chosen": None,
                          "revision_principle_ids": ["a"], "judge_principle_ids": [], "origin": "revision",
                          "chosen_truncated": False, "rejected_truncated": True},
+    R.AuditResponseRecord: {"prompt_id": "x", "tag": "benign", "side": "model", "model": "embedded", "sample_idx": 0,
+                            "prompt": MSG, "response": "Rayleigh.", "finish_reason": "stop", "n_tokens": 3,
+                            "p_refusal": 0.2, "refused": False},
+    R.AuditVerdictRecord: {"pair_id": "p1", "prompt_id": "x", "tag": "harmful", "sample_idx": 0,
+                           "principle_id": "harm-1", "weight": 1.5, "order": "baseline_first", "p_model": 0.4},
 }
 
 

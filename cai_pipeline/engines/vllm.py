@@ -78,7 +78,8 @@ class VLLMEngine:
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", seed: int = 0, max_model_len: int | None = None,
                  gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1,
-                 kv_cache_gb: float = 2, trust_remote_code: bool = False, fp32_head: bool = True):
+                 kv_cache_gb: float = 2, trust_remote_code: bool = False, fp32_head: bool = True,
+                 block_size: int | None = None):
         self.model = model
         self.on_cpu = not has_cuda()
         if self.on_cpu:
@@ -93,6 +94,7 @@ class VLLMEngine:
             load_format="safetensors", hf_overrides={"head_dtype": "float32"} if fp32_head else None,
             logits_processors=[NUCLEUS] if self.on_cpu else None,
             use_tqdm_on_load=False,  # a progress bar per checkpoint shard is noise in a pipeline's output
+            **({"block_size": block_size} if block_size else {}),
         )
         self.nucleus = self.on_cpu  # on GPU vLLM's own top-p is fast
         # On CUDA vLLM accumulates the fp32 head without a cast, so it stays on for every call there.

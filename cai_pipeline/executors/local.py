@@ -31,18 +31,30 @@ class Engines:
     def __init__(self, cfg, given=None):
         self.cfg, self.given = cfg, given
         self.role: str | None = None
+        self.key: tuple[str, str | None] | None = None  # (model, server URL) of the open engine
         self.engine = None
         self.stats: dict[str, dict] = {}
 
     def get(self, role: str):
+        """The engine of a pipeline role: "policy" (the run's model) or "judge" (judge.model)."""
+        return self.open(role, model_for(self.cfg, role))
+
+    def open(self, role: str, model: str, url: str | None = None):
+        """The engine for `model` (served through the openai engine at `url` when given), reusing the open
+        one when it is the same model; `role` names it in the manifest's engine stats."""
         if self.given is not None:
             return self.given
-        if self.engine is not None and model_for(self.cfg, role) == model_for(self.cfg, self.role):
+        if self.engine is not None and self.key == (model, url):
             return self.engine
         self.close()
         from cai_pipeline.engines import make_engine
 
-        self.engine, self.role = make_engine(self.cfg, model=model_for(self.cfg, role)), role
+        if url is None:
+            engine = make_engine(self.cfg, model=model)
+        else:
+            options = {**self.cfg.engine.model_dump(exclude={"kind"}), "base_url": url, "served_model": None}
+            engine = make_engine(kind="openai", model=model, seed=self.cfg.seed, **options)
+        self.engine, self.role, self.key = engine, role, (model, url)
         check_token_limits(self.cfg, self.engine)
         return self.engine
 
@@ -51,7 +63,7 @@ class Engines:
             s = self.engine.stats
             self.stats[self.role] = {"retries": s.retries, "errors": dict(s.errors)}
             self.engine.close()
-            self.engine = None
+            self.engine, self.key = None, None
 
 
 class LocalExecutor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from cai_pipeline import records
-from cai_pipeline.stages import export, judge, pairs, revise, sample, train
+from cai_pipeline.stages import audit, export, judge, pairs, revise, sample, train
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class Stage:
     # or refuse (costly to make, and the user's to discard: a checkpoint)
     on_change: Literal["redo", "refuse"] = "redo"
     select_inputs: Callable[[Any, tuple[str, ...]], tuple[str, ...]] | None = None
+    # `check(assets, planned_stage_names, models)`: what the stage will need, checked before the run touches
+    # its folder (models: also whether each model exists; off when the caller hands in a ready engine)
+    check: Callable[..., None] | None = None
 
     def inputs_for(self, cfg) -> tuple[str, ...]:
         return self.select_inputs(cfg, self.inputs) if self.select_inputs else self.inputs
@@ -49,6 +52,9 @@ STAGES: tuple[Stage, ...] = (
           identity=export.identity, outputs=export.outputs),
     Stage("train", ("export",), None, None, ("train",), train.run, "run",
           identity=train.identity, outputs=train.outputs, on_change="refuse"),
+    # Its engines (model, baseline, judge: one at a time) come from the executor's pool by name, not by role.
+    Stage("audit", ("train",), None, None, ("seed", "audit"), audit.run, "run",
+          identity=audit.identity, outputs=audit.outputs, check=audit.check),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 NAMES: tuple[str, ...] = tuple(BY_NAME)

@@ -34,6 +34,11 @@ from cai_pipeline.templates import TemplateSet, transcript
 
 CHOICES = ["A", "B"]
 COT_CLAMP = (0.4, 0.6)
+# The judge's user-turn template per (layout, reasoning). "question_first" asks the principle's question before
+# the responses; "shared_prefix" puts the conversation and both responses first and the question last, so the
+# k principles of one pair and order share one prefix (vLLM's prefix cache computes it once).
+TEMPLATES = {("question_first", False): "judge", ("question_first", True): "judge_reasoning",
+             ("shared_prefix", False): "judge_shared", ("shared_prefix", True): "judge_shared_reasoning"}
 REASONING_START = "Let's think step by step:"
 # Cut the reasoning where the model starts to announce its answer; we append the judge prefix ourselves.
 REASONING_STOPS = ("The answer is", "the answer is")
@@ -134,10 +139,11 @@ def plan(pairs: Sequence[Mapping], principles: Sequence, k: int, seed: int,
     return [jobs[key] for key in sorted(jobs)], refs
 
 
-def conversations(job: Job, templates: TemplateSet, reasoning: bool) -> list[list[Message]]:
+def conversations(job: Job, templates: TemplateSet, reasoning: bool,
+                  layout: str = "question_first") -> list[list[Message]]:
     """Per principle, per order: the judge's user turn and the assistant's opening (prefix or reasoning cue)."""
     convo = transcript(job.messages)
-    name, start = ("judge_reasoning", REASONING_START) if reasoning else ("judge", templates.judge_prefix())
+    name, start = TEMPLATES[layout, reasoning], REASONING_START if reasoning else templates.judge_prefix()
     out = []
     for principle in job.principles:
         for first, second in job.orders():
@@ -219,18 +225,20 @@ def swap(outcome: dict) -> dict:
 
 def judge_pairs(engine, pairs: Sequence[Mapping], principles: Sequence, *, both_orders: bool = True,
                 reasoning: bool = False, seed: int = 0, k: int = 2, templates: TemplateSet | None = None,
-                reasoning_max_tokens: int = 128, clamp_to: tuple[float, float] = COT_CLAMP) -> list[dict]:
+                reasoning_max_tokens: int = 128, clamp_to: tuple[float, float] = COT_CLAMP,
+                layout: str = "question_first") -> list[dict]:
     """**Contract.** Judge each pair (`prompt`: a string or chat messages; `a`, `b`: response strings) under k
     of `principles` drawn per pair. Returns one record per pair, in order: the pair's own fields plus
     `verdicts` (per principle: p_a_first, p_a_second, reasoning_*), `p_a` (probability that `a` is better),
     `consistent` and `error` (None). A pair that could not be judged (too long for the context, an engine
     error) has `error` = 'reason: detail' and no verdicts. With `both_orders=False` only the order a-first is
-    asked: p_a_second and consistent are None and there is no symmetry guarantee."""
+    asked: p_a_second and consistent are None and there is no symmetry guarantee. `layout` picks the judge
+    prompt's layout (see TEMPLATES); the numbers differ between layouts, the guarantees do not."""
     if not principles:
         raise ValueError("judge_pairs needs at least one principle to ask")
     templates = templates or TemplateSet()
     jobs, refs = plan(pairs, principles, k, seed, both_orders)
-    convs = [c for job in jobs for c in conversations(job, templates, reasoning)]
+    convs = [c for job in jobs for c in conversations(job, templates, reasoning, layout)]
     reasons = [""] * len(convs)
     if reasoning and convs:
         convs, reasons = add_reasoning(engine, convs, templates.judge_prefix(), reasoning_max_tokens,
@@ -280,7 +288,8 @@ def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult
     cfg = ctx.cfg.judge
     pairs = inputs["pairs"]
     judged = judge_pairs(engine, pairs, ctx.constitution.principles, reasoning=cfg.reasoning, seed=ctx.seed,
-                         k=cfg.principles, templates=ctx.templates, reasoning_max_tokens=cfg.reasoning_max_tokens)
+                         k=cfg.principles, templates=ctx.templates, reasoning_max_tokens=cfg.reasoning_max_tokens,
+                         layout=cfg.layout)
     out = StageResult()
     for pair, rec in zip(pairs, judged):
         if rec["error"]:

@@ -1,0 +1,164 @@
+"""What an audit leaves in the run folder's audit/: the two tables, the plots, a README with the table, and
+summary.json (**contract**), written last. And the same table for the terminal (`cai audit`, `cai compare`).
+
+All numbers come from summary.json, so the README, the terminal and the HTML report cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+
+from cai_pipeline.records import AuditResponseRecord, AuditVerdictRecord
+from cai_pipeline.store import RunLayout, atomic_write, atomic_write_text, write_parquet
+
+
+def write_audit(layout: RunLayout, responses: list[dict], verdicts: list[dict], judged: list[dict],
+                summary: dict) -> None:
+    """Every audit file; summary.json goes first out of the way and comes back last, so a reader never pairs
+    an old summary with new tables."""
+    layout.audit_summary.unlink(missing_ok=True)
+    write_parquet(layout.audit_responses, responses, AuditResponseRecord)
+    write_parquet(layout.audit_verdicts, verdicts, AuditVerdictRecord)
+    plots = write_plots(layout, judged, summary)
+    atomic_write_text(layout.audit_readme, readme(summary, [p.name for p in plots]))
+    # Not the store's sorted JSON: principles stay in constitution order, which is how people read them.
+    atomic_write_text(layout.audit_summary, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Text
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _interval(row: dict, lo: str = "ci_low", hi: str = "ci_high") -> str:
+    return "—" if row.get(lo) is None else f"[{_pct(row[lo])}, {_pct(row[hi])}]"
+
+
+def table_rows(summary: dict) -> list[tuple[str, ...]]:
+    """(name, axis, win %, CI, LC win %, LC CI, consistency %, n) for overall, each axis, each principle."""
+    def line(name: str, axis: str, row: dict) -> tuple[str, ...]:
+        return (name, axis, _pct(row["win_rate"]), _interval(row), _pct(row["lc_win_rate"]),
+                _interval(row, "lc_ci_low", "lc_ci_high"), _pct(row["consistency"]), str(row["n"]))
+
+    rows = [line("overall", "", summary["overall"])]
+    rows += [line(f"axis: {name}", "", row) for name, row in summary.get("axes", {}).items()]
+    rows += [line(pid, row.get("axis") or "", row) for pid, row in summary["principles"].items()]
+    return rows
+
+
+HEADER = ("", "axis", "win %", "CI", "LC win %", "LC CI", "consistent %", "pairs")
+
+
+def readme(summary: dict, plots: list[str]) -> str:
+    o, level = summary["overall"], round(100 * summary["settings"]["confidence"])
+    models = summary.get("models", {})
+    lines = ["# Audit", "",
+             f"**{models.get('model', 'model')}** against **{models.get('baseline', 'baseline')}**, judged by "
+             f"{models.get('judge', 'the judge')} on every principle in both orders: {o['n']} pairs over "
+             f"{o['n_prompts']} prompts. Win % is the judge's mean preference for the model (50 = no difference), "
+             f"with a {level}% bootstrap interval over prompts; LC is the length-controlled win rate (the "
+             "preference the judge would give at equal length, AlpacaEval 2: arXiv 2404.04475); consistent % "
+             "is how often the judge's two orders agreed.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table_rows(summary)]
+    lines += ["", "| | model | baseline |", "|---|---|---|",
+              f"| refusal rate, benign prompts % | {_pct(o['refusal_rate_model'])} | {_pct(o['refusal_rate_baseline'])} |",
+              f"| refusal rate, harmful prompts % | {_pct(o.get('refusal_rate_harmful_model'))} | "
+              f"{_pct(o.get('refusal_rate_harmful_baseline'))} |",
+              f"| mean length (tokens) | {o['mean_length_model']} | {o['mean_length_baseline']} |", "",
+              f"Mean length change: {o['mean_length_change']:+} tokens per response."]
+    if summary.get("axes_note"):
+        lines += ["", f"Note: {summary['axes_note']}."]
+    lines += [f"\nWarning: {w}." for w in summary.get("warnings", [])]
+    lines += [""] + [f"![{name}](plots/{name})" for name in plots]
+    lines += ["", "How to read this: docs/audit.md in the cai-pipeline repository. The numbers are in summary.json; "
+              "every response in responses.parquet, every verdict in verdicts.parquet.", ""]
+    return "\n".join(lines)
+
+
+def console_table(summary: dict, title: str):
+    """The README's table in five columns, so it fits a terminal: the interval beside each rate."""
+    from rich.table import Table
+
+    def span(rate: str, interval: str) -> str:
+        return f"{rate} {interval.strip('[]').replace(', ', '–')}" if interval != "—" else rate
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("", no_wrap=True)
+    for col in ("win % (CI)", "LC % (CI)", "consistent", "n"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, _, win, ci, lc, lc_ci, consistent, n in table_rows(summary):
+        table.add_row(name, span(win, ci), span(lc, lc_ci), consistent, n)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def write_plots(layout: RunLayout, judged: list[dict], summary: dict) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    paths = [layout.audit_plots / "win_rates.png", layout.audit_plots / "length.png"]
+    for path, draw in zip(paths, (lambda: forest(summary), lambda: length_scatter(judged))):
+        fig = draw()
+        atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110))
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return paths
+
+
+def forest(summary: dict):
+    """Per principle (and overall, per axis): the win rate with its interval, raw and length-controlled."""
+    import matplotlib.pyplot as plt
+
+    pooled = [("overall", summary["overall"])] + [(f"axis: {k}", v) for k, v in summary.get("axes", {}).items()]
+    rows = [(name, row) for name, row in pooled + list(summary["principles"].items())
+            if row["win_rate"] is not None][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(rows)))
+    ys = range(len(rows))
+    for y, (_, row) in zip(ys, rows):
+        ax.plot([row["ci_low"], row["ci_high"]], [y + 0.12] * 2, color="tab:blue", lw=2)
+        ax.plot([row["lc_ci_low"], row["lc_ci_high"]], [y - 0.12] * 2, color="tab:orange", lw=2)
+    ax.plot([r["win_rate"] for _, r in rows], [y + 0.12 for y in ys], "o", color="tab:blue", label="win rate")
+    ax.plot([r["lc_win_rate"] for _, r in rows], [y - 0.12 for y in ys], "D", color="tab:orange",
+            label="length-controlled")
+    ax.axvline(0.5, color="grey", ls="--", lw=1)
+    ax.axhline(len(rows) - len(pooled) - 0.5, color="grey", lw=0.6)  # pooled rows above, principles below
+    ax.set_yticks(list(ys), [name for name, _ in rows], fontsize=8)
+    ax.set_xlabel(f"P(model ≻ baseline), {round(100 * summary['settings']['confidence'])}% intervals over prompts")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def length_scatter(judged: list[dict]):
+    """Each pair's preference against its length difference, with the fitted length model."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from cai_pipeline.audit_stats import length_fit, sigmoid
+
+    p = np.array([r["p_a"] for r in judged], dtype=float)
+    delta = np.array([r["len_a"] - r["len_b"] for r in judged], dtype=float)
+    fit = length_fit(p, delta)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.scatter(delta, p, s=14, alpha=0.6, label="pairs")
+    if fit["sd"] > 0:
+        grid = np.linspace(delta.min(), delta.max(), 200)
+        curve = sigmoid(fit["theta"] + fit["phi"] * np.tanh(grid / fit["sd"]))
+        ax.plot(grid, curve, color="tab:orange", label="fitted: σ(θ + φ·tanh(Δ/sd))")
+    ax.axhline(0.5, color="grey", ls="--", lw=1)
+    ax.axvline(0, color="grey", ls=":", lw=1)
+    ax.set_xlabel("length difference, model − baseline (tokens)")
+    ax.set_ylabel("P(model ≻ baseline)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,201 @@
+"""The audit's statistics: pure functions over numpy arrays (no model, no files, no global RNG).
+
+The data. A *pair* is one response of the audited model and one of the baseline to the same prompt (n pairs
+per prompt); p is the judge's soft preference for the model's response, in [0, 1], from both orders. The
+*prompt* is the unit that varies: the n pairs of one prompt share it, and its difficulty moves them together,
+so the confidence intervals come from a cluster bootstrap that resamples prompts, each with all its pairs
+(resampling pairs would treat them as independent and give intervals too narrow; see the tests).
+
+Length control follows AlpacaEval 2 (Dubois et al. 2024, "Length-Controlled AlpacaEval", arXiv:2404.04475;
+tatsu-lab/alpaca_eval `metrics/glm_winrate.py`): a logistic model of the preference on the length difference,
+
+    logit P(model ≻ baseline) = θ + φ · tanh(Δ / sd(Δ)),    Δ = length(model) − length(baseline),
+
+fitted to the soft preferences by maximum likelihood (cross-entropy with p as the target), and read at Δ = 0:
+the length-controlled win rate is σ(θ), what the judge would say if both responses were equally long. Δ is
+divided by its standard deviation but not centred, so zero still means "the same length". AlpacaEval's full
+model also has an instruction-difficulty term fitted across many models; with one pair of models it cannot
+be identified, so it is left out (their `length_controlled_minimal` formula, here in tokens rather than
+characters). The fit is Newton's method on two parameters, batched over bootstrap replicates.
+
+Intervals are percentile intervals of the bootstrap replicates, *expanded* for few prompts (Hesterberg 2015,
+"What Teachers Should Know About the Bootstrap", The American Statistician 69(4), the expanded percentile
+interval): with U prompts, the plain percentile interval is too narrow by the factor sqrt((U − 1)/U) and by
+using normal rather than t quantiles, so it is read at the level whose normal quantile is sqrt(U/(U − 1))·t_{U−1}.
+On 30 clustered prompts that moves the coverage of a nominal 95% interval from 0.91 to 0.93 (tests).
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+# Newton steps, and a ridge on φ alone that keeps the fit finite when the length separates the preferences
+# perfectly; it is 1e-6 of the total weight, far too small to move a fit that has a finite optimum. θ needs
+# none: with preferences all 1 it grows by about one per step and σ(θ) rounds to 1, which is the answer.
+NEWTON_STEPS = 40
+RIDGE = 1e-6
+MAX_STEP = 5.0
+
+
+def sigmoid(x):
+    """σ(x) = 1 / (1 + e^−x) without overflow."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(x, dtype=float)))
+
+
+def length_feature(delta) -> np.ndarray:
+    """tanh(Δ / sd(Δ)) (sample standard deviation, not centred). Equal differences carry no length signal: zeros."""
+    delta = np.asarray(delta, dtype=float)
+    sd = float(delta.std(ddof=1)) if delta.size > 1 else 0.0
+    if not np.isfinite(sd) or sd == 0.0:
+        return np.zeros_like(delta)
+    return np.tanh(delta / sd)
+
+
+def fit_logistic(x, y, w=None) -> tuple[np.ndarray, np.ndarray]:
+    """(θ, φ) maximising Σ w·[y·log σ(θ + φx) + (1 − y)·log(1 − σ(θ + φx))] with soft targets y ∈ [0, 1].
+
+    x: (N,) the feature; y: (..., N); w: (..., N) weights (a bootstrap replicate's counts), broadcast with y.
+    Returns θ and φ of the batch shape (...). Where x is all zero, φ stays 0 and σ(θ) is the weighted mean of y.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    w = np.ones_like(y) if w is None else np.asarray(w, dtype=float)
+    y, w = np.broadcast_arrays(y, w)
+    total = w.sum(-1)
+    mean = (w * y).sum(-1) / np.where(total > 0, total, 1.0)
+    m = np.clip(mean, 1e-6, 1 - 1e-6)
+    theta, phi = np.log(m / (1 - m)), np.zeros_like(mean)
+    lam = RIDGE * np.maximum(total, 1.0)
+    for _ in range(NEWTON_STEPS):
+        s = sigmoid(theta[..., None] + phi[..., None] * x)
+        r, h = w * (y - s), w * s * (1 - s)
+        g0, g1 = r.sum(-1), (r * x).sum(-1) - lam * phi
+        h00, h01, h11 = h.sum(-1), (h * x).sum(-1), (h * x * x).sum(-1) + lam
+        det = h00 * h11 - h01 * h01
+        det = np.where(det > 0, det, np.inf)  # saturated (σ rounds to 0 or 1 everywhere): stop moving
+        d0 = np.clip((h11 * g0 - h01 * g1) / det, -MAX_STEP, MAX_STEP)
+        d1 = np.clip((h00 * g1 - h01 * g0) / det, -MAX_STEP, MAX_STEP)
+        theta, phi = theta + d0, phi + d1
+        if max(np.abs(d0).max(initial=0.0), np.abs(d1).max(initial=0.0)) < 1e-10:
+            break
+    return theta, phi
+
+
+def lc_win_rate(p, x, w=None):
+    """The length-controlled win rate: σ(θ) of the fit of p on the length feature x (see the module docstring)."""
+    theta, _ = fit_logistic(x, p, w)
+    return sigmoid(theta)
+
+
+def share_won(p) -> float:
+    """The share of pairs the model won; a tie (p exactly ½) counts half."""
+    p = np.asarray(p, dtype=float)
+    return float(np.mean((p > 0.5) + 0.5 * (p == 0.5)))
+
+
+def cluster_weights(units, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, N) weights for N pairs: in each replicate, how often the prompt of each pair was drawn when the
+    U distinct prompts are resampled U times with replacement. A weighted mean under these weights is the mean
+    over the resampled prompts, each with all of its pairs."""
+    _, index = np.unique(np.asarray(units), return_inverse=True)
+    n_units = int(index.max()) + 1 if index.size else 0
+    if n_units == 0:
+        return np.zeros((n_boot, 0))
+    counts = rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=n_boot)
+    return counts[:, index].astype(float)
+
+
+def t_quantile(z: float, nu: float) -> float:
+    """Student's t quantile with nu degrees of freedom at the normal quantile z (the Cornish-Fisher expansion,
+    Abramowitz & Stegun 26.7.5): within 1e-3 of the exact value for nu ≥ 5 at the usual levels."""
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / nu + g2 / nu**2 + g3 / nu**3 + g4 / nu**4
+
+
+def expanded_level(confidence: float, n_units: int) -> float:
+    """The level at which to read a percentile interval over n_units resampled units so that it has about
+    `confidence` coverage (Hesterberg's expanded percentile interval; see the module docstring)."""
+    if n_units < 2:
+        return confidence
+    normal = NormalDist()
+    z = normal.inv_cdf(0.5 + confidence / 2)
+    wide = math.sqrt(n_units / (n_units - 1)) * t_quantile(z, n_units - 1)
+    return min(1.0 - 1e-9, 2.0 * normal.cdf(wide) - 1.0)
+
+
+def percentile_interval(samples, confidence: float) -> tuple[float, float]:
+    """The central `confidence` interval of bootstrap replicates (percentile method)."""
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(np.asarray(samples, dtype=float), [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def score(p, consistent, x, weights: np.ndarray, confidence: float, n_units: int) -> dict:
+    """One row of the audit: win rate (mean soft preference) with its bootstrap interval, the share of pairs won,
+    the length-controlled win rate with its interval, the order-consistency rate of the verdicts, and n pairs.
+
+    p, x: (N,) per pair; consistent: the verdicts' order-consistency flags (any length); weights: (B, N) from
+    `cluster_weights`, the same for every row so that rows of one audit are resampled alike; n_units: the
+    number of prompts resampled (it sets the interval's expansion)."""
+    p = np.asarray(p, dtype=float)
+    if p.size == 0:
+        return {"win_rate": None, "ci_low": None, "ci_high": None, "lc_win_rate": None, "lc_ci_low": None,
+                "lc_ci_high": None, "share_won": None, "consistency": None, "n": 0}
+    level = expanded_level(confidence, n_units)
+    boot = (weights * p).sum(-1) / weights.sum(-1)
+    lo, hi = percentile_interval(boot, level)
+    lc_lo, lc_hi = percentile_interval(lc_win_rate(p, x, weights), level)
+    flags = np.asarray(consistent, dtype=float)
+    return {"win_rate": _round(p.mean()), "ci_low": _round(lo), "ci_high": _round(hi),
+            "lc_win_rate": _round(lc_win_rate(p, x)), "lc_ci_low": _round(lc_lo), "lc_ci_high": _round(lc_hi),
+            "share_won": _round(share_won(p)), "consistency": _round(flags.mean()) if flags.size else None,
+            "n": int(p.size)}
+
+
+def rate(flags) -> float | None:
+    """The share of True among flags; None when there are none."""
+    flags = np.asarray(flags, dtype=float)
+    return _round(flags.mean()) if flags.size else None
+
+
+def audit_scores(prefs: np.ndarray, consistent: np.ndarray, principle_weights, units, delta, axes: dict,
+                 *, n_boot: int, confidence: float, seed: int) -> dict:
+    """Every row of an audit at once, all resampled with the same bootstrap draws.
+
+    prefs, consistent: (K, N) per principle and pair; principle_weights: (K,); units: (N,) the prompt of each
+    pair; delta: (N,) length(model) − length(baseline); axes: name → indices of its principles. Returns
+    {"principles": [row per principle], "overall": row, "axes": {name: row}}. Overall and axis preferences are
+    the weight-averaged preferences over their principles (as the judge's ensemble p)."""
+    prefs = np.asarray(prefs, dtype=float).reshape(len(principle_weights), -1)
+    consistent = np.asarray(consistent, dtype=bool).reshape(prefs.shape)
+    wk = np.asarray(principle_weights, dtype=float)
+    x = length_feature(delta)
+    weights = cluster_weights(units, n_boot, np.random.default_rng(seed))
+    n_units = len(set(np.asarray(units).tolist()))
+
+    def pooled(idx) -> dict:
+        idx = list(idx)
+        p = (wk[idx, None] * prefs[idx]).sum(0) / wk[idx].sum()
+        return score(p, consistent[idx].ravel(), x, weights, confidence, n_units)
+
+    return {"principles": [score(prefs[k], consistent[k], x, weights, confidence, n_units) for k in range(len(wk))],
+            "overall": pooled(range(len(wk))),
+            "axes": {name: pooled(idx) for name, idx in axes.items() if len(idx)}}
+
+
+def length_fit(p, delta) -> dict:
+    """θ, φ and sd(Δ) of the overall fit, for the preference-vs-length plot's curve."""
+    delta = np.asarray(delta, dtype=float)
+    theta, phi = fit_logistic(length_feature(delta), np.asarray(p, dtype=float))
+    sd = float(delta.std(ddof=1)) if delta.size > 1 else 0.0
+    return {"theta": float(theta), "phi": float(phi), "sd": sd}
