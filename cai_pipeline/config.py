@@ -139,6 +139,16 @@ class ExecutorConfig(Strict):
                                   "engine.tensor_parallel_size of them")
     shard_retries: int = Field(3, ge=0, description="ray: times a shard is retried when its actor dies (Ray "
                                "restarts the actor); then the stage reports it and the others finish")
+    stall_timeout_s: float = Field(1800, description="ray: a stage in which no shard finishes for this long "
+                                   "stops and names its unfinished shards (a dead actor can stall Ray Data's pool: "
+                                   "docs/scale-out.md); raise it above your slowest shard; -1: never")
+
+    @field_validator("stall_timeout_s")
+    @classmethod
+    def _stall(cls, seconds: float) -> float:
+        if seconds <= 0 and seconds != -1:
+            raise ValueError("give seconds > 0, or -1 for no limit")
+        return seconds
 
     @field_validator("actors")
     @classmethod

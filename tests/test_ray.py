@@ -7,8 +7,8 @@ the real embedded model on the hf engine in 2 actors × 1 CPU:
   its shard's good row;
 - `cai run … executor.kind=ray` (its own local Ray, as `make demo` would start) SIGKILLed mid-sample, then
   run again, resumes from the shards it had finished;
-- a shard whose actor dies with no retries left, and a shard whose input is broken, are named in one line
-  while the other shards are saved; the next run does only those two;
+- a shard whose input is broken is named in one line while the other shards are saved (one of them retried
+  after its actor was killed); the next run does only that one;
 - a worker that finds another folder at out_dir's path stops the run in one line, before any model loads;
 - one vLLM actor gives the rows of a local vLLM run.
 
@@ -98,17 +98,16 @@ def prompts(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, prompts, hf_engine) -> Path:
-    """The local run, with torch on one thread as each 1-CPU actor is."""
-    import torch
-
+def reference(tmp_path_factory, prompts, model_path) -> Path:
+    """The local run, as each 1-CPU actor runs its shards: in a fresh process with torch on one thread from the
+    start. (Not this test process's engine: set to one thread after it has run on two, torch on CPU may keep
+    kernels chosen for two, and their floats differ in the last bits — enough to change a sampled token.)"""
     out = tmp_path_factory.mktemp("local") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_pipeline(config(out, prompts), engine=hf_engine)
-    finally:
-        torch.set_num_threads(threads)
+    args = [sys.executable, "-m", "cai_pipeline.cli", "run", CONFIG, f"out_dir={out}", *overrides(prompts), "--no-report"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 
@@ -254,6 +253,10 @@ def wait_until_gone(pids: list[int], timeout: float = 60) -> None:
 
 
 def test_shards_that_fail_for_good_are_named_and_the_next_run_does_only_them(released, reference, prompts, tmp_path):
+    """A shard whose input is broken fails on every try; an actor killed mid-shard is restarted and its shard
+    retried. The stage saves every shard it can, names the one that failed in one line, and the next run does
+    only that one. (An actor that dies with no retries left can stall Ray 2.60's pool, ray-project/ray#62746:
+    the executor turns that into a line too, tested in test_ray_executor.py, so this test leaves it a retry.)"""
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     for folder in ("revise", "stats/revise", "rejects/revise"):
@@ -261,22 +264,21 @@ def test_shards_that_fail_for_good_are_named_and_the_next_run_does_only_them(rel
     broken = out / "sample" / "part-00002.parquet"
     good = broken.read_bytes()
     pq.write_table(pa.table({"junk": [1, 2]}), broken)  # Parquet, but not a sample shard
-    cfg = config(out, prompts, "executor.kind=ray", "executor.shard_retries=0", "stages=[revise]")
+    cfg = config(out, prompts, "executor.kind=ray", "executor.shard_retries=1", "stages=[revise]")
     # Kill an actor that has been running a shard for a while before any shard finished: shard 0 or 1 (the
-    # broken shard 2 fails in milliseconds), so that one is lost and shard 2 fails on its own.
+    # broken shard 2 fails in milliseconds), so that one is retried on the restarted actor.
     first = KillWhen(lambda: shards(out, "revise") == 0 and bool(busy_actors()), settle=0.3)
     with first as kill, pytest.raises(UserError) as err:
         run_pipeline(cfg)
     assert kill.killed
     line = str(err.value)
-    assert line.startswith("revise: 2 shard(s) did not finish") and "run the same command again" in line
-    assert "shard 2: KeyError: 'prompt_id'" in line and "its actor died 1 times" in line
-    [saved] = contents(out, "revise")
-    assert contents(out, "revise")[saved] == contents(reference, "revise")[saved]
+    assert line.startswith("revise: 1 shard(s) did not finish") and "run the same command again" in line
+    assert "shard 2: KeyError: 'prompt_id'" in line
+    assert sorted(contents(out, "revise")) == ["revise/part-00000.parquet", "revise/part-00001.parquet"]
 
     broken.write_bytes(good)
     manifest = run_pipeline(config(out, prompts, "executor.kind=ray", "stages=[revise]"))
-    assert manifest["last_run"]["revise"] == "resumed (1 of 3 shards were done)"
+    assert manifest["last_run"]["revise"] == "resumed (2 of 3 shards were done)"
     assert_same(contents(out, "revise"), contents(reference, "revise"))
 
 

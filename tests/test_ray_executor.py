@@ -13,9 +13,10 @@ from cai_pipeline.config import load_config
 from cai_pipeline.errors import UserError
 from cai_pipeline.executors import make_executor
 from cai_pipeline.executors.local import LocalExecutor
-from cai_pipeline.executors.ray import check_resources, failed_message, import_ray, pool_size, worker_config
+from cai_pipeline.executors.ray import (RayExecutor, check_resources, failed_message, import_ray, pool_size,
+                                       stalled_message, worker_config)
 from cai_pipeline.executors.ray_worker import ShardWorker, answer, cannot_see, counts_since, probe_problem
-from tests.conftest import REPO
+from tests.conftest import REPO, missing
 
 CONFIG = REPO / "configs" / "demo.yaml"
 
@@ -119,6 +120,28 @@ def test_failed_shards_are_named_with_the_way_to_retry_them():
     line = failed_message("revise", {2: "ArrowInvalid: not a parquet file"}, [0], retries=0)
     assert line.startswith("revise: 2 shard(s) did not finish (shard 2: ArrowInvalid")
     assert "shard 0: its actor died 1 times" in line and "run the same command again" in line
+
+
+def test_a_stalled_pool_ends_in_a_line_naming_the_shards_not_done():
+    """Ray Data's no-progress timeout (a dead actor can hold a fixed pool: ray#62746) ends the rows, not the run:
+    the executor sees the shards that came back, then None, and names the rest."""
+    try:
+        from ray.data.exceptions import ExecutionTimeoutError
+    except ImportError:
+        missing("Ray is not installed (pip install 'cai-pipeline[ray]')")
+
+    class Stalls:
+        def iter_rows(self):
+            yield {"shard": 0}
+            raise ExecutionTimeoutError("Dataset execution made no progress for at least 1800s")
+
+    assert list(RayExecutor._rows(Stalls())) == [{"shard": 0}, None]
+    line = stalled_message("revise", {2: "KeyError: 'prompt_id'"}, [1, 3], 1800)
+    assert line.startswith("revise: no shard finished for 1800 s") and "2 shard(s) not done (1, 3)" in line
+    assert "shard 2: KeyError" in line and "run the same command again" in line and "stall_timeout_s" in line
+    assert cfg("executor.stall_timeout_s=-1").executor.stall_timeout_s == -1
+    with pytest.raises(UserError, match=r"executor\.stall_timeout_s: .*-1 for no limit"):
+        cfg("executor.stall_timeout_s=0")
 
 
 def test_without_ray_the_executor_says_how_to_install_it(monkeypatch):

@@ -14,6 +14,12 @@ Faults. Ray restarts a dead actor (max_restarts=-1) and retries its shard up to 
 other shards finish — one lost engine never loses the job — and the stage then stops with a line naming the
 shard; `cai run` again retries only what is missing. A shard cut short leaves no file (run_shard writes
 atomically), so a retried shard is written exactly once.
+
+Stalls. In Ray 2.60 an actor that dies for good can stay counted in a fixed-size pool, which then never
+replaces it and hands its queued shards to nobody (ray-project/ray#62746; the fix, #65543, is not released).
+Ray Data gives up on a dataset that makes no progress for `execution_no_progress_timeout_s`; we set that from
+`executor.stall_timeout_s` and turn the timeout into the same line as any other failure — the shards not done
+are named, the finished ones are kept — rather than a traceback.
 """
 
 from __future__ import annotations
@@ -90,6 +96,14 @@ def failed_message(stage: str, failures: dict[int, str], lost: list[int], retrie
               for i in lost]
     return (f"{stage}: {len(named)} shard(s) did not finish ({'; '.join(named)[:600]}); every other shard is "
             "saved — run the same command again to retry only these")
+
+
+def stalled_message(stage: str, failures: dict[int, str], lost: list[int], timeout: float) -> str:
+    named = [f"shard {i}: {why}" for i, why in sorted(failures.items())]
+    return (f"{stage}: no shard finished for {timeout:g} s, so the stage stopped with {len(lost)} shard(s) not done "
+            f"({', '.join(map(str, lost))[:300]}){'; ' + '; '.join(named)[:300] if named else ''}; every finished "
+            "shard is saved — run the same command again to do only the rest (a shard slower than that: raise "
+            "executor.stall_timeout_s)")
 
 
 def quiet_ray() -> None:
@@ -172,9 +186,12 @@ class RayExecutor:
         token = self._write_probe(store)
         lock = threading.Lock()  # on_rows comes from the reports thread, on_done from this one
         reports = RowReports(on_rows, lock)
-        done, failures, fatal = set(), {}, ""
+        done, failures, fatal, stalled = set(), {}, "", False
         try:
-            for row in self._dataset(stage, shards, assets, token, reports.queue).iter_rows():
+            for row in self._rows(self._dataset(stage, shards, assets, token, reports.queue)):
+                if row is None:
+                    stalled = True
+                    break
                 shard = int(row["shard"])
                 if row["fatal"]:
                     fatal = row["error"]
@@ -194,8 +211,20 @@ class RayExecutor:
         if fatal:
             raise UserError(fatal)
         lost = [s for s in shards if s not in done and s not in failures]
+        if stalled:
+            raise UserError(stalled_message(stage.name, failures, lost, self.ex.stall_timeout_s))
         if failures or lost:
             raise UserError(failed_message(stage.name, failures, lost, self.ex.shard_retries))
+
+    @staticmethod
+    def _rows(ds):
+        """The dataset's rows, then None if Ray Data gave up on it for making no progress (see Stalls)."""
+        from ray.data.exceptions import ExecutionTimeoutError
+
+        try:
+            yield from ds.iter_rows()
+        except ExecutionTimeoutError:
+            yield None
 
     def _dataset(self, stage, shards, assets, token: str, progress):
         import ray.data
@@ -210,7 +239,8 @@ class RayExecutor:
         kwargs = {"config": worker_config(self.cfg), "stage": stage.name, "probe": token, "hashes": assets.hashes,
                   "threads": max(1, int(self.ex.cpus_per_actor)), "quiet": quiet, "progress": progress,
                   "version": __version__}
-        with data_context(max_errored_blocks=-1, enable_progress_bars=False, print_on_execution_start=not quiet), \
+        with data_context(max_errored_blocks=-1, enable_progress_bars=False, print_on_execution_start=not quiet,
+                          execution_no_progress_timeout_s=self.ex.stall_timeout_s), \
                 warnings.catch_warnings():
             # max_task_retries has no named parameter in Ray 2.60 yet (ray #65227 named the others)
             warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")

@@ -1,8 +1,15 @@
-"""The trainer's crash test: `cai train` on the real embedded model (fp32, DPO, 6 steps, a state every 2),
-killed with SIGKILL at random points — during a step, and during the save of a state (a timer fires at a
-random moment inside its write, patched in the child as tests/test_resume.py patches store.atomic_write) —
-resumed each time, ends with the weights of an uninterrupted run (max |Δ| ≤ 1e-6; here bit for bit) and a
-metrics.jsonl holding each step exactly once, with the same losses. About a minute on a quiet machine.
+"""The trainer's crash test: `cai train` (fp32, DPO, 6 steps, a state every 2) killed with SIGKILL at random
+points — during a step, and during the save of a state (a timer fires at a random moment inside its write,
+patched in the child as tests/test_resume.py patches store.atomic_write) — resumed each time, ends with the
+weights of an uninterrupted run (max |Δ| ≤ 1e-6; here bit for bit) and a metrics.jsonl holding each step
+exactly once, with the same losses.
+
+The model is the tiny random llama of tests/train/conftest.py (the embedded model's architecture, vocabulary
+and tokenizer, 2 small layers): what is under test is the states, the RNGs and the resume, which do not
+depend on the model's size, and the embedded model's 1.6 GB fp32 states made this test cost a quarter of
+CI's time. A step of the tiny model takes milliseconds, so the child sleeps STEP_SLEEP seconds inside each
+forward pass: a kill "during a step" lands between a step's forward and its optimizer update, as it would
+on a real model. tests/train/test_real.py and test_stage.py train and resume the embedded model itself.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from .conftest import chat_pair, write_split
 pytestmark = pytest.mark.model
 
 STEPS = 6
+STEP_SLEEP = "0.5"  # seconds inside each forward pass of the child (see the module's docstring)
 # `cai train` in a child that, given CAI_TEST_KILL_SAVE=<state folder name>, SIGKILLs itself at a random moment
 # while writing that state (the write, then the rename, are what atomic_folder does).
 RUNNER = r"""
@@ -48,17 +56,28 @@ def atomic_folder(path, write):
     return original(path, dying)
 
 store.atomic_folder = atomic_folder
+
+import time
+import cai_pipeline.train.loop as loop
+pause, batch_loss = float(os.environ.get("CAI_TEST_STEP_SLEEP", "0")), loop.batch_loss
+
+def slow_batch_loss(*args, **kwargs):
+    out = batch_loss(*args, **kwargs)
+    time.sleep(pause)  # after the forward pass, before its backward and the optimizer's update
+    return out
+
+loop.batch_loss = slow_batch_loss
 from cai_pipeline.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
 @pytest.fixture
-def config(model_path, tmp_path) -> Path:
+def config(tiny_model, tmp_path) -> Path:
     rows = [chat_pair(f"Name a colour, number {i}.", f"Blue, number {i}.", f"I won't, {i}.") for i in range(12)]
     write_split(tmp_path / "prefs", "train", rows)
     path = tmp_path / "run.yaml"
-    path.write_text(f"model: {model_path}\ntrain:\n  data: {tmp_path / 'prefs'}\n  loss: dpo\n  max_steps: {STEPS}\n"
+    path.write_text(f"model: {tiny_model}\ntrain:\n  data: {tmp_path / 'prefs'}\n  loss: dpo\n  max_steps: {STEPS}\n"
                     "  batch_size: 2\n  save_every: 2\n  keep_states: 2\n  max_length: 48\n  max_prompt_length: 32\n"
                     "  precision: fp32\n  lr: 1.0e-5\n  warmup_ratio: 0.0\n  plots: false\n")
     return path
@@ -67,7 +86,7 @@ def config(model_path, tmp_path) -> Path:
 def start(config: Path, out: Path, **env: str) -> subprocess.Popen:
     log = open(out.parent / f"{out.name}.log", "ab")  # noqa: SIM115 - the child writes it; closed with it
     return subprocess.Popen([sys.executable, "-c", RUNNER, "train", str(config), f"out_dir={out}"], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "2", **env}, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "2", "CAI_TEST_STEP_SLEEP": STEP_SLEEP, **env}, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
@@ -121,12 +140,12 @@ def test_killed_anywhere_it_resumes_to_the_uninterrupted_weights(config, tmp_pat
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert finish(config, whole) == 0, log_tail(whole)
 
-    kill_after_step(config, cut, 1, rng.uniform(0.0, 0.8))  # in step 2, or the save of state 2
+    kill_after_step(config, cut, 1, rng.uniform(0.0, 0.55))  # in step 2, or the save of state 2
     assert steps_logged(cut) == list(range(1, len(steps_logged(cut)) + 1))
     code = finish(config, cut, CAI_TEST_KILL_SAVE="step-00000004")  # resumes, dies while saving step 4
     assert code == -signal.SIGKILL, f"seed {seed}: no kill inside the save of step 4 ({code}):\n{log_tail(cut)}"
     assert [p.name for p in (cut / "train" / "state").glob("step-*")] == ["step-00000002"], f"seed {seed}"
-    kill_after_step(config, cut, 5, rng.uniform(0.0, 0.8))  # in step 6, or the final save
+    kill_after_step(config, cut, 5, rng.uniform(0.0, 0.55))  # in step 6, or the final save
     assert finish(config, cut) == 0, f"seed {seed}:\n{log_tail(cut)}"
 
     log = (tmp_path / "cut.log").read_text(errors="replace")
