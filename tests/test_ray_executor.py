@@ -13,8 +13,15 @@ from cai_pipeline.config import load_config
 from cai_pipeline.errors import UserError
 from cai_pipeline.executors import make_executor
 from cai_pipeline.executors.local import LocalExecutor
-from cai_pipeline.executors.ray import (RayExecutor, check_resources, failed_message, import_ray, pool_size,
-                                       stalled_message, worker_config)
+from cai_pipeline.executors.ray import (
+    RayExecutor,
+    check_resources,
+    failed_message,
+    import_ray,
+    pool_size,
+    stalled_message,
+    worker_config,
+)
 from cai_pipeline.executors.ray_worker import ShardWorker, answer, cannot_see, counts_since, probe_problem
 from tests.conftest import REPO, missing
 
