@@ -47,11 +47,12 @@ class RunLayout:
     train/  metrics.jsonl  summary.json  plots/*.png  state/
     audit/  responses.parquet  verdicts.parquet  summary.json  README.md  plots/*.png
     rounds/NN-kind/                   (each round a run folder of its own)
+    iterate.json                      `cai iterate`: the rounds, their models, audits and gate decisions
     ```
     """
 
     FIXED = ("stats", "rejects", "datasets", "checkpoint", "train", "audit", "rounds", "report.html",
-             "constitution.yaml", "manifest.json", ".workers-probe")
+             "iterate.json", "constitution.yaml", "manifest.json", ".workers-probe")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -159,6 +160,11 @@ class RunLayout:
 
     def round(self, index: int, kind: str) -> Path:
         return self.rounds_dir / f"{index:02d}-{kind}"
+
+    @property
+    def iterate_manifest(self) -> Path:
+        """`cai iterate`'s record of its rounds (see cai_pipeline/iterate.py)."""
+        return self.root / "iterate.json"
 
     def round_dirs(self) -> list[Path]:
         """The rounds that exist (rounds/NN-kind/, each a run folder of its own), in round order."""
