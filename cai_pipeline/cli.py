@@ -27,6 +27,7 @@ examples:
   cai audit configs/demo.yaml                         the checkpoint vs the base model, per principle, with CIs
   cai iterate configs/cai-paper.yaml                  SL-CAI, then gated RL-CAI rounds (rounds/00-sl, 01-rl, ...)
   cai compare outputs/v1 outputs/v2                   what changed between two runs (say, two constitutions)
+  cai compare outputs/cai-paper                       the rounds of a `cai iterate` run side by side
   cai report outputs/demo                             (re)write outputs/demo/report.html: open it in a browser
   cai show outputs/demo 3f2a                          one prompt's trace in the terminal (a prompt_id prefix)
 
@@ -136,7 +137,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="what changed between two runs (e.g. two versions of a constitution)")
     p.add_argument("run_a", help="a run folder (out_dir)")
-    p.add_argument("run_b", help="another run folder")
+    p.add_argument("run_b", nargs="?", help="another run folder; without it, the rounds of a `cai iterate` folder")
     p.add_argument("--examples", type=int, default=3, help="side-by-side final revisions to show")
     p.set_defaults(func=_cmd_compare)
 

@@ -162,3 +162,22 @@ def test_the_paper_config_is_the_papers_recipe():
     assert cfg.revise.rounds == 4 and cfg.iterate.rounds == 2 and cfg.sample.n >= 2
     assert cfg.train.loss == "dpo" and cfg.train.use_soft_labels
     assert json.loads(json.dumps(cfg.model_dump()))  # plain data: it goes into iterate.json
+
+
+def test_compare_shows_the_rounds_of_an_iterate_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "220")  # rich wraps the table to the terminal's width
+    out = tmp_path / "it"
+    (out / "rounds").mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps({"package": "cai-pipeline", "stages": {}}))
+    audit = {"lc_win_rate": 0.52, "lc_ci_low": 0.45, "lc_ci_high": 0.6, "mean_length_model": 110.0,
+             "mean_length_baseline": 100.0, "refusal_rate_model": 0.1, "refusal_rate_baseline": 0.2,
+             "principles": {"violence": {"win_rate": 0.55, "lc_win_rate": 0.5}}}
+    rounds = [{**entry("00-sl", "sl"), "audit": audit},
+              {**entry("01-rl", "rl", False), "audit": audit, "gate": gate({"overall": audit}, 0.1)}]
+    (out / "iterate.json").write_text(json.dumps({"rounds": rounds}))
+    assert main(["compare", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "00-sl" in shown and "01-rl" in shown and "52.0 [45.0, 60.0]" in shown and "+10.0%" in shown
+    assert "gate after 01-rl: length-controlled win rate 0.520 [0.450, 0.600]: its CI is not above 0.5" in shown
+    (out / "iterate.json").unlink()
+    assert main(["compare", str(out)]) == 2 and "no rounds" in capsys.readouterr().err
