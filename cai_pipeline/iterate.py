@@ -210,22 +210,24 @@ def run_round(cfg: RunConfig, rcfg: RunConfig, entry: dict, verbose: bool, repor
 def run_iterate(cfg: RunConfig, *, verbose: bool = False, report: bool = True,
                 echo: Callable[[str], None] = print) -> dict:
     """Run (or continue) every round of `cfg` under cfg.out_dir/rounds/; returns iterate.json's record."""
-    from cai_pipeline.pipeline import check_folder
+    from cai_pipeline.pipeline import check_folder, load_assets
 
     check_top(cfg)
-    for index, kind in plan(cfg):  # every derived config is valid before anything runs
-        round_config(cfg, index, kind, cfg.model, cfg.model)
+    for index, kind in plan(cfg):  # every derived config, and its prompts, valid before anything runs
+        load_assets(round_config(cfg, index, kind, cfg.model, cfg.model))
     top = RunStore(cfg.out_dir)
     check_folder(top)
     top.check_writable()
     with top.lock():
         if top.read_manifest() is None:
             top.write_manifest(top_manifest(cfg))
+        before = {r["name"]: r["status"] for r in (read_record(top.layout) or {}).get("rounds", [])}
         record = {"package": PACKAGE, "rounds": [], "stopped": None, "status": "running"}
         previous, sl_model = cfg.model, None
         for index, kind in plan(cfg):
             rcfg = round_config(cfg, index, kind, previous, sl_model)
             entry = round_entry(index, kind, rcfg)
+            entry["status"] = "done" if before.get(entry["name"]) == "done" else "running"  # while it is re-checked
             record["rounds"].append(entry)
             write_record(top.layout, record, cfg)
             run_round(cfg, rcfg, entry, verbose, report)

@@ -181,3 +181,16 @@ def test_compare_shows_the_rounds_of_an_iterate_folder(tmp_path, capsys, monkeyp
     assert "gate after 01-rl: length-controlled win rate 0.520 [0.450, 0.600]: its CI is not above 0.5" in shown
     (out / "iterate.json").unlink()
     assert main(["compare", str(out)]) == 2 and "no rounds" in capsys.readouterr().err
+
+
+def test_a_round_without_prompts_is_refused_before_anything_runs(tmp_path):
+    cfg = top(tmp_path, "prompts.limit=2", "iterate.rounds=2")  # three slices of two prompts: one is empty
+    with pytest.raises(UserError, match="prompts.part: part . of 3 holds none"):
+        run_iterate(cfg)
+    assert not Path(cfg.out_dir).exists()
+
+
+def test_scale_settings_pass_through_to_every_round(tmp_path):
+    cfg = top(tmp_path, "executor.kind=ray", "executor.actors=2", "train.nproc=2", "engine.kind=hf")
+    for r in rounds_of(cfg):
+        assert (r.executor.kind, r.executor.actors, r.train.nproc, r.engine.kind) == ("ray", 2, 2, "hf")
