@@ -138,17 +138,22 @@ def read_rounds(store: RunStore) -> list[dict]:
 
 
 def round_row(r: dict) -> tuple[str, ...]:
-    """round, kind, LC win % [CI], length change, refusal % model / baseline, per-principle win %, gate."""
+    """round, kind, status, LC win % [CI] over its baseline, and over the base model, length change, refusal %
+    model / baseline, per-principle win %, gate."""
     a = r.get("audit") or {}
     lc = "—" if a.get("lc_win_rate") is None else (
         f"{100 * a['lc_win_rate']:.1f} [{_pct(a.get('lc_ci_low'))}, {_pct(a.get('lc_ci_high'))}]")
     lm, lb = a.get("mean_length_model"), a.get("mean_length_baseline")
     length = f"{lm / lb - 1:+.1%}" if lm is not None and lb else "—"
     refusal = f"{_pct(a.get('refusal_rate_model'))} / {_pct(a.get('refusal_rate_baseline'))}"
+    b = r.get("audit_vs_base") or {}
+    vs_base = "—" if b.get("lc_win_rate") is None else (
+        f"{100 * b['lc_win_rate']:.1f} [{_pct(b.get('lc_ci_low'))}, {_pct(b.get('lc_ci_high'))}]")
     principles = ", ".join(f"{pid} {_pct(v.get('win_rate'))}" for pid, v in (a.get("principles") or {}).items())
     g = r.get("gate")
     gate = "not gated" if g is None else ("pass" if g["passed"] else "stop")
-    return (str(r.get("name")), str(r.get("kind")), str(r.get("status")), lc, length, refusal, principles or "—", gate)
+    return (str(r.get("name")), str(r.get("kind")), str(r.get("status")), lc, vs_base, length, refusal,
+            principles or "—", gate)
 
 
 def print_rounds(console: Console, store: RunStore, title: str) -> int:
@@ -157,8 +162,8 @@ def print_rounds(console: Console, store: RunStore, title: str) -> int:
         return 0
     table = Table(title=f"Rounds of {title}: each audited against the round before (the SL round: the base)",
                   title_justify="left")
-    for col in ("round", "kind", "status", "LC win % [CI]", "length", "refusal % model / base", "win % by principle",
-                "gate"):
+    for col in ("round", "kind", "status", "LC win % [CI]", "LC vs base", "length", "refusal % model / base",
+                "win % by principle", "gate"):
         table.add_column(col)
     for r in rounds:
         table.add_row(*(escape(x) for x in round_row(r)))

@@ -195,6 +195,8 @@ class IterateConfig(Strict):
                        "the previous round is above 0.5 by its CI and length grew at most max_length_growth")
     max_length_growth: float = Field(0.10, ge=0, description="gate: largest allowed relative growth of the mean "
                                      "response length over the previous round (0.10: 10%)")
+    audit_base: bool = Field(True, description="also audit each RL round's model against the base model "
+                             "(vs-base/NN-rl/); the gate reads the audit against the previous round")
 
 
 class RunConfig(Strict):

@@ -3,6 +3,7 @@
     round 0 (rounds/00-sl): sample → revise → export → train (loss sft, on the final revisions) → audit vs base
     round r (rounds/0r-rl): from round r−1's checkpoint: sample (n ≥ 2) → sampled pairs → judge → export →
                             train (the config's preference loss) → audit vs round r−1's model → the gate
+                            (and, in vs-base/0r-rl, an audit of its model against the base)
 
 Each round is an ordinary run folder made by `run_pipeline` from a config derived from the top one
 (`round_config`, a pure function), so resuming after a kill is run_pipeline's: fingerprinted run-scope stages,
@@ -83,6 +84,17 @@ def round_config(cfg: RunConfig, index: int, kind: str, previous_model: str, sl_
         return RunConfig.model_validate(data)
     except ValidationError as err:
         raise UserError(format_validation_error(err, f"round {index:02d}-{kind} (derived config)", RunConfig)) from None
+
+
+def base_audit_config(cfg: RunConfig, rcfg: RunConfig) -> RunConfig:
+    """The audit of a round's checkpoint against the base model, in a run folder of its own (vs-base/NN-kind/):
+    the round's settings, only the audit stage. Its prompts are the bundled audit set (the folder has no
+    held-out split of its own)."""
+    data = rcfg.model_dump()
+    name = RunLayout(rcfg.out_dir).root.name
+    data.update(out_dir=str(RunLayout(cfg.out_dir).base_audit(name)), stages=["audit"])
+    data["audit"].update(model=str(RunLayout(rcfg.out_dir).checkpoint), baseline=cfg.train.model or cfg.model)
+    return RunConfig.model_validate(data)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -166,7 +178,8 @@ def round_entry(index: int, kind: str, rcfg: RunConfig) -> dict:
     layout = RunLayout(rcfg.out_dir)
     return {"index": index, "name": layout.root.name, "kind": kind, "status": "running", "out_dir": rcfg.out_dir,
             "started_from": rcfg.train.model or rcfg.model, "baseline": rcfg.audit.baseline,
-            "reference_model": rcfg.train.reference_model, "model": None, "audit": None, "gate": None}
+            "reference_model": rcfg.train.reference_model, "model": None, "audit": None, "audit_vs_base": None,
+            "gate": None}
 
 
 def write_record(layout: RunLayout, record: dict, cfg: RunConfig) -> None:
@@ -189,10 +202,12 @@ def round_line(entry: dict) -> str:
 
     lm, lb = a.get("mean_length_model"), a.get("mean_length_baseline")
     length = f"{lm / lb - 1:+.1%}" if _number(lm) and _number(lb) and lb > 0 else "—"
-    g = entry.get("gate")
+    g, b = entry.get("gate"), entry.get("audit_vs_base")
     decision = "not gated" if g is None else ("pass" if g["passed"] else "stop") + f" ({g['reason']})"
+    vs_base = "" if not b or not _number(b.get("lc_win_rate")) else (
+        f", vs base {b['lc_win_rate']:.3f} [{b['lc_ci_low']:.3f}, {b['lc_ci_high']:.3f}]")
     return (f"{entry['name']}: LC win rate {num('lc_win_rate')} [{num('lc_ci_low')}, {num('lc_ci_high')}] vs "
-            f"{entry['baseline']}, length {length}, refusal {num('refusal_rate_model')} (baseline "
+            f"{entry['baseline']}{vs_base}, length {length}, refusal {num('refusal_rate_model')} (baseline "
             f"{num('refusal_rate_baseline')}), gate: {decision}")
 
 
@@ -203,6 +218,10 @@ def run_round(cfg: RunConfig, rcfg: RunConfig, entry: dict, verbose: bool, repor
     layout = RunLayout(rcfg.out_dir)
     summary = json.loads(layout.audit_summary.read_text())
     entry.update(status="done", model=str(layout.checkpoint), audit=audit_numbers(summary))
+    if entry["kind"] == RL and cfg.iterate.audit_base:
+        bcfg = base_audit_config(cfg, rcfg)
+        run_pipeline(bcfg, verbose=verbose, summary=False, report=report)
+        entry["audit_vs_base"] = audit_numbers(json.loads(RunLayout(bcfg.out_dir).audit_summary.read_text()))
     if entry["kind"] == RL and cfg.iterate.gate:
         entry["gate"] = gate(summary, cfg.iterate.max_length_growth)
 
@@ -214,7 +233,10 @@ def run_iterate(cfg: RunConfig, *, verbose: bool = False, report: bool = True,
 
     check_top(cfg)
     for index, kind in plan(cfg):  # every derived config, and its prompts, valid before anything runs
-        load_assets(round_config(cfg, index, kind, cfg.model, cfg.model))
+        rcfg = round_config(cfg, index, kind, cfg.model, cfg.model)
+        load_assets(rcfg)
+        if kind == RL and cfg.iterate.audit_base:
+            base_audit_config(cfg, rcfg)
     top = RunStore(cfg.out_dir)
     check_folder(top)
     top.check_writable()

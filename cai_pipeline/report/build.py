@@ -276,7 +276,8 @@ def rounds(store: RunStore, warnings: list[str]) -> list[dict]:
 
 
 def iterate_gates(store: RunStore, warnings: list[str]) -> dict[str, dict]:
-    """`cai iterate`'s gate decision per round name, from iterate.json (when the run has one)."""
+    """`cai iterate`'s gate decision per round name, and the round's LC win rate over the base model, from
+    iterate.json (when the run has one)."""
     path = store.layout.iterate_manifest
     if not path.exists():
         return {}
@@ -289,7 +290,8 @@ def iterate_gates(store: RunStore, warnings: list[str]) -> dict[str, dict]:
     best = (record.get("best") or {}).get("round")
     return {str(r["name"]): {"passed": r["gate"]["passed"] if isinstance(r.get("gate"), dict) else None,
                              "reason": str((r.get("gate") or {}).get("reason", "not gated")),
-                             "best": r["name"] == best}
+                             "best": r["name"] == best,
+                             "vs_base": _numbers(r.get("audit_vs_base"), ("lc_win_rate", "lc_ci_low", "lc_ci_high"))}
             for r in rounds if isinstance(r, dict) and "name" in r}
 
 
