@@ -212,18 +212,20 @@ def round_line(entry: dict) -> str:
 
 
 def run_round(cfg: RunConfig, rcfg: RunConfig, entry: dict, verbose: bool, report: bool) -> None:
+    """Run (or finish, or re-check) one round, its audit against the base, and its gate; fill in `entry`."""
     from cai_pipeline.pipeline import run_pipeline
 
     run_pipeline(rcfg, verbose=verbose, summary=False, report=report)
     layout = RunLayout(rcfg.out_dir)
     summary = json.loads(layout.audit_summary.read_text())
-    entry.update(status="done", model=str(layout.checkpoint), audit=audit_numbers(summary))
+    entry.update(model=str(layout.checkpoint), audit=audit_numbers(summary))
     if entry["kind"] == RL and cfg.iterate.audit_base:
         bcfg = base_audit_config(cfg, rcfg)
         run_pipeline(bcfg, verbose=verbose, summary=False, report=report)
         entry["audit_vs_base"] = audit_numbers(json.loads(RunLayout(bcfg.out_dir).audit_summary.read_text()))
     if entry["kind"] == RL and cfg.iterate.gate:
         entry["gate"] = gate(summary, cfg.iterate.max_length_growth)
+    entry["status"] = "done"
 
 
 def run_iterate(cfg: RunConfig, *, verbose: bool = False, report: bool = True,
