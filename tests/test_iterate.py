@@ -194,3 +194,58 @@ def test_scale_settings_pass_through_to_every_round(tmp_path):
     cfg = top(tmp_path, "executor.kind=ray", "executor.actors=2", "train.nproc=2", "engine.kind=hf")
     for r in rounds_of(cfg):
         assert (r.executor.kind, r.executor.actors, r.train.nproc, r.engine.kind) == ("ray", 2, 2, "hf")
+
+
+def fake_pipeline(summaries: dict[str, dict], calls: list[str]):
+    """Stands in for run_pipeline: a round 'trains' (a checkpoint/config.json) and 'audits' (the hand-made
+    summary of its folder's name), so the record, the gate and the stop are tested without a model."""
+    from cai_pipeline.store import RunLayout, atomic_write_json
+
+    def run(rcfg, **_):
+        layout = RunLayout(rcfg.out_dir)
+        calls.append(f"{layout.root.parent.name}/{layout.root.name}")
+        atomic_write_json(layout.checkpoint / "config.json", {})
+        atomic_write_json(layout.audit_summary, summaries.get(layout.root.name, summary()))
+        return {}
+
+    return run
+
+
+def test_the_record_follows_the_gate_and_a_rerun_does_nothing_new(tmp_path, monkeypatch):
+    import cai_pipeline.pipeline
+
+    calls: list[str] = []
+    failing = summary(mean_length_model=130.0)  # +30% length: the gate stops
+    monkeypatch.setattr(cai_pipeline.pipeline, "run_pipeline", fake_pipeline({"02-rl": failing}, calls))
+    cfg = top(tmp_path, "iterate.rounds=3", "prompts.limit=40")
+    lines: list[str] = []
+    record = run_iterate(cfg, report=False, echo=lines.append)
+    assert calls == ["rounds/00-sl", "rounds/01-rl", "vs-base/01-rl", "rounds/02-rl", "vs-base/02-rl"]  # no 03-rl
+    assert [(r["name"], r["status"], r["gate"] and r["gate"]["passed"]) for r in record["rounds"]] == [
+        ("00-sl", "done", None), ("01-rl", "done", True), ("02-rl", "done", False)]
+    rounds = Path(cfg.out_dir) / "rounds"
+    assert record["best"] == {"round": "01-rl", "model": str(rounds / "01-rl" / "checkpoint")}
+    assert record["stopped"]["round"] == "02-rl" and "+30.0%" in record["stopped"]["reason"]
+    assert record["rounds"][2]["started_from"] == record["rounds"][2]["baseline"] == str(rounds / "01-rl" / "checkpoint")
+    assert record["rounds"][1]["audit_vs_base"]["lc_win_rate"] == 0.62
+    assert [line.split(":")[0] for line in lines] == ["00-sl", "01-rl", "02-rl"]
+    on_disk = json.loads((Path(cfg.out_dir) / "iterate.json").read_text())
+    assert on_disk["status"] == "stopped" and on_disk["best"] == record["best"] and on_disk["rounds"] == record["rounds"]
+    # the same command again: the same rounds re-checked (each a no-op in run_pipeline), the same stop
+    calls.clear()
+    again = run_iterate(cfg, report=False, echo=lambda _: None)
+    assert calls == ["rounds/00-sl", "rounds/01-rl", "vs-base/01-rl", "rounds/02-rl", "vs-base/02-rl"]
+    assert {k: v for k, v in again.items() if k != "updated"} == {k: v for k, v in record.items() if k != "updated"}
+
+
+def test_without_the_gate_every_round_runs_and_the_last_is_best(tmp_path, monkeypatch):
+    import cai_pipeline.pipeline
+
+    calls: list[str] = []
+    failing = summary(lc_ci_low=0.3)
+    monkeypatch.setattr(cai_pipeline.pipeline, "run_pipeline", fake_pipeline({"01-rl": failing}, calls))
+    cfg = top(tmp_path, "iterate.rounds=2", "iterate.gate=false", "iterate.audit_base=false", "prompts.limit=40")
+    record = run_iterate(cfg, report=False, echo=lambda _: None)
+    assert calls == ["rounds/00-sl", "rounds/01-rl", "rounds/02-rl"]
+    assert record["status"] == "done" and record["stopped"] is None and record["best"]["round"] == "02-rl"
+    assert all(r["gate"] is None and r["audit_vs_base"] is None for r in record["rounds"])
