@@ -1,7 +1,7 @@
 """`cai iterate` on the real embedded model, through the CLI in a subprocess, at the smallest settings that run
 every stage (3 prompts a round, 8-token responses, one revision, 3 training steps, an audit of 2 prompts on
-one principle): an SL round and one RL round finish with checkpoints, audits (the RL round's also against the
-base model), a recorded gate decision and a best model, and the report lists both rounds. Then the same command killed with SIGKILL while round 01-rl
+one principle): an SL round and one RL round finish with checkpoints, audits, a recorded gate decision and a
+best model, and the report lists both rounds. Then the same command killed with SIGKILL while round 01-rl
 trains, and run again, ends with the uninterrupted run's preference rows and weights. Only invariants are
 asserted: never what the model says, nor which way the gate goes."""
 
@@ -38,8 +38,10 @@ export: {{drop_truncated: false, test_fraction: 0.0}}
 train: {{loss: dpo, use_soft_labels: true, max_steps: 3, batch_size: 2, max_length: 48, max_prompt_length: 24,
          precision: fp32, save_every: 1, plots: false}}
 audit: {{limit: 2, principles: [violence], bootstrap: 100, max_tokens: 8}}
-iterate: {{rounds: 1}}
+iterate: {{rounds: 1, audit_base: false}}
 """
+# audit_base is off: each audit costs 1-1.5 min at this box's usual load, and the audit against the base is
+# one more run_pipeline of the audit stage alone (tests/test_iterate.py checks the record it feeds).
 LIMIT_S = 1500  # one whole command on a loaded two-core machine
 
 
@@ -86,11 +88,6 @@ def test_sl_then_rl_round_end_to_end(reference):
         assert f"{r['name']}: LC win rate" in printed
     sl, rl = rounds
     assert rl["started_from"] == rl["baseline"] == sl["model"]  # RL from the SL model, audited against it
-    # ... and against the base model, in a run folder of its own
-    vs_base = json.loads((out / "vs-base" / "01-rl" / "audit" / "summary.json").read_text())
-    assert sl["audit_vs_base"] is None and rl["audit_vs_base"]["lc_win_rate"] == vs_base["overall"]["lc_win_rate"]
-    assert json.loads((out / "vs-base" / "01-rl" / "manifest.json").read_text())["config"]["audit"]["baseline"] == \
-        json.loads((out / "manifest.json").read_text())["model"]
     assert (out / "rounds" / "00-sl" / "datasets" / "sft").is_dir()
     prefs = pd.read_parquet(out / "rounds" / "01-rl" / "datasets" / "preferences")
     assert len(prefs) > 0 and set(prefs["origin"]) == {"sampled"}
