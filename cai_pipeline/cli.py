@@ -25,7 +25,9 @@ examples:
   cai train configs/demo.yaml train.loss=simpo        train on the run's preference dataset
   cai train configs/demo.yaml --nproc 2               ... on 2 data-parallel processes (DDP)
   cai audit configs/demo.yaml                         the checkpoint vs the base model, per principle, with CIs
+  cai iterate configs/cai-paper.yaml                  SL-CAI, then gated RL-CAI rounds (rounds/00-sl, 01-rl, ...)
   cai compare outputs/v1 outputs/v2                   what changed between two runs (say, two constitutions)
+  cai compare outputs/cai-paper                       the rounds of a `cai iterate` run side by side
   cai report outputs/demo                             (re)write outputs/demo/report.html: open it in a browser
   cai show outputs/demo 3f2a                          one prompt's trace in the terminal (a prompt_id prefix)
 
@@ -135,7 +137,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="what changed between two runs (e.g. two versions of a constitution)")
     p.add_argument("run_a", help="a run folder (out_dir)")
-    p.add_argument("run_b", help="another run folder")
+    p.add_argument("run_b", nargs="?", help="another run folder; without it, the rounds of a `cai iterate` folder")
     p.add_argument("--examples", type=int, default=3, help="side-by-side final revisions to show")
     p.set_defaults(func=_cmd_compare)
 
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_config(sub)
     _add_compare(sub)
-    from cai_pipeline import cli_audit, cli_constitution, cli_judge
+    from cai_pipeline import cli_audit, cli_constitution, cli_iterate, cli_judge
     from cai_pipeline.report import cli as report_cli
     from cai_pipeline.train import cli as train_cli
 
@@ -163,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.register(sub)
     report_cli.register(sub)
     cli_audit.register(sub)
+    cli_iterate.register(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """`cai compare RUN_A RUN_B`: what changed between two runs — typically the same prompts and seed under two
 versions of a constitution. The constitutions' differences (from each run's snapshot), per-stage counts,
 revision behaviour, the preference data, the two audits side by side where the runs have them, and a few
-side-by-side final revisions of the same rows."""
+side-by-side final revisions of the same rows. `cai compare RUN` on a `cai iterate` folder (or two of them)
+shows its rounds side by side: each round's audit against its baseline and the gate's decision."""
 
 from __future__ import annotations
 
@@ -125,9 +126,62 @@ def print_audits(console: Console, a: dict | None, b: dict | None, names: tuple[
     console.print(table)
 
 
-def compare(path_a: str, path_b: str, *, examples: int = 3, console: Console | None = None) -> dict:
-    a, b = open_run(path_a), open_run(path_b)
+def read_rounds(store: RunStore) -> list[dict]:
+    """`cai iterate`'s rounds (iterate.json), [] for a run without them."""
+    path = store.layout.iterate_manifest
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text())["rounds"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{path}: not an iterate record; run `cai iterate` on the folder again to rewrite it") from None
+
+
+def round_row(r: dict) -> tuple[str, ...]:
+    """round, kind, status, LC win % [CI] over its baseline, and over the base model, length change, refusal %
+    model / baseline, per-principle win %, gate."""
+    a = r.get("audit") or {}
+    lc = "—" if a.get("lc_win_rate") is None else (
+        f"{100 * a['lc_win_rate']:.1f} [{_pct(a.get('lc_ci_low'))}, {_pct(a.get('lc_ci_high'))}]")
+    lm, lb = a.get("mean_length_model"), a.get("mean_length_baseline")
+    length = f"{lm / lb - 1:+.1%}" if lm is not None and lb else "—"
+    refusal = f"{_pct(a.get('refusal_rate_model'))} / {_pct(a.get('refusal_rate_baseline'))}"
+    b = r.get("audit_vs_base") or {}
+    vs_base = "—" if b.get("lc_win_rate") is None else (
+        f"{100 * b['lc_win_rate']:.1f} [{_pct(b.get('lc_ci_low'))}, {_pct(b.get('lc_ci_high'))}]")
+    principles = ", ".join(f"{pid} {_pct(v.get('win_rate'))}" for pid, v in (a.get("principles") or {}).items())
+    g = r.get("gate")
+    gate = "not gated" if g is None else ("pass" if g["passed"] else "stop")
+    return (str(r.get("name")), str(r.get("kind")), str(r.get("status")), lc, vs_base, length, refusal,
+            principles or "—", gate)
+
+
+def print_rounds(console: Console, store: RunStore, title: str) -> int:
+    rounds = read_rounds(store)
+    if not rounds:
+        return 0
+    table = Table(title=f"Rounds of {title}: each audited against the round before (the SL round: the base)",
+                  title_justify="left")
+    for col in ("round", "kind", "status", "LC win % [CI]", "LC vs base", "length", "refusal % model / base",
+                "win % by principle", "gate"):
+        table.add_column(col)
+    for r in rounds:
+        table.add_row(*(escape(x) for x in round_row(r)))
+    console.print(table)
+    for r in (r for r in rounds if r.get("gate")):
+        console.print(f"gate after {r['name']}: {r['gate']['reason']}", markup=False, highlight=False)
+    return len(rounds)
+
+
+def compare(path_a: str, path_b: str | None = None, *, examples: int = 3, console: Console | None = None) -> dict:
     console = console or Console()
+    if path_b is None:
+        a = open_run(path_a)
+        if not print_rounds(console, a, Path(path_a).name or path_a):
+            raise UserError(f"{path_a}: no rounds (no iterate.json from `cai iterate`); to compare runs, give two "
+                            "run folders: cai compare RUN_A RUN_B")
+        return {"rounds": len(read_rounds(a))}
+    a, b = open_run(path_a), open_run(path_b)
     changes = constitution_changes(a, b)
     console.print("[bold]Constitution[/bold]: " + ("no differences" if not changes else ""))
     for line in changes:
@@ -143,6 +197,8 @@ def compare(path_a: str, path_b: str, *, examples: int = 3, console: Console | N
     audits = read_audit(a), read_audit(b)
     if any(audits):
         print_audits(console, *audits, (Path(path_a).name or path_a, Path(path_b).name or path_b))
+    for store, path in ((a, path_a), (b, path_b)):
+        print_rounds(console, store, Path(path).name or path)
     pairs = side_by_side(a, b, examples)
     for prompt, initial, fa, fb in pairs:
         console.print(f"\n[bold]prompt[/bold]: {escape(prompt)}", highlight=False)

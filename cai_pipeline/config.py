@@ -194,6 +194,21 @@ class AuditConfig(Strict):
     judge: AuditJudgeConfig = AuditJudgeConfig()
 
 
+class IterateConfig(Strict):
+    rounds: int = Field(2, ge=1, description="`cai iterate`: RL rounds after the SL round (rounds/00-sl, "
+                        "rounds/01-rl, ...), each from the previous round's checkpoint")
+    prompts: Literal["slices", "reseed"] = Field("slices", description="slices: each round its own disjoint part "
+                                                 "of the prompts; reseed: every round all prompts, a new seed")
+    reference: Literal["previous", "sl"] = Field("previous", description="DPO/IPO reference of an RL round: the "
+                                                 "previous round's model, or the SL round's")
+    gate: bool = Field(True, description="after each RL round, stop unless its length-controlled win rate over "
+                       "the previous round is above 0.5 by its CI and length grew at most max_length_growth")
+    max_length_growth: float = Field(0.10, ge=0, description="gate: largest allowed relative growth of the mean "
+                                     "response length over the previous round (0.10: 10%)")
+    audit_base: bool = Field(True, description="also audit each RL round's model against the base model "
+                             "(vs-base/NN-rl/); the gate reads the audit against the previous round")
+
+
 class RunConfig(Strict):
     out_dir: str = Field(min_length=1, description="the run folder; running again resumes it")
     seed: int = Field(0, description="every random choice derives from it and the row's ids")
@@ -212,6 +227,7 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
     executor: ExecutorConfig = ExecutorConfig()
     audit: AuditConfig = AuditConfig()
+    iterate: IterateConfig = IterateConfig()
 
     @model_validator(mode="after")
     def _known(self) -> RunConfig:

@@ -47,11 +47,13 @@ class RunLayout:
     train/  metrics.jsonl  summary.json  plots/*.png  state/
     audit/  responses.parquet  verdicts.parquet  summary.json  README.md  plots/*.png
     rounds/NN-kind/                   (each round a run folder of its own)
+    iterate.json                      `cai iterate`: the rounds, their models, audits and gate decisions
+    vs-base/NN-kind/                  `cai iterate`: a round's model audited against the base (a run folder)
     ```
     """
 
     FIXED = ("stats", "rejects", "datasets", "checkpoint", "train", "audit", "rounds", "report.html",
-             "constitution.yaml", "manifest.json", ".workers-probe")
+             "iterate.json", "vs-base", "constitution.yaml", "manifest.json", ".workers-probe")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -159,6 +161,15 @@ class RunLayout:
 
     def round(self, index: int, kind: str) -> Path:
         return self.rounds_dir / f"{index:02d}-{kind}"
+
+    @property
+    def iterate_manifest(self) -> Path:
+        """`cai iterate`'s record of its rounds (see cai_pipeline/iterate.py)."""
+        return self.root / "iterate.json"
+
+    def base_audit(self, round_name: str) -> Path:
+        """A run folder holding only the audit of round `round_name`'s model against the base model."""
+        return self.root / "vs-base" / round_name
 
     def round_dirs(self) -> list[Path]:
         """The rounds that exist (rounds/NN-kind/, each a run folder of its own), in round order."""

@@ -266,7 +266,13 @@ def test_rounds_are_summarised_side_by_side(run, tmp_path):
     (top / "rounds" / "01-rl" / "audit" / "summary.json").write_text(json.dumps(AUDIT))
     manifest = json.loads((run / "manifest.json").read_text())
     (top / "manifest.json").write_text(json.dumps({"package": manifest["package"], "stages": {}}))
+    gate = {"passed": False, "reason": "its CI is not above 0.5"}
+    VS_BASE = {"lc_win_rate": 0.6, "lc_ci_low": 0.52, "lc_ci_high": 0.68}  # noqa: N806 - a constant of this test
+    (top / "iterate.json").write_text(json.dumps({"rounds": [{"name": "00-sl", "gate": None}, {"name": "01-rl", "gate": gate, "audit_vs_base": VS_BASE}],
+                                                  "best": {"round": "00-sl"}}))
     doc, traces = build_document(top)
+    assert [r["gate"] for r in doc["rounds"]] == [{"passed": None, "reason": "not gated", "best": True, "vs_base": {}},
+                                                  {**gate, "best": False, "vs_base": VS_BASE}]
     assert [r["name"] for r in doc["rounds"]] == ["00-sl", "01-rl"] and traces == []
     samples = len(RunStore(run).read_stage("sample"))
     assert [r["samples"] for r in doc["rounds"]] == [samples, samples]

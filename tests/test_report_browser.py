@@ -226,6 +226,9 @@ def test_audit_training_and_rounds_render(browser, run, tmp_path):
         sh.copytree(run, top / "rounds" / name)
         (top / "rounds" / name / "audit").mkdir()
         (top / "rounds" / name / "audit" / "summary.json").write_text(json.dumps(AUDIT))
+    (top / "iterate.json").write_text(json.dumps({"rounds": [{"name": "00-sl", "gate": None}, {"name": "01-rl", "gate": {
+        "passed": False, "reason": "its CI is not above 0.5"}, "audit_vs_base": {"lc_win_rate": 0.6, "lc_ci_low": 0.52,
+        "lc_ci_high": 0.68}}], "best": {"round": "00-sl"}}))
     (top / "audit").mkdir()
     (top / "audit" / "summary.json").write_text(json.dumps(AUDIT))
     (top / "train").mkdir()
@@ -237,6 +240,10 @@ def test_audit_training_and_rounds_render(browser, run, tmp_path):
         overall = p.eval_on_selector_all("#audit tbody tr:first-child td", "tds => tds.map(t => t.textContent)")
         assert overall[:2] == ["overall", "0.56"] and overall[2] == "0.5 – 0.62"
         assert len(p.query_selector_all("#rounds tr.round-row")) == 2
+        gates = p.eval_on_selector_all("#rounds tr.round-row td:nth-last-child(2)", "tds => tds.map(t => t.textContent)")
+        assert gates == ["not gated (best)", "stop: its CI is not above 0.5"]
+        vs_base = p.eval_on_selector_all("#rounds tr.round-row td:nth-child(9)", "tds => tds.map(t => t.textContent)")
+        assert vs_base == ["—", "0.6 [0.52, 0.68]"]
         assert len(p.query_selector_all("#training-charts svg polyline")) >= 3
         shot(p, "overview-audit-rounds")
         page.clean()

@@ -217,7 +217,8 @@ def training(store: RunStore, manifest: dict, warnings: list[str]) -> dict | Non
 
 
 AUDIT_KEYS = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "consistency", "n")
-AUDIT_OVERALL = (*AUDIT_KEYS, "refusal_rate_model", "refusal_rate_baseline", "mean_length_change")
+AUDIT_OVERALL = (*AUDIT_KEYS, "lc_ci_low", "lc_ci_high", "refusal_rate_model", "refusal_rate_baseline",
+                 "mean_length_change", "mean_length_model", "mean_length_baseline")
 
 
 def _numbers(entry: object, keys: tuple[str, ...]) -> dict:
@@ -252,6 +253,7 @@ def audit(store: RunStore, warnings: list[str]) -> dict | None:
 def rounds(store: RunStore, warnings: list[str]) -> list[dict]:
     """Each round folder (rounds/NN-kind/, a run of its own), summarised for a side-by-side table."""
     out = []
+    gates = iterate_gates(store, warnings)
     for folder in store.layout.round_dirs():
         sub = RunStore(folder)
         try:
@@ -268,9 +270,29 @@ def rounds(store: RunStore, warnings: list[str]) -> list[dict]:
             "samples": len(samples),
             "mean_words": round(statistics.fmean(len(r["response"].split()) for r in samples), 1) if samples else None,
             "revision_preferred": [judge.get("revision_preferred", 0), judge.get("revision_pairs", 0)],
-            "audit": audit(sub, warnings),
+            "audit": audit(sub, warnings), "gate": gates.get(folder.name),
         })
     return out
+
+
+def iterate_gates(store: RunStore, warnings: list[str]) -> dict[str, dict]:
+    """`cai iterate`'s gate decision per round name, and the round's LC win rate over the base model, from
+    iterate.json (when the run has one)."""
+    path = store.layout.iterate_manifest
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        rounds = record["rounds"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        warnings.append(f"{path}: not an iterate record; the gate decisions are left out")
+        return {}
+    best = (record.get("best") or {}).get("round")
+    return {str(r["name"]): {"passed": r["gate"]["passed"] if isinstance(r.get("gate"), dict) else None,
+                             "reason": str((r.get("gate") or {}).get("reason", "not gated")),
+                             "best": r["name"] == best,
+                             "vs_base": _numbers(r.get("audit_vs_base"), ("lc_win_rate", "lc_ci_low", "lc_ci_high"))}
+            for r in rounds if isinstance(r, dict) and "name" in r}
 
 
 # ---------------------------------------------------------------------------------------------------------

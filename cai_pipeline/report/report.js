@@ -273,12 +273,20 @@
     const rs = DATA.rounds;
     if (!rs.length) return null;
     const ids = [...new Set(rs.flatMap((r) => Object.keys((r.audit || {}).principles || {})))];
-    const head = ["round", "model", "samples", "mean words", "revision preferred", "audit win rate", "length-controlled", "refusal (model)", "report"];
+    const head = ["round", "model", "samples", "mean words", "revision preferred", "audit win rate", "length-controlled",
+      "LC 95% CI", "LC vs base [CI]", "mean length (model / baseline)", "refusal (model / baseline)", "gate", "report"];
+    const vsBase = (g) => (g && g.vs_base && g.vs_base.lc_win_rate !== undefined
+      ? `${fmt(g.vs_base.lc_win_rate)} [${fmt(g.vs_base.lc_ci_low)}, ${fmt(g.vs_base.lc_ci_high)}]` : "—");
+    const pair = (a, b) => (a === undefined && b === undefined ? "—" : `${fmt(a)} / ${fmt(b)}`);
     const rows = rs.map((r) => {
       const o = (r.audit || {}).overall || {};
+      const g = r.gate;
+      const gate = !g ? "—" : (g.passed === null ? "not gated" : (g.passed ? "pass" : "stop") + ": " + g.reason) + (g.best ? " (best)" : "");
       return h("tr", { class: "round-row" }, h("td", {}, r.name), cell(r.model), cell(r.samples), cell(r.mean_words),
         cell(`${r.revision_preferred[0]} of ${r.revision_preferred[1]}`), cell(o.win_rate), cell(o.lc_win_rate),
-        cell(o.refusal_rate_model), h("td", {}, r.report ? h("a", { href: r.report }, "open") : "—"));
+        cell(pair(o.lc_ci_low, o.lc_ci_high)), cell(vsBase(g)), cell(pair(o.mean_length_model, o.mean_length_baseline)),
+        cell(pair(o.refusal_rate_model, o.refusal_rate_baseline)), cell(gate),
+        h("td", {}, r.report ? h("a", { href: r.report }, "open") : "—"));
     });
     const byPrinciple = ids.map((pid) => h("tr", {}, h("td", {}, pid), rs.map((r) => cell((((r.audit || {}).principles || {})[pid] || {}).win_rate))));
     return section("Rounds", table(head, rows, { id: "rounds" }),
