@@ -74,8 +74,8 @@ def run_config(tmp_path):
 
     def make(*overrides: str):
         return load_config(REPO / "configs" / "demo.yaml",
-                           [f"out_dir={tmp_path / 'run'}", "prompts.limit=4", "sample.max_tokens=48",
-                            "revise.max_tokens=48", "revise.rounds=2", "stages=[sample,revise,pairs,export]",
+                           [f"out_dir={tmp_path / 'run'}", "prompts.limit=4", "sample.max_tokens=24",
+                            "revise.max_tokens=24", "revise.rounds=2", "stages=[sample,revise,pairs,export]",
                             *overrides])
 
     return make

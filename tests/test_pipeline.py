@@ -70,7 +70,7 @@ def test_run_through_vllm(vllm_engine, run_config):
 def test_cli_run_through_hf_then_resume(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["run", str(REPO / "configs" / "demo.yaml"), f"out_dir={out}", "engine.kind=hf", "prompts.limit=4",
-            "sample.max_tokens=32", "revise.max_tokens=32", "stages=[sample,revise,pairs,export]"]
+            "sample.max_tokens=16", "revise.max_tokens=16", "stages=[sample,revise,pairs,export]"]
     assert main(args) == 0
     revised = check_run_folder(out)
     check_datasets(out, len(revised))
