@@ -113,7 +113,11 @@ def _run_stage_figures(name: str, entry: dict) -> tuple[str, str]:
     """(out, details) for a run-scope stage from its summary in the manifest."""
     summary = entry.get("summary", {})
     if name == "export":
-        return str(summary.get("rows", "")), (f"sft {summary.get('sft')}, preferences {summary.get('preferences')}")
+        def splits(counts) -> str:  # {"train": 44, "test": 4} → "44 train / 4 test"
+            return " / ".join(f"{n} {split}" for split, n in counts.items()) if isinstance(counts, dict) else "—"
+
+        return str(summary.get("rows", "")), (f"sft {splits(summary.get('sft'))}; "
+                                              f"preferences {splits(summary.get('preferences'))}")
     if name == "train":
         loss = summary.get("final_loss")
         return "", f"{summary.get('steps', 0)} steps, final loss {loss:.4f}" if loss is not None else ""
