@@ -21,6 +21,17 @@ def missing(reason: str):
     pytest.skip(reason)
 
 
+def one_line(capsys, code: int, *needles: str) -> str:
+    """Exit 2 and exactly one line on stderr, `error: ...`, that names what is wrong (the user-error contract)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -17,7 +17,7 @@ import cai_pipeline.engines
 from cai_pipeline.cli import main
 from cai_pipeline.engines.base import Completion, EngineStats
 from cai_pipeline.rng import derive_seed
-from tests.conftest import REPO
+from tests.conftest import REPO, one_line
 
 CONFIG = str(REPO / "configs" / "demo.yaml")
 MODELS = ["audit.model=embedded", "audit.baseline=embedded", "audit.judge.model=embedded"]
@@ -83,14 +83,6 @@ def stand_in(monkeypatch, model_path):
 def audit(out: Path, *args: str) -> int:
     return main(["audit", CONFIG, f"out_dir={out}", "audit.limit=12", "audit.n=2", *MODELS, *args])
 
-
-def one_line(capsys, code: int, *needles: str) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def check_outputs(out: Path, prompts: int, n: int, principles: int) -> dict:

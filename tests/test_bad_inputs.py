@@ -21,7 +21,7 @@ import pytest
 
 import cai_pipeline.engines
 from cai_pipeline.cli import main
-from tests.conftest import REPO
+from tests.conftest import REPO, one_line
 from tests.echo_engine import EchoEngine
 from tests.fault_proxy import STUB_MODEL, FaultProxy
 
@@ -33,16 +33,6 @@ BASE = ["prompts.limit=4", "shard_size=2", "sample.max_tokens=8", "revise.max_to
 def cai(tmp_path: Path, *overrides: str, config: str = CONFIG, flags: tuple = ()) -> int:
     return main(["run", config, f"out_dir={tmp_path / 'run'}", *BASE, *overrides, *flags])
 
-
-def one_line(capsys, code: int, *needles: str) -> str:
-    """Exit 2 and exactly one line on stderr, `error: ...`, that names what is wrong."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def write(path: Path, text: str | bytes) -> str:

@@ -18,7 +18,7 @@ import pytest
 import cai_pipeline.engines
 from cai_pipeline.cli import main
 from cai_pipeline.store import RunLayout
-from tests.conftest import REPO
+from tests.conftest import REPO, one_line
 from tests.echo_engine import EchoEngine
 
 CONFIG = str(REPO / "configs" / "demo.yaml")
@@ -35,14 +35,6 @@ def echo(monkeypatch):
 def cai(out: Path, *extra: str) -> int:
     return main(["run", CONFIG, f"out_dir={out}", *BASE, *extra])
 
-
-def one_line(capsys, code: int, *needles: str) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def tree(root: Path) -> dict[str, bytes]:
