@@ -21,7 +21,7 @@ import cai_pipeline.engines
 from cai_pipeline.cli import main
 from cai_pipeline.report import build_document, write_report
 from cai_pipeline.report.page import ASSETS, script_json
-from cai_pipeline.report.show import round_texts
+from cai_pipeline.report.show import ref_text, round_texts
 from cai_pipeline.store import RunStore
 from tests.conftest import REPO
 from tests.echo_engine import EchoEngine
@@ -102,20 +102,13 @@ def test_every_row_lands_in_its_trace(run, built):
     for r in rows["pairs"]:
         t = by_id[r["prompt_id"]]
         p = next(p for p in t["pairs"] if p["id"] == r["pair_id"])
-        assert [resolve(t, p["a"]), resolve(t, p["b"]), p["origin"]] == [r["a"], r["b"], r["origin"]]
+        assert [ref_text(t, p["a"]), ref_text(t, p["b"]), p["origin"]] == [r["a"], r["b"], r["origin"]]
         assert p.get("truncated", []) == [side for side in "ab" if r[f"{side}_truncated"]]
     for r in rows["judge"]:
         p = next(p for p in by_id[r["prompt_id"]]["pairs"] if p["id"] == r["pair_id"])
         assert [round(v["p_a_first"], 4) for v in r["verdicts"]] == [v[2] for v in p["verdicts"]]
         assert p["p_a"] == round(r["p_a"], 4) and p.get("reject", [""])[0] != "judge"  # export may drop it
 
-
-def resolve(trace: dict, ref) -> str:
-    if not isinstance(ref, list):
-        return ref
-    s = next(s for s in trace["samples"] if s["i"] == ref[1])
-    texts = round_texts(s)
-    return s["text"] if ref[0] == "s" else s.get("final", texts[-1][1] if texts else s["text"])
 
 
 def test_every_reject_is_attached_once_or_listed(run, built):
@@ -160,7 +153,7 @@ def test_dataset_rows_point_back_to_their_pairs_and_samples(run, built):
                 t = by_id[r["prompt_id"]]
                 p = next(p for p in t["pairs"] if p["id"] == r["pair_id"])
                 assert p["pref"][0] == split
-                assert resolve(t, p[p["pref"][1]]) == r["chosen"][-1]["content"]
+                assert ref_text(t, p[p["pref"][1]]) == r["chosen"][-1]["content"]
         for f in store.layout.split_files("sft", split):
             import pyarrow.parquet as pq
 

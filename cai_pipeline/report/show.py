@@ -85,7 +85,9 @@ def _line(console: Console, label: str, text: str | Text, indent: int = 2) -> No
     console.print(Text(" " * indent) + Text(f"{label}: ", style="bold") + body, highlight=False)
 
 
-def _ref_text(trace: dict, ref) -> str:
+def ref_text(trace: dict, ref) -> str:
+    """The text a pair side in the report's data stands for: a text as it is, or [kind, sample index] — kind "s" the
+    sample as sampled, otherwise its final revision. The one reader of that format in Python (cai show, the tests)."""
     if not isinstance(ref, list):
         return ref
     sample = next(s for s in trace["samples"] if s["i"] == ref[1])
@@ -125,8 +127,8 @@ def print_pair(console: Console, trace: dict, pair: dict, principles: list[str])
     console.print(Text(f"pair {safe(pair['id'])}", style="bold")
                   + Text(f" · {safe(pair['origin'])} · a = {_ref_label(pair['a'])}, b = {_ref_label(pair['b'])}{cut}"))
     if not isinstance(pair["a"], list) or not isinstance(pair["b"], list):
-        _line(console, "a", _ref_text(trace, pair["a"]))
-        _line(console, "b", _ref_text(trace, pair["b"]))
+        _line(console, "a", ref_text(trace, pair["a"]))
+        _line(console, "b", ref_text(trace, pair["b"]))
     if pair.get("verdicts"):
         table = Table(box=None, padding=(0, 2, 0, 2))
         for col in ("principle", "a as (A): P(A)", "P(B)", "a as (B): P(A)", "P(B)", "p(a≻b)"):
