@@ -2,8 +2,8 @@
 every stage (3 prompts a round, 8-token responses, one revision, 3 training steps, an audit of 2 prompts on
 one principle): an SL round and one RL round finish with checkpoints, audits, a recorded gate decision and a
 best model, and the report lists both rounds. Then the same command killed with SIGKILL while round 01-rl
-trains, and run again, ends with the uninterrupted run's preference rows and weights. Only invariants are
-asserted: never what the model says, nor which way the gate goes."""
+trains, and run again, ends with the preference rows and weights of round 01-rl run uninterrupted. Only
+invariants are asserted: never what the model says, nor which way the gate goes."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
@@ -36,7 +35,7 @@ revise: {{rounds: 1, few_shot: 0, max_tokens: 8}}
 judge: {{principles: 1, min_margin: 0.0, drop_inconsistent: false}}
 export: {{drop_truncated: false, test_fraction: 0.0}}
 train: {{loss: dpo, use_soft_labels: true, max_steps: 3, batch_size: 2, max_length: 48, max_prompt_length: 24,
-         precision: fp32, save_every: 1, plots: false}}
+         precision: fp32, save_every: 1, keep_states: 1, plots: false}}
 audit: {{limit: 2, principles: [violence], bootstrap: 100, max_tokens: 8, refusal: false}}
 iterate: {{rounds: 1, audit_base: false}}
 """
@@ -110,15 +109,27 @@ def train_state_begun(out: Path) -> bool:
     return states.is_dir() and any(p.name.startswith("step-") for p in states.iterdir())
 
 
+def sl_round_only(done: Path, out: Path) -> None:
+    """Make `out` the folder a command killed right after round 00-sl leaves (at the same path: the rounds
+    record their paths)."""
+    out.mkdir()
+    shutil.copy2(done / "manifest.json", out / "manifest.json")
+    shutil.copytree(done / "rounds" / "00-sl", out / "rounds" / "00-sl")
+
+
 def test_kill_while_training_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
     config, out, _ = reference
     done = out.with_name("run-uninterrupted")
     if not done.exists():
         out.rename(done)
-    # The folder as a command killed after round 00-sl left it (the same path: the rounds record it)
-    out.mkdir()
-    shutil.copy2(done / "manifest.json", out / "manifest.json")
-    shutil.copytree(done / "rounds" / "00-sl", out / "rounds" / "00-sl")
+    # The uninterrupted round 01-rl is run in a fresh process, as the killed one is: what a process computed
+    # before can change the last bits of CPU floating point (CI sampled one of three rows differently after the
+    # SL round had run in the same process), and that is not what this test is about.
+    sl_round_only(done, out)
+    finish(config, out, tmp_path / "whole.log")
+    whole = out.rename(out.with_name("run-whole"))
+    shutil.rmtree(done)  # two rounds of 0.5 GB checkpoints: the disk is CI's
+    sl_round_only(whole, out)
     log = tmp_path / "killed.log"
     proc = start(config, out, log)
     deadline = time.monotonic() + LIMIT_S
@@ -138,10 +149,14 @@ def test_kill_while_training_then_resume_equals_the_uninterrupted_run(reference,
     if not had_checkpoint:  # killed mid-training (the usual case): training resumed from its state
         summary = json.loads((out / "rounds" / "01-rl" / "train" / "summary.json").read_text())
         assert summary["resumed_from"] is not None
-    rows = [pd.read_parquet(f / "rounds" / "01-rl" / "datasets" / "preferences") for f in (done, out)]
+    rows = [pd.read_parquet(f / "rounds" / "01-rl" / "datasets" / "preferences") for f in (whole, out)]
     pd.testing.assert_frame_equal(rows[0], rows[1])
-    weights = [load_file(f / "rounds" / "01-rl" / "checkpoint" / "model.safetensors") for f in (done, out)]
+    weights = [load_file(f / "rounds" / "01-rl" / "checkpoint" / "model.safetensors") for f in (whole, out)]
     assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    record = [json.loads((f / "iterate.json").read_text()) for f in (done, out)]
-    assert [r["gate"] for r in record[0]["rounds"]] == [r["gate"] for r in record[1]["rounds"]]
+    # the trainer's own bound (tests/train/test_crash.py gets bit for bit on this machine's kind)
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) <= 1e-6
+    for f in (whole, out):  # finished: no resumable states left behind
+        assert not (f / "rounds" / "01-rl" / "train" / "state").exists()
+    record = [json.loads((f / "iterate.json").read_text()) for f in (whole, out)]
+    assert [(r["name"], r["status"]) for r in record[0]["rounds"]] == [(r["name"], r["status"]) for r in
+                                                                          record[1]["rounds"]]

@@ -66,7 +66,9 @@ class TrainConfig(BaseModel):
     # Resumable state and processes
     save_every: int | None = Field(500, gt=0, description="steps between resumable states in log_dir/state "
                                    "(and one at the end); null: none (a crash trains again from the start)")
-    keep_states: int = Field(2, gt=0, description="newest resumable states kept")
+    keep_states: int = Field(2, gt=0, description="newest resumable states kept while training")
+    keep_final_state: bool = Field(False, description="keep the last state once the checkpoint is written (by "
+                                   "default a finished training deletes its states: they only resume)")
     nproc: int = Field(1, gt=0, description="data-parallel processes on this machine (torchrun); batch_size is per process")
     accelerate_config: str | None = Field(None, description="launch the processes with `accelerate launch` and this "
                                           "config (FSDP, DeepSpeed) instead of torchrun")

@@ -109,6 +109,10 @@ def train_here(run_cfg, layout: RunLayout, fingerprint: dict, restart: bool) -> 
                "processes": accelerator.num_processes, "resumed_from": saved.step if saved else None, **result}
     if accelerator.is_main_process:
         atomic_write_json(files.summary, summary)
+        if not cfg.keep_final_state:
+            # Done: a state only resumes an unfinished training, and each is ~3x the model (weights + AdamW's
+            # two moments). A kill before the stage is recorded done trains again, to the same weights.
+            states.clear()
     return summary
 
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 # train settings that change how often or how much is kept, never what is trained: a run may resume with others
-OPERATIONAL = ("save_every", "keep_states", "plots")
+OPERATIONAL = ("save_every", "keep_states", "keep_final_state", "plots")
 
 
 def capture_rng() -> dict:

@@ -34,7 +34,8 @@ def config(tiny_model, tmp_path):
         write_split(data, "test", rows[:5])  # 5 test rows: the processes' evaluation shares differ (3 and 2)
         path = tmp_path / "run.yaml"
         path.write_text(f"model: {tiny_model}\ntrain:\n  data: {data}\n  loss: {loss}\n  max_steps: 3\n"
-                        "  precision: fp32\n  plots: false\n  lr: 0.001\n  warmup_ratio: 0.0\n  grad_accum: 1\n")
+                        "  precision: fp32\n  plots: false\n  lr: 0.001\n  warmup_ratio: 0.0\n  grad_accum: 1\n"
+                        "  keep_final_state: true\n")  # the states are looked at below
         return str(path)
 
     return make

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,11 +47,13 @@ def real_runs(model_path, tmp_path_factory):
 
             cfg = RunConfig.model_validate({"out_dir": str(root / loss), "seed": 0, "train": {
                 "model": model_path, "data": str(root / "prefs"), "loss": loss, "lr": 5e-5, "epochs": 3,
-                "batch_size": 4, "warmup_ratio": 0.0, "max_length": 128, "max_prompt_length": 64, "plots": False}})
+                "batch_size": 4, "warmup_ratio": 0.0, "max_length": 128, "max_prompt_length": 64, "plots": False,
+                "save_every": None}})  # resumable states are test_crash.py's
             done[loss] = train(cfg)
         return done[loss]
 
-    return run
+    yield run
+    shutil.rmtree(root, ignore_errors=True)  # four 0.5 GB checkpoints: CI's disk is not ours to fill
 
 
 @pytest.mark.parametrize("loss", ["dpo", "ipo", "simpo", "orpo"])
@@ -139,7 +142,8 @@ def sl_cai(model_path, hf_engine, tmp_path_factory):
                  f"train.data={root / 'prefs'}", "train.precision=fp32", *common]) == 0
     summaries = {name: json.loads((root / name / "manifest.json").read_text())["stages"]["train"]["summary"]
                  for name in ("run", "dpo")}
-    return {"root": root, "sft": summaries["run"], "dpo": summaries["dpo"]}
+    yield {"root": root, "sft": summaries["run"], "dpo": summaries["dpo"]}
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_sl_cai_trains_on_the_runs_sft_dataset(sl_cai):

@@ -14,7 +14,9 @@ from cai_pipeline.errors import UserError
 from cai_pipeline.train import loop
 from cai_pipeline.train.plots import read_metrics
 
-COMMON = {"lr": 1e-3, "max_steps": 5, "warmup_ratio": 0.2, "batch_size": 2, "save_every": 2, "keep_states": 2}
+# keep_final_state: these tests look at the states a finished training leaves (by default it deletes them)
+COMMON = {"lr": 1e-3, "max_steps": 5, "warmup_ratio": 0.2, "batch_size": 2, "save_every": 2, "keep_states": 2,
+          "keep_final_state": True}
 
 
 def _weights(folder) -> dict[str, torch.Tensor]:
@@ -103,6 +105,13 @@ def test_a_state_records_everything_it_resumes_from(tiny_model, make_cfg, pairs_
     lines = (state / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x).get("step") for x in lines if "loss" in json.loads(x)] == [1, 2]
     assert s["states_written"] == 1 and s["state_seconds"] > 0
+
+
+def test_a_finished_training_deletes_its_states_by_default(tiny_model, make_cfg, pairs_dir):
+    s = loop.train(make_cfg(tiny_model, pairs_dir, **{**COMMON, "keep_final_state": False}))
+    assert s["states_written"] == 3 and s["steps"] == 5  # steps 2, 4 and 5 were saved while it trained
+    assert not (Path(s["log_dir"]) / "state").exists()
+    assert (Path(s["checkpoint"]) / "model.safetensors").exists()
 
 
 def test_a_kill_inside_a_save_leaves_the_states_before_it(tiny_model, make_cfg, pairs_dir, monkeypatch):
