@@ -37,7 +37,8 @@ def measure(a) -> dict:
     cfg = RunConfig.model_validate({"out_dir": str(tmp / "run"), "seed": 0, "train": {
         "model": a.model or resolve_model("embedded"), "data": str(tmp / "prefs"), "loss": "dpo", "lr": 5e-6,
         "batch_size": a.batch_size, "max_length": a.max_length, "max_prompt_length": a.max_length // 2,
-        "precision": a.precision, "shuffle": False, "plots": False, "save_every": a.save_every, "keep_states": 2}})
+        "precision": a.precision, "shuffle": False, "plots": False, "save_every": a.save_every, "keep_states": 2,
+        "keep_final_state": True}})  # its size is read below
     s = train(cfg)
     state = next((tmp / "run" / "train" / "state").iterdir())
     size = sum(f.stat().st_size for f in state.iterdir()) / 2**30
