@@ -22,6 +22,7 @@ first --rows usable rows, k = --quality-k principles per pair.
 
     .venv/bin/python bench/audit.py                  # vLLM: 32 pairs per workload, 200 rows for quality
     .venv/bin/python bench/audit.py --smoke          # 2 pairs, 4 rows, one rep: that it runs, not numbers
+    .venv/bin/python bench/audit.py --quality-only --rows 40 --out audit-quality   # the accuracy part alone
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def main() -> int:
     ap.add_argument("--block-sizes", type=int, nargs="*", default=None,
                     help="vLLM KV block sizes to time (default: the engine's own, and 32 on CPU)")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--quality-only", action="store_true", help="only the accuracy/consistency comparison, at the "
+                    "engine's own block size")
     ap.add_argument("--smoke", action="store_true", help="2 pairs, 4 rows, one rep: that it runs, not numbers")
     ap.add_argument("--out", default="audit", help="bench/results/<name>.json")
     args = ap.parse_args()
@@ -164,16 +167,19 @@ def main() -> int:
     blocks = args.block_sizes if args.block_sizes is not None else [None] + ([32] if kind == "vllm" and not cuda() else [])
     result = {"command": " ".join(["python bench/audit.py", *sys.argv[1:]]), "engine": kind, "model": args.model,
               "machine": machine(), "load_before": load_average(), "speed": {}}
+    if args.quality_only:
+        blocks = [None]
     for i, block in enumerate(blocks):
         options = {"block_size": block} if block else {}
         engine = make_engine(kind=kind, model=args.model, seed=0, **options)
         size = engine.llm.llm_engine.vllm_config.cache_config.block_size if kind == "vllm" else None
         try:
-            if "audit" not in workloads:
-                workloads["audit"] = audit_pairs(engine, args.pairs, args.max_tokens)
-            result["speed"][f"block_{size}"] = speed(engine, workloads, constitution.principles, templates, args.reps,
-                                                     size)
-            print(json.dumps(result["speed"], indent=1), flush=True)
+            if not args.quality_only:
+                if "audit" not in workloads:
+                    workloads["audit"] = audit_pairs(engine, args.pairs, args.max_tokens)
+                result["speed"][f"block_{size}"] = speed(engine, workloads, constitution.principles, templates,
+                                                         args.reps, size)
+                print(json.dumps(result["speed"], indent=1), flush=True)
             if i == 0:
                 result["quality"] = quality(engine, labelled[: args.rows], skipped, constitution.principles,
                                             templates, args.quality_k)
