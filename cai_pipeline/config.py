@@ -163,8 +163,8 @@ class AuditJudgeConfig(Strict):
     model: str | None = Field(None, description="judge model; default: judge.model, else the run's model")
     url: str | None = Field(None, description="serve the judge through the openai engine at this URL")
     layout: Literal["question_first", "shared_prefix"] = Field(
-        "shared_prefix", description="shared_prefix: a pair's principles share one prefix (vLLM's prefix cache "
-        "computes it once); question_first: the judge stage's default layout")
+        "question_first", description="question_first: the judge stage's layout; shared_prefix: a pair's principles "
+        "share one prefix (vLLM computes it once: 3.27x faster, less accurate on the embedded judge, BENCHMARKS.md)")
     reasoning: bool = Field(False, description="chain of thought first; probabilities clamped to [0.4, 0.6]")
     reasoning_max_tokens: int = Field(128, gt=0, description="length of the judge's reasoning")
 

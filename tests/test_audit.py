@@ -119,7 +119,7 @@ def test_an_audit_writes_every_output_and_is_not_repeated(stand_in, tmp_path, ca
     out = tmp_path / "run"
     assert main(["audit", "--restart", CONFIG, "audit.n=2", f"out_dir={out}", "audit.limit=12", *MODELS]) == 0
     summary = check_outputs(out, prompts=12, n=2, principles=18)
-    assert summary["settings"]["layout"] == "shared_prefix" and summary["counts"]["judged"] == 24
+    assert summary["settings"]["layout"] == "question_first" and summary["counts"]["judged"] == 24
     assert set(summary["axes"]) == {"harmlessness", "helpfulness"} and summary["axes_note"] is None
     shown = capsys.readouterr().out
     assert "overall" in shown and "no_needless_refusal" in shown and "refusal on benign prompts" in shown
