@@ -139,7 +139,7 @@ def read_rounds(store: RunStore) -> list[dict]:
 
 def round_row(r: dict) -> tuple[str, ...]:
     """round, kind, status, LC win % [CI] over its baseline, and over the base model, length change, refusal %
-    model / baseline, per-principle win %, gate."""
+    model / baseline, gate."""
     a = r.get("audit") or {}
     lc = "—" if a.get("lc_win_rate") is None else (
         f"{100 * a['lc_win_rate']:.1f} [{_pct(a.get('lc_ci_low'))}, {_pct(a.get('lc_ci_high'))}]")
@@ -149,11 +149,17 @@ def round_row(r: dict) -> tuple[str, ...]:
     b = r.get("audit_vs_base") or {}
     vs_base = "—" if b.get("lc_win_rate") is None else (
         f"{100 * b['lc_win_rate']:.1f} [{_pct(b.get('lc_ci_low'))}, {_pct(b.get('lc_ci_high'))}]")
-    principles = ", ".join(f"{pid} {_pct(v.get('win_rate'))}" for pid, v in (a.get("principles") or {}).items())
     g = r.get("gate")
     gate = "not gated" if g is None else ("pass" if g["passed"] else "stop")
-    return (str(r.get("name")), str(r.get("kind")), str(r.get("status")), lc, vs_base, length, refusal,
-            principles or "—", gate)
+    return (str(r.get("name")), str(r.get("kind")), str(r.get("status")), lc, vs_base, length, refusal, gate)
+
+
+def principle_rows(rounds: list[dict]) -> list[tuple[str, ...]]:
+    """One row per principle: its audit win % in each round ("—" where a round has no audit of it). A table of
+    its own, principles down and rounds across, so it stays legible with 18 principles in 80 columns."""
+    by_round = [((r.get("audit") or {}).get("principles") or {}) for r in rounds]
+    ids = list(dict.fromkeys(pid for principles in by_round for pid in principles))
+    return [(pid, *(_pct((p.get(pid) or {}).get("win_rate")) if pid in p else "—" for p in by_round)) for pid in ids]
 
 
 def print_rounds(console: Console, store: RunStore, title: str) -> int:
@@ -162,12 +168,21 @@ def print_rounds(console: Console, store: RunStore, title: str) -> int:
         return 0
     table = Table(title=f"Rounds of {title}: each audited against the round before (the SL round: the base)",
                   title_justify="left")
-    for col in ("round", "kind", "status", "LC win % [CI]", "LC vs base", "length", "refusal % model / base",
-                "win % by principle", "gate"):
+    for col in ("round", "kind", "status", "LC win % [CI]", "LC vs base", "length", "benign refusal % model / base",
+                "gate"):
         table.add_column(col)
     for r in rounds:
         table.add_row(*(escape(x) for x in round_row(r)))
     console.print(table)
+    rows = principle_rows(rounds)
+    if rows:
+        by_principle = Table(title="Audit win % by principle and round (against that round's baseline)",
+                             title_justify="left")
+        for col in ("principle", *(str(r.get("name")) for r in rounds)):
+            by_principle.add_column(col)
+        for row in rows:
+            by_principle.add_row(*(escape(x) for x in row))
+        console.print(by_principle)
     for r in (r for r in rounds if r.get("gate")):
         console.print(f"gate after {r['name']}: {r['gate']['reason']}", markup=False, highlight=False)
     return len(rounds)

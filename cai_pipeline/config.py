@@ -177,8 +177,8 @@ class AuditConfig(Strict):
                                  "started from (train.model, else model)")
     baseline_url: str | None = Field(None, description="serve `baseline` through the openai engine at this URL")
     prompts: str | None = Field(None, description="JSONL/Parquet/CSV with prompt (or messages) and an optional "
-                                "tag (harmful, benign); default: the run's held-out test prompts + the bundled "
-                                "audit set")
+                                "tag (harmful, benign), or a run folder: the prompts its audit used; default: the "
+                                "run's held-out test prompts + the bundled audit set")
     limit: int | None = Field(None, gt=0, description="audit N of the prompts: held-out ones first, then each "
                               "tag in proportion, by hashed id (the same N every run)")
     n: int = Field(1, gt=0, description="responses per prompt and model")

@@ -88,12 +88,13 @@ def round_config(cfg: RunConfig, index: int, kind: str, previous_model: str, sl_
 
 def base_audit_config(cfg: RunConfig, rcfg: RunConfig) -> RunConfig:
     """The audit of a round's checkpoint against the base model, in a run folder of its own (vs-base/NN-kind/):
-    the round's settings, only the audit stage. Its prompts are the bundled audit set (the folder has no
-    held-out split of its own)."""
+    the round's settings, only the audit stage, on the prompts of the round's own audit (its held-out prompts
+    included), so the round's two audits differ only in the baseline."""
     data = rcfg.model_dump()
     name = RunLayout(rcfg.out_dir).root.name
     data.update(out_dir=str(RunLayout(cfg.out_dir).base_audit(name)), stages=["audit"])
-    data["audit"].update(model=str(RunLayout(rcfg.out_dir).checkpoint), baseline=cfg.train.model or cfg.model)
+    data["audit"].update(model=str(RunLayout(rcfg.out_dir).checkpoint), baseline=cfg.train.model or cfg.model,
+                         prompts=str(RunLayout(rcfg.out_dir).root), limit=None)
     return RunConfig.model_validate(data)
 
 
@@ -207,7 +208,7 @@ def round_line(entry: dict) -> str:
     vs_base = "" if not b or not _number(b.get("lc_win_rate")) else (
         f", vs base {b['lc_win_rate']:.3f} [{b['lc_ci_low']:.3f}, {b['lc_ci_high']:.3f}]")
     return (f"{entry['name']}: LC win rate {num('lc_win_rate')} [{num('lc_ci_low')}, {num('lc_ci_high')}] vs "
-            f"{entry['baseline']}{vs_base}, length {length}, refusal {num('refusal_rate_model')} (baseline "
+            f"{entry['baseline']}{vs_base}, length {length}, benign refusal {num('refusal_rate_model')} (baseline "
             f"{num('refusal_rate_baseline')}), gate: {decision}")
 
 

@@ -279,3 +279,24 @@ def test_default_prompts_put_the_run_s_held_out_ones_first(tmp_path):
     assert tags.count("harmful") == 11 and tags.count("benign") == 11
     again, _ = audit_prompts(load_config(CONFIG, [f"out_dir={layout.root}", "audit.limit=24", "seed=3"]), layout)
     assert again == limited  # the same ones whatever the seed
+
+
+def test_prompts_from_a_run_folder_are_the_prompts_its_audit_used(tmp_path):
+    from cai_pipeline.config import load_config
+    from cai_pipeline.errors import UserError
+    from cai_pipeline.stages.audit import audit_prompts
+    from cai_pipeline.store import RunLayout
+
+    done = RunLayout(tmp_path / "round")
+    done.audit_dir.mkdir(parents=True)
+    asked = [("h1", "held_out", "Mine?"), ("b7", "benign", "Kill a stuck process?"), ("x3", "harmful", "Hurt him?")]
+    rows = [{"prompt_id": pid, "tag": tag, "side": side, "prompt": [{"role": "user", "content": text}]}
+            for side in ("model", "baseline") for pid, tag, text in asked]
+    pd.DataFrame(rows).to_parquet(done.audit_responses)
+    cfg = load_config(CONFIG, [f"out_dir={tmp_path / 'other'}", f"audit.prompts={done.root}", "audit.limit=null"])
+    prompts, rejects = audit_prompts(cfg, RunLayout(tmp_path / "other"))
+    assert [(p["prompt_id"], p["tag"], p["prompt"][0]["content"]) for p in prompts] == asked and rejects == []
+    (tmp_path / "empty").mkdir()
+    cfg = load_config(CONFIG, [f"out_dir={tmp_path / 'other'}", f"audit.prompts={tmp_path / 'empty'}"])
+    with pytest.raises(UserError, match=r"audit.prompts: .*empty is a folder without an audit \(audit/responses"):
+        audit_prompts(cfg, RunLayout(tmp_path / "other"))

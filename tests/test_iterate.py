@@ -5,6 +5,7 @@ The real-model run and its resume after kill -9 are in test_iterate_real.py."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,15 @@ from cai_pipeline.cli import main
 from cai_pipeline.config import load_config
 from cai_pipeline.errors import UserError
 from cai_pipeline.inputs import load_prompts
-from cai_pipeline.iterate import best_round, gate, plan, round_config, round_line, run_iterate
+from cai_pipeline.iterate import (
+    base_audit_config,
+    best_round,
+    gate,
+    plan,
+    round_config,
+    round_line,
+    run_iterate,
+)
 from tests.conftest import REPO
 
 PAPER = REPO / "configs" / "cai-paper.yaml"
@@ -45,6 +54,16 @@ def test_round_folders_models_and_baselines(tmp_path):
     assert all(r.audit.model is None and r.train.model is None for r in (sl, rl1, rl2))  # the round's checkpoint
     # one judge for every round: the base model, not the policy being judged
     assert {r.judge.model for r in (sl, rl1, rl2)} == {cfg.model}
+
+
+def test_the_audit_against_the_base_uses_the_round_s_audit_prompts(tmp_path):
+    cfg = top(tmp_path, "audit.limit=24")
+    _, rl1, _ = rounds_of(cfg)
+    b = base_audit_config(cfg, rl1)
+    assert Path(b.out_dir) == tmp_path / "it" / "vs-base" / "01-rl" and b.stages == ["audit"]
+    assert (b.audit.model, b.audit.baseline) == (str(Path(rl1.out_dir) / "checkpoint"), cfg.model)
+    # the round's own audit picked (and limited) the prompts: the same ones, held-out included, none re-limited
+    assert b.audit.prompts == rl1.out_dir and b.audit.limit is None
 
 
 def test_sl_and_rl_recipes(tmp_path):
@@ -172,12 +191,16 @@ def test_compare_shows_the_rounds_of_an_iterate_folder(tmp_path, capsys, monkeyp
     audit = {"lc_win_rate": 0.52, "lc_ci_low": 0.45, "lc_ci_high": 0.6, "mean_length_model": 110.0,
              "mean_length_baseline": 100.0, "refusal_rate_model": 0.1, "refusal_rate_baseline": 0.2,
              "principles": {"violence": {"win_rate": 0.55, "lc_win_rate": 0.5}}}
+    later = {**audit, "principles": {"violence": {"win_rate": 0.4}, "privacy": {"win_rate": 0.625}}}
     rounds = [{**entry("00-sl", "sl"), "audit": audit},
-              {**entry("01-rl", "rl", False), "audit": audit, "gate": gate({"overall": audit}, 0.1)}]
+              {**entry("01-rl", "rl", False), "audit": later, "gate": gate({"overall": audit}, 0.1)}]
     (out / "iterate.json").write_text(json.dumps({"rounds": rounds}))
     assert main(["compare", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "00-sl" in shown and "01-rl" in shown and "52.0 [45.0, 60.0]" in shown and "+10.0%" in shown
+    # principles down, rounds across: a principle a round did not audit shows a dash, not a number
+    assert re.search(r"violence\s*│\s*55\.0\s*│\s*40\.0", shown)
+    assert re.search(r"privacy\s*│\s*—\s*│\s*62\.5", shown)
     assert "gate after 01-rl: length-controlled win rate 0.520 [0.450, 0.600]: its CI is not above 0.5" in shown
     (out / "iterate.json").unlink()
     assert main(["compare", str(out)]) == 2 and "no rounds" in capsys.readouterr().err

@@ -274,7 +274,7 @@
     if (!rs.length) return null;
     const ids = [...new Set(rs.flatMap((r) => Object.keys((r.audit || {}).principles || {})))];
     const head = ["round", "model", "samples", "mean words", "revision preferred", "audit win rate", "length-controlled",
-      "LC 95% CI", "LC vs base [CI]", "mean length (model / baseline)", "refusal (model / baseline)", "gate", "report"];
+      "LC 95% CI", "LC vs base [CI]", "mean length (model / baseline)", "refusal on benign prompts (model / baseline)", "gate", "report"];
     const vsBase = (g) => (g && g.vs_base && g.vs_base.lc_win_rate !== undefined
       ? `${fmt(g.vs_base.lc_win_rate)} [${fmt(g.vs_base.lc_ci_low)}, ${fmt(g.vs_base.lc_ci_high)}]` : "—");
     const pair = (a, b) => (a === undefined && b === undefined ? "—" : `${fmt(a)} / ${fmt(b)}`);
