@@ -141,17 +141,20 @@ def round_row(r: dict) -> tuple[str, ...]:
     """round, kind, status, LC win % [CI] over its baseline, and over the base model, length change, refusal %
     model / baseline, gate."""
     a = r.get("audit") or {}
-    lc = "—" if a.get("lc_win_rate") is None else (
-        f"{100 * a['lc_win_rate']:.1f} [{_pct(a.get('lc_ci_low'))}, {_pct(a.get('lc_ci_high'))}]")
     lm, lb = a.get("mean_length_model"), a.get("mean_length_baseline")
     length = f"{lm / lb - 1:+.1%}" if lm is not None and lb else "—"
     refusal = f"{_pct(a.get('refusal_rate_model'))} / {_pct(a.get('refusal_rate_baseline'))}"
-    b = r.get("audit_vs_base") or {}
-    vs_base = "—" if b.get("lc_win_rate") is None else (
-        f"{100 * b['lc_win_rate']:.1f} [{_pct(b.get('lc_ci_low'))}, {_pct(b.get('lc_ci_high'))}]")
     g = r.get("gate")
     gate = "not gated" if g is None else ("pass" if g["passed"] else "stop")
-    return (str(r.get("name")), str(r.get("kind")), str(r.get("status")), lc, vs_base, length, refusal, gate)
+    return (str(r.get("name")), str(r.get("kind")), str(r.get("status")), _lc_cell(a),
+            _lc_cell(r.get("audit_vs_base") or {}), length, refusal, gate)
+
+
+def _lc_cell(a: dict) -> str:
+    """An audit's length-controlled win % and its CI, "—" without one."""
+    if a.get("lc_win_rate") is None:
+        return "—"
+    return f"{100 * a['lc_win_rate']:.1f} [{_pct(a.get('lc_ci_low'))}, {_pct(a.get('lc_ci_high'))}]"
 
 
 def principle_rows(rounds: list[dict]) -> list[tuple[str, ...]]:
@@ -159,7 +162,7 @@ def principle_rows(rounds: list[dict]) -> list[tuple[str, ...]]:
     its own, principles down and rounds across, so it stays legible with 18 principles in 80 columns."""
     by_round = [((r.get("audit") or {}).get("principles") or {}) for r in rounds]
     ids = list(dict.fromkeys(pid for principles in by_round for pid in principles))
-    return [(pid, *(_pct((p.get(pid) or {}).get("win_rate")) if pid in p else "—" for p in by_round)) for pid in ids]
+    return [(pid, *(_pct((p.get(pid) or {}).get("win_rate")) for p in by_round)) for pid in ids]
 
 
 def print_rounds(console: Console, store: RunStore, title: str) -> int:

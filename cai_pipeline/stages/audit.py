@@ -96,25 +96,24 @@ def axes(principles, helpfulness_tags: list[str]) -> tuple[dict[str, list[int]],
 
 def _run_prompts(folder: Path, key: str) -> list[dict]:
     """The prompts another run's audit used (its audit/responses.parquet), in order, with their tags: to audit a
-    second pair of models on exactly the same prompts (`cai iterate`'s vs-base audits do)."""
+    second pair of models on exactly the same prompts (`cai iterate`'s vs-base audits do). One row per response;
+    audit_prompts keeps the first of each prompt_id."""
     from cai_pipeline.store import read_parquet
 
     responses = RunLayout(folder).audit_responses
     if not responses.exists():
         raise UserError(f"{key}: {folder} is a folder without an audit ({responses.relative_to(folder)}); give a "
                         "prompts file, or a run folder whose audit has run")
-    first: dict[str, dict] = {}
-    for r in read_parquet(responses):
-        first.setdefault(r["prompt_id"], {"prompt_id": r["prompt_id"], "prompt": r["prompt"], "tag": r["tag"]})
-    return list(first.values())
+    return [{"prompt_id": r["prompt_id"], "prompt": r["prompt"], "tag": r["tag"]} for r in read_parquet(responses)]
 
 
 def _file_prompts(path: str, key: str, system_prompt: str | None) -> tuple[list[dict], list[dict]]:
     from cai_pipeline.inputs import load_prompts
 
-    if Path(path).expanduser().is_dir():
-        return _run_prompts(Path(path).expanduser(), key), []
-    if not Path(path).expanduser().exists():
+    file = Path(path).expanduser()
+    if file.is_dir():
+        return _run_prompts(file, key), []
+    if not file.exists():
         raise UserError(f"{key}: {path} does not exist; point it at a JSONL, Parquet or CSV file of prompts")
     loaded = load_prompts(path, system_prompt=system_prompt, keep=("tag",))
     rows = [{**r, "tag": str(r["tag"]).strip().lower() if r["tag"] else "untagged"} for r in loaded.rows]
