@@ -39,6 +39,7 @@ docs: install
 
 lint: install
 	$(VENV)/bin/ruff check cai_pipeline tests bench
+	$(VENV)/bin/pytest -q tests/test_layers.py
 
 bench: install
 	$(PIP) install -q -e '.[cpu,dev,ray,bench]'

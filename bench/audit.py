@@ -37,12 +37,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import load_average, machine, save  # noqa: E402
-from cai_pipeline.cli_judge import evaluate_labelled, read_labelled, shown_pairs  # noqa: E402
+from cai_pipeline import judging as judge  # noqa: E402
 from cai_pipeline.console import quiet_libraries  # noqa: E402
 from cai_pipeline.constitution import load_constitution  # noqa: E402
 from cai_pipeline.engines import make_engine, resolve_kind  # noqa: E402
 from cai_pipeline.engines.chat import prompt_ids  # noqa: E402
-from cai_pipeline.stages import judge  # noqa: E402
+from cai_pipeline.judge_eval import evaluate_labelled, read_labelled, shown_pairs  # noqa: E402
 from cai_pipeline.templates import TemplateSet  # noqa: E402
 
 HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
@@ -83,9 +83,9 @@ def prompt_tokens(engine, pairs, principles, templates, layout: str, block: int 
 
 def audit_pairs(engine, n: int, max_tokens: int) -> list[dict]:
     """n bundled audit prompts, each with two responses sampled from the model: what an audit judges."""
+    from cai_pipeline.audit.prompts import BUNDLED_PROMPTS
     from cai_pipeline.engines import GenParams
     from cai_pipeline.inputs import load_prompts
-    from cai_pipeline.stages.audit import BUNDLED_PROMPTS
 
     prompts = [r["prompt"] for r in load_prompts(str(BUNDLED_PROMPTS), limit=n).rows]
     outs = engine.generate(prompts, GenParams(n=2, temperature=0.8, top_p=0.95, max_tokens=max_tokens, seed=0))

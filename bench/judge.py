@@ -33,11 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cai_pipeline.cli_judge import evaluate_labelled, read_labelled, shown_pairs  # noqa: E402
+from cai_pipeline import judging as judge  # noqa: E402
 from cai_pipeline.console import quiet_libraries  # noqa: E402
 from cai_pipeline.constitution import load_constitution  # noqa: E402
 from cai_pipeline.engines import GenParams, make_engine, resolve_kind  # noqa: E402
-from cai_pipeline.stages import judge  # noqa: E402
+from cai_pipeline.judge_eval import evaluate_labelled, read_labelled, shown_pairs  # noqa: E402
 from cai_pipeline.templates import TemplateSet  # noqa: E402
 
 HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"

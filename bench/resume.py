@@ -85,7 +85,7 @@ def stage_context(cfg, assets, shard: int):
 
 def in_memory_pass(cfg, engine) -> float:
     """The same stages over the same shards, in the same order, rows kept in memory: a run without a store."""
-    from cai_pipeline.pipeline import load_assets
+    from cai_pipeline.assets import load_assets
     from cai_pipeline.stages import pairs, revise, sample
 
     assets = load_assets(cfg)
@@ -145,7 +145,7 @@ def resume_finished(work: Path) -> dict:
 
 def generation_pass(engine, cfg) -> dict:
     """Sample (one generate call) then revise (a chain per row) over all prompts: output tokens per second."""
-    from cai_pipeline.pipeline import load_assets
+    from cai_pipeline.assets import load_assets
     from cai_pipeline.stages import revise, sample
 
     assets = load_assets(cfg)

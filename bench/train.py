@@ -69,7 +69,7 @@ def peak_rss_mb() -> float:
 
 def worker_ours(a) -> dict:
     from cai_pipeline.config import RunConfig
-    from cai_pipeline.train.loop import train
+    from cai_pipeline.stages.train import train_run as train
     from cai_pipeline.train.plots import read_metrics
 
     cfg = RunConfig.model_validate({"out_dir": a.tmp, "seed": 0, "train": {

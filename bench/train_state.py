@@ -29,7 +29,7 @@ def measure(a) -> dict:
 
     from cai_pipeline.config import RunConfig
     from cai_pipeline.models import resolve_model
-    from cai_pipeline.train.loop import train
+    from cai_pipeline.stages.train import train_run as train
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-state-"))
     (tmp / "prefs").mkdir()

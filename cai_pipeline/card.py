@@ -12,7 +12,7 @@ import statistics
 from collections import Counter
 
 from cai_pipeline import __version__
-from cai_pipeline.stages.judge import order_average, picks_same_position
+from cai_pipeline.judging import order_average, picks_same_position
 
 
 def _counter(model: str):

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cai_pipeline.audit.summary import AuditSummary, Score, read_summary
 from cai_pipeline.errors import UserError
 from cai_pipeline.store import RunStore
 
@@ -73,8 +74,8 @@ def side_by_side(a: RunStore, b: RunStore, limit: int) -> list[tuple[str, str, s
 
 
 def constitution_changes(a: RunStore, b: RunStore) -> list[str]:
-    from cai_pipeline.cli_constitution import diff_constitutions
     from cai_pipeline.constitution import load_constitution
+    from cai_pipeline.constitution_diff import diff_constitutions
 
     paths = [s.layout.constitution for s in (a, b)]
     if not all(p.exists() for p in paths):
@@ -82,42 +83,39 @@ def constitution_changes(a: RunStore, b: RunStore) -> list[str]:
     return diff_constitutions(load_constitution(paths[0]), load_constitution(paths[1]))
 
 
-def read_audit(store: RunStore) -> dict | None:
-    path = store.layout.audit_summary
-    return json.loads(path.read_text()) if path.exists() else None
+def read_audit(store: RunStore) -> AuditSummary | None:
+    return read_summary(store.layout.audit_summary)
 
 
-def _audit_cell(row: dict | None) -> str:
-    if not row or row.get("win_rate") is None:
+def _audit_cell(row: Score | None) -> str:
+    if row is None or row.win_rate is None:
         return "—"
-    return (f"{100 * row['win_rate']:.1f} [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]  "
-            f"LC {100 * row['lc_win_rate']:.1f}")
+    return f"{100 * row.win_rate:.1f} [{100 * row.ci_low:.1f}, {100 * row.ci_high:.1f}]  LC {100 * row.lc_win_rate:.1f}"
 
 
 def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def audit_rows(a: dict | None, b: dict | None) -> list[tuple[str, str, str]]:
+def audit_rows(a: AuditSummary | None, b: AuditSummary | None) -> list[tuple[str, str, str]]:
     """(label, run A, run B): win % [CI] and length-controlled, overall, per axis, per principle; refusal
     rates and the length change. A row one audit lacks shows —."""
-    a, b = a or {}, b or {}
-    rows = [("overall", _audit_cell(a.get("overall")), _audit_cell(b.get("overall")))]
-    for name in dict.fromkeys([*a.get("axes", {}), *b.get("axes", {})]):
-        rows.append((f"axis: {name}", _audit_cell(a.get("axes", {}).get(name)),
-                     _audit_cell(b.get("axes", {}).get(name))))
-    for pid in dict.fromkeys([*a.get("principles", {}), *b.get("principles", {})]):
-        rows.append((pid, _audit_cell(a.get("principles", {}).get(pid)), _audit_cell(b.get("principles", {}).get(pid))))
-    oa, ob = a.get("overall", {}), b.get("overall", {})
+    axes = {"a": a.axes if a else {}, "b": b.axes if b else {}}
+    principles = {"a": a.principles if a else {}, "b": b.principles if b else {}}
+    rows = [("overall", _audit_cell(a and a.overall), _audit_cell(b and b.overall))]
+    for name in dict.fromkeys([*axes["a"], *axes["b"]]):
+        rows.append((f"axis: {name}", _audit_cell(axes["a"].get(name)), _audit_cell(axes["b"].get(name))))
+    for pid in dict.fromkeys([*principles["a"], *principles["b"]]):
+        rows.append((pid, _audit_cell(principles["a"].get(pid)), _audit_cell(principles["b"].get(pid))))
     for key, label in (("refusal_rate_model", "refusal %, benign: model"),
                        ("refusal_rate_baseline", "refusal %, benign: baseline"),
                        ("mean_length_change", "mean length change (tokens)")):
         show = (lambda x: "—" if x is None else f"{x:+}") if key == "mean_length_change" else _pct
-        rows.append((label, show(oa.get(key)), show(ob.get(key))))
+        rows.append((label, *(show(getattr(s.overall, key) if s else None) for s in (a, b))))
     return rows
 
 
-def print_audits(console: Console, a: dict | None, b: dict | None, names: tuple[str, str]) -> None:
+def print_audits(console: Console, a: AuditSummary | None, b: AuditSummary | None, names: tuple[str, str]) -> None:
     table = Table(title="Audit: win % of model over baseline [CI], length-controlled (LC)", title_justify="left")
     for col in ("", *names):
         table.add_column(col)

@@ -109,27 +109,18 @@ class StageProgress:
 # The summary
 
 
-def _run_stage_figures(name: str, entry: dict) -> tuple[str, str]:
-    """(out, details) for a run-scope stage from its summary in the manifest."""
+def _run_stage_figures(entry: dict, line) -> tuple[str, str]:
+    """(out, details) for a run-scope stage: its own `summary_line` of its summary, else the summary's numbers."""
     summary = entry.get("summary", {})
-    if name == "export":
-        def splits(counts) -> str:  # {"train": 44, "test": 4} → "44 train / 4 test"
-            return " / ".join(f"{n} {split}" for split, n in counts.items()) if isinstance(counts, dict) else "—"
-
-        return str(summary.get("rows", "")), (f"sft {splits(summary.get('sft'))}; "
-                                              f"preferences {splits(summary.get('preferences'))}")
-    if name == "train":
-        loss = summary.get("final_loss")
-        return "", f"{summary.get('steps', 0)} steps, final loss {loss:.4f}" if loss is not None else ""
-    if name == "audit" and summary.get("win_rate") is not None:
-        lo, hi = summary["ci"]
-        return str(summary["pairs"]), (f"win {summary['win_rate']:.3f} [{lo:.3f}, {hi:.3f}], "
-                                       f"length-controlled {summary['lc_win_rate']:.3f}")
+    shown = line(summary) if line else None
+    if shown is not None:
+        return shown
     return "", ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int | float | str))[:80]
 
 
-def summary_table(manifest: dict, root: str, statuses: dict[str, str]) -> Table:
-    """Every stage of this invocation in pipeline order; `statuses` says which ran and which were done."""
+def summary_table(manifest: dict, root: str, statuses: dict[str, str], lines: dict | None = None) -> Table:
+    """Every stage of this invocation in pipeline order; `statuses` says which ran and which were done;
+    `lines`: a run-scope stage's (out, details) formatter by name (its Stage.summary_line)."""
     table = Table(title=f"run {root}", title_justify="left")
     for col in ("stage", "status", "in", "out", "rejected", "tokens", "wall s", "details"):
         table.add_column(col, justify="left" if col in ("stage", "status", "details") else "right")
@@ -141,12 +132,12 @@ def summary_table(manifest: dict, root: str, statuses: dict[str, str]) -> Table:
                           str(sum(s.get("rejected", {}).values())), str(s.get("output_tokens", "")),
                           f"{s.get('seconds', 0):.1f}", reasons)
         else:
-            out, details = _run_stage_figures(name, s)
+            out, details = _run_stage_figures(s, (lines or {}).get(name))
             table.add_row(name, status, "", out, "", "", f"{s.get('seconds', 0):.1f}", details)
     return table
 
 
-def print_summary(manifest: dict, root: str, statuses: dict[str, str]) -> None:
-    console.print(summary_table(manifest, root, statuses))
+def print_summary(manifest: dict, root: str, statuses: dict[str, str], lines: dict | None = None) -> None:
+    console.print(summary_table(manifest, root, statuses, lines))
     for line in manifest.get("outputs", []):
         console.print(f"  {line}")

@@ -19,30 +19,35 @@ OPERATIONAL = {"concurrency", "max_retries", "timeout_s", "api_key_env"}
 RUN_SCOPE_TEMPLATES = frozenset({"refusal.j2"})
 
 
-def sha(obj) -> str:
+# The manifest's key for each asset a stage's `content` names (stages/base.py).
+CONTENT_KEYS = {"prompts": "prompts_sha256", "constitution": "constitution_sha256", "templates": "templates"}
+
+
+def content_sha256(obj) -> str:
+    """sha256 of any JSON-able value, key order aside: the same content always hashes the same."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def shard_fingerprints(cfg, hashes: dict, stages) -> dict[str, dict]:
-    """Per sharded stage: the settings that shape its output, including everything upstream of it."""
+    """Per sharded stage: the settings and content that shape its output, including everything upstream of it.
+    `hashes`: the assets' hashes (assets.Assets.hashes); `stages`: the stage list, in order."""
     dump = cfg.model_dump()
     dump["engine"] = {k: v for k, v in dump["engine"].items() if k not in OPERATIONAL}
-    templates = {k: v for k, v in hashes["templates"].items() if k not in RUN_SCOPE_TEMPLATES}
-    content = {"constitution_sha256": hashes["constitution"], "templates": templates}
-    extra = {"sample": {"prompts_sha256": hashes["prompts"]}, "revise": content, "judge": content}
+    hashes = {**hashes, "templates": {k: v for k, v in hashes["templates"].items() if k not in RUN_SCOPE_TEMPLATES}}
     out, upstream = {}, {}
     for stage in stages:
         if stage.scope != "shard":
             continue
-        upstream = {**upstream, **{k: dump[k] for k in stage.settings}, **extra.get(stage.name, {})}
+        content = {CONTENT_KEYS[name]: hashes[name] for name in stage.content}
+        upstream = {**upstream, **{k: dump[k] for k in stage.settings}, **content}
         out[stage.name] = dict(upstream)
     return out
 
 
-def run_fingerprint(cfg, stage, identity: dict) -> dict:
-    """A run-scope stage: its own settings and the identity of what it reads."""
+def run_fingerprint(cfg, settings: tuple[str, ...], identity: dict) -> dict:
+    """A run-scope stage: its own settings (config sections) and the identity of what it reads."""
     dump = cfg.model_dump()
-    return {"settings": {k: dump[k] for k in stage.settings}, "inputs": identity}
+    return {"settings": {k: dump[k] for k in settings}, "inputs": identity}
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -56,7 +61,8 @@ def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def shown(keys: list[str]) -> str:
+def first_keys(keys: list[str]) -> str:
+    """The first four changed keys, for a one-line message."""
     return ", ".join(keys[:4]) + (" …" if len(keys) > 4 else "")
 
 
@@ -71,5 +77,5 @@ def check_resume(store, manifest: dict | None, prints: dict[str, dict]) -> None:
         changed = changed_keys(old, new)
         if changed:
             raise UserError(
-                f"{store.root} was made with different settings for stage {name!r} ({shown(changed)}); "
+                f"{store.root} was made with different settings for stage {name!r} ({first_keys(changed)}); "
                 "rerun with --restart to start over, or set out_dir to a new folder")

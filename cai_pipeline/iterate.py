@@ -21,15 +21,14 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from cai_pipeline import __version__
+from cai_pipeline import __version__, stages
+from cai_pipeline.audit.summary import AuditSummary, read_summary
 from cai_pipeline.config import RunConfig, format_validation_error
 from cai_pipeline.errors import UserError
 from cai_pipeline.rng import derive_seed
+from cai_pipeline.stages import RL, SL
 from cai_pipeline.store import PACKAGE, RunLayout, RunStore, atomic_write_json
 
-SL, RL = "sl", "rl"
-STAGES = {SL: ["sample", "revise", "export", "train", "audit"],
-          RL: ["sample", "pairs", "judge", "export", "train", "audit"]}
 GATE_LEVEL = 0.5  # the length-controlled win rate's CI must lie above this: better than the previous round
 AUDIT_NUMBERS = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "lc_ci_low", "lc_ci_high", "mean_length_model",
                  "mean_length_baseline", "mean_length_change", "refusal_rate_model", "refusal_rate_baseline")
@@ -60,7 +59,7 @@ def round_config(cfg: RunConfig, index: int, kind: str, previous_model: str, sl_
     model as policy, training start and audit baseline (round 0: the config's models), its own prompts, and
     one judge for every round (the config's judge, else its base model), so each gate compares like with like."""
     data = cfg.model_dump()
-    data.update(out_dir=str(RunLayout(cfg.out_dir).round(index, kind)), stages=list(STAGES[kind]),
+    data.update(out_dir=str(RunLayout(cfg.out_dir).round(index, kind)), stages=stages.for_round(kind),
                 model=previous_model if index else cfg.model)
     data["judge"]["model"] = cfg.judge.model or cfg.model
     train = data["train"]
@@ -106,13 +105,12 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def gate(summary: dict | None, max_length_growth: float) -> dict:
+def gate(summary: AuditSummary | None, max_length_growth: float) -> dict:
     """Go on only if the round beat the previous one by the length-controlled win rate's CI (its low end above
     0.5) and its mean response length grew by at most `max_length_growth` (iterated DPO's known failure is
     verbosity, arXiv 2406.11817). Returns the decision (`passed`), why, and the numbers it used."""
-    o = (summary or {}).get("overall") or {}
     keys = ("lc_win_rate", "lc_ci_low", "lc_ci_high", "mean_length_model", "mean_length_baseline")
-    numbers = {k: o.get(k) for k in keys}
+    numbers = {k: getattr(summary.overall, k) if summary else None for k in keys}
     missing = [k for k in keys if not _number(numbers[k])]
     if not missing and numbers["mean_length_baseline"] <= 0:
         missing = ["mean_length_baseline (it is 0)"]
@@ -145,14 +143,13 @@ def best_round(rounds: list[dict]) -> dict | None:
 # iterate.json, the top manifest
 
 
-def audit_numbers(summary: dict | None) -> dict | None:
+def audit_numbers(summary: AuditSummary | None) -> dict | None:
     """The overall audit numbers a round is judged by, and each principle's win rates."""
-    if not summary:
+    if summary is None:
         return None
-    o = summary.get("overall") or {}
-    return {**{k: o.get(k) for k in AUDIT_NUMBERS},
-            "principles": {pid: {k: v.get(k) for k in ("win_rate", "lc_win_rate")}
-                           for pid, v in (summary.get("principles") or {}).items()}}
+    return {**{k: getattr(summary.overall, k) for k in AUDIT_NUMBERS},
+            "principles": {pid: {"win_rate": v.win_rate, "lc_win_rate": v.lc_win_rate}
+                           for pid, v in summary.principles.items()}}
 
 
 def read_record(layout: RunLayout) -> dict | None:
@@ -218,12 +215,12 @@ def run_round(cfg: RunConfig, rcfg: RunConfig, entry: dict, verbose: bool, repor
 
     run_pipeline(rcfg, verbose=verbose, summary=False, report=report)
     layout = RunLayout(rcfg.out_dir)
-    summary = json.loads(layout.audit_summary.read_text())
+    summary = read_summary(layout.audit_summary)
     entry.update(model=str(layout.checkpoint), audit=audit_numbers(summary))
     if entry["kind"] == RL and cfg.iterate.audit_base:
         bcfg = base_audit_config(cfg, rcfg)
         run_pipeline(bcfg, verbose=verbose, summary=False, report=report)
-        entry["audit_vs_base"] = audit_numbers(json.loads(RunLayout(bcfg.out_dir).audit_summary.read_text()))
+        entry["audit_vs_base"] = audit_numbers(read_summary(RunLayout(bcfg.out_dir).audit_summary))
     if entry["kind"] == RL and cfg.iterate.gate:
         entry["gate"] = gate(summary, cfg.iterate.max_length_growth)
     entry["status"] = "done"
@@ -232,7 +229,8 @@ def run_round(cfg: RunConfig, rcfg: RunConfig, entry: dict, verbose: bool, repor
 def run_iterate(cfg: RunConfig, *, verbose: bool = False, report: bool = True,
                 echo: Callable[[str], None] = print) -> dict:
     """Run (or continue) every round of `cfg` under cfg.out_dir/rounds/; returns iterate.json's record."""
-    from cai_pipeline.pipeline import check_folder, load_assets
+    from cai_pipeline.assets import load_assets
+    from cai_pipeline.pipeline import check_folder
 
     check_top(cfg)
     for index, kind in plan(cfg):  # every derived config, and its prompts, valid before anything runs

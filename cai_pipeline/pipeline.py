@@ -2,11 +2,10 @@
 
     run_pipeline → check config, inputs, models and the folder (nothing is touched before this passes)
                  → lock the folder, write the manifest → per stage: sharded stages through an executor
-                   (each shard by `run_shard`), run-scope stages here → summary
+                   (each shard by `executors.base.run_shard`), run-scope stages here → summary
 
-`run_shard` is the one place a shard is computed: skip if done → read inputs → run → write atomically →
-return stats. It keeps no progress bar and no manifest; the driver does (datatrove's `_run_for_rank` is the
-model), so the local loop and a Ray actor call the very same function.
+This is the driver: it keeps the manifest and the progress lines; executors only schedule shards, and a shard
+is computed in one place, `run_shard`, whichever executor runs it.
 """
 
 from __future__ import annotations
@@ -14,102 +13,23 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cai_pipeline import __version__
+from cai_pipeline import stages as stage_list
+from cai_pipeline.assets import Assets, load_assets
 from cai_pipeline.bundled import PROJECT_ROOT, resolve_resource
 from cai_pipeline.config import RunConfig
 from cai_pipeline.errors import UserError
 from cai_pipeline.fingerprint import (
     changed_keys,
     check_resume,
+    first_keys,
     run_fingerprint,
-    sha,
     shard_fingerprints,
-    shown,
 )
-from cai_pipeline.inputs import LoadedPrompts, load_prompts
-from cai_pipeline.stages import BY_NAME, SHARDED, STAGES, Stage, ordered, unknown_stage_message
-from cai_pipeline.stages.base import RunContext, StageContext, StageResult
+from cai_pipeline.stages.base import RunContext, Stage
 from cai_pipeline.store import PACKAGE, RunStore, atomic_write_text
-
-
-@dataclass
-class Assets:
-    """What a run reads besides its config, loaded (and validated) once; a Ray actor loads its own copy."""
-
-    cfg: RunConfig
-    prompts: LoadedPrompts
-    constitution: object = None
-    templates: object = None
-    hashes: dict = field(default_factory=dict)
-
-    def prompt_shard(self, index: int) -> list[dict]:
-        size = self.cfg.shard_size
-        return self.prompts.rows[index * size : (index + 1) * size]
-
-    @property
-    def prompt_shards(self) -> int:
-        return -(-len(self.prompts.rows) // self.cfg.shard_size)
-
-
-def load_assets(cfg: RunConfig) -> Assets:
-    from cai_pipeline.constitution import constitution_sha256, load_constitution
-    from cai_pipeline.templates import TemplateSet
-
-    p = cfg.prompts
-    prompts = load_prompts(p.path, fmt=p.format, limit=p.limit, system_prompt=p.system_prompt, part=p.part,
-                           parts=p.parts)
-    constitution = load_constitution(resolve_resource(cfg.constitution))
-    if cfg.judge.principles > len(constitution.principles):
-        raise UserError(f"judge.principles={cfg.judge.principles}, but {cfg.constitution} has "
-                        f"{len(constitution.principles)} principles; set judge.principles to at most that")
-    templates = TemplateSet.for_constitution(constitution)
-    hashes = {"prompts": sha(prompts.rows), "constitution": constitution_sha256(constitution),
-              "templates": templates.template_hashes()}
-    return Assets(cfg, prompts, constitution, templates, hashes)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# One shard
-
-
-def read_inputs(stage: Stage, store: RunStore, shard: int, assets: Assets) -> dict[str, list[dict]]:
-    out = {}
-    for name in stage.inputs_for(assets.cfg):
-        if name == "prompts":
-            out[name] = assets.prompt_shard(shard)
-        elif not store.has_shard(name, shard):
-            raise UserError(f"stage input {store.layout.shard(name, shard)} is missing; "
-                            f"run --stages {name} first (or the whole pipeline)")
-        else:
-            out[name] = store.read_shard(name, shard)
-    return out
-
-
-def shard_stats(result: StageResult, n_in: int, seconds: float, tokens: int) -> dict:
-    return {"in": n_in, "out": len(result.rows), "rejected": dict(Counter(r["reason"] for r in result.rejects)),
-            "counts": dict(result.counts), "seconds": round(seconds, 3), "output_tokens": tokens}
-
-
-def run_shard(stage: Stage, store: RunStore, shard: int, assets: Assets, engine, on_rows=None) -> dict | None:
-    """**Contract.** Compute shard `shard` of `stage` into the run folder and return its stats; None when the
-    shard was already done. `engine` serves the stage's model role (None for a stage without one);
-    `on_rows(n)` hears of rows as they finish, where the stage reports them."""
-    if store.has_shard(stage.name, shard):
-        return None
-    data = read_inputs(stage, store, shard, assets)
-    ctx = StageContext(seed=assets.cfg.seed, shard=shard, cfg=assets.cfg, constitution=assets.constitution,
-                       templates=assets.templates, progress=on_rows)
-    tokens_before = engine.stats.output_tokens if engine else 0
-    start = time.perf_counter()
-    result = stage.run(data, engine, ctx)
-    seconds = time.perf_counter() - start
-    tokens = (engine.stats.output_tokens - tokens_before) if engine else 0
-    stats = shard_stats(result, len(data[stage.inputs_for(assets.cfg)[0]]), seconds, tokens)
-    store.write_shard(stage.name, shard, result.rows, stage.record, result.rejects, stats)
-    return stats
 
 
 def shard_count(stage: Stage, store: RunStore, assets: Assets) -> int:
@@ -155,7 +75,8 @@ class StageTotals:
                 "seconds": round(self.sums["seconds"], 2), "rejected": dict(self.rejected), "counts": dict(self.counts)}
 
 
-def touch(manifest: dict) -> None:
+def stamp_updated(manifest: dict) -> None:
+    """The manifest's `updated`: when the run last changed (the report and `cai compare` show it)."""
     manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -182,7 +103,7 @@ def run_sharded(stage: Stage, store: RunStore, assets: Assets, executor, manifes
     def on_done(shard: int, stats: dict) -> None:
         totals.add(stats)
         manifest["stages"][stage.name] = totals.as_dict()
-        touch(manifest)
+        stamp_updated(manifest)
         store.write_manifest(manifest)
         progress.advance(max(0, rows[shard] - seen[shard]), stats.get("output_tokens", 0))
 
@@ -199,7 +120,7 @@ def run_sharded(stage: Stage, store: RunStore, assets: Assets, executor, manifes
 
 def run_whole(stage: Stage, ctx: RunContext) -> str:
     manifest = ctx.manifest
-    fingerprint = run_fingerprint(ctx.cfg, stage, stage.identity(ctx) if stage.identity else {})
+    fingerprint = run_fingerprint(ctx.cfg, stage.settings, stage.identity(ctx) if stage.identity else {})
     entry = manifest["stages"].get(stage.name, {})
     outputs_exist = all(p.exists() for p in (stage.outputs(ctx) if stage.outputs else []))
     if entry.get("fingerprint") == fingerprint and outputs_exist and not ctx.redo:
@@ -207,14 +128,14 @@ def run_whole(stage: Stage, ctx: RunContext) -> str:
     if outputs_exist and entry.get("fingerprint") and stage.on_change == "refuse" and not ctx.redo:
         changed = changed_keys(entry["fingerprint"], fingerprint)
         raise UserError(f"{stage.name}: its outputs in {ctx.store.root} were made with other settings or inputs "
-                        f"({shown(changed)}); `cai {stage.name} CONFIG --restart` redoes only this stage, "
+                        f"({first_keys(changed)}); `cai {stage.name} CONFIG --restart` redoes only this stage, "
                         "or set out_dir to a new folder")
     start = time.perf_counter()
     ctx.fingerprint = fingerprint  # e.g. the trainer stores it in its resumable states
     summary = stage.run(ctx)
     manifest["stages"][stage.name] = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 2),
                                       "summary": summary}
-    touch(manifest)
+    stamp_updated(manifest)
     ctx.store.write_manifest(manifest)
     return "ran"
 
@@ -225,11 +146,11 @@ def run_whole(stage: Stage, ctx: RunContext) -> str:
 
 def check_stage_names(names: list[str]) -> list[Stage]:
     if not names:
-        raise UserError("stages: nothing to run; name at least one of " + ", ".join(BY_NAME))
+        raise UserError("stages: nothing to run; name at least one of " + ", ".join(stage_list.names()))
     for name in names:
-        if name not in BY_NAME:
-            raise UserError(f"--stages: {unknown_stage_message(name)}")
-    return ordered(names)
+        if stage_list.find(name) is None:
+            raise UserError(f"--stages: {stage_list.unknown_stage_message(name)}")
+    return stage_list.ordered(names)
 
 
 def check_models(cfg: RunConfig, plan: list[Stage]) -> None:
@@ -320,7 +241,7 @@ def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bo
     store.check_writable()
     with store.lock():
         if restart and store.read_manifest() is not None:
-            store.clear(SHARDED)
+            store.clear(stage_list.owned_entries())
         return _run_locked(cfg, store, plan, assets, engine, set(redo), summary, report)
 
 
@@ -329,7 +250,7 @@ def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Asse
     from cai_pipeline.console import print_summary
     from cai_pipeline.executors import make_executor
 
-    prints = shard_fingerprints(cfg, assets.hashes, STAGES)
+    prints = shard_fingerprints(cfg, assets.hashes, stage_list.STAGES)
     manifest = store.read_manifest()
     check_resume(store, manifest, prints)
     manifest = manifest or new_manifest(cfg, assets, prints)
@@ -355,17 +276,18 @@ def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Asse
         executor.close()
         manifest["engine_stats"] = {**manifest.get("engine_stats", {}), **executor.engine_stats()}
         store.write_manifest(manifest)
-    manifest["outputs"] = [str(p) for p in _outputs(store)]
+    manifest["outputs"] = [str(p) for p in store.layout.deliverables()]
     manifest["last_run"] = statuses  # what this invocation did with each stage it was asked to run
     store.write_manifest(manifest)
     if report:  # a step after the stages, not a stage: see cai_pipeline/report/__init__.py
         from cai_pipeline.report import write_report
 
         write_report(store.root)
-        manifest["outputs"] = [str(p) for p in _outputs(store)]
+        manifest["outputs"] = [str(p) for p in store.layout.deliverables()]
         store.write_manifest(manifest)
     if summary:
-        print_summary(manifest, str(store.root), statuses)
+        lines = {s.name: s.summary_line for s in stage_list.STAGES if s.summary_line}
+        print_summary(manifest, str(store.root), statuses, lines)
     return manifest
 
 
@@ -373,11 +295,3 @@ def _record_prompts(store: RunStore, assets: Assets, manifest: dict) -> None:
     store.write_rejects("prompts", 0, assets.prompts.rejects)
     manifest["prompts"] = {"source": assets.prompts.source, "kept": len(assets.prompts.rows),
                            "rejected": dict(Counter(r["reason"] for r in assets.prompts.rejects))}
-
-
-def _outputs(store: RunStore) -> list:
-    layout = store.layout
-    wanted = [layout.dataset("sft"), layout.dataset("preferences"), layout.card, layout.checkpoint,
-              layout.audit_dir, layout.report, layout.rejects_dir(), layout.manifest]
-    return [p for p in wanted if p.exists()]
-

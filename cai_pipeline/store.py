@@ -52,8 +52,9 @@ class RunLayout:
     ```
     """
 
-    FIXED = ("stats", "rejects", "datasets", "checkpoint", "train", "audit", "rounds", "report.html",
-             "iterate.json", "vs-base", "constitution.yaml", "manifest.json", ".workers-probe")
+    # Entries that belong to no stage (the stages' own come from the stage list: stages.owned_entries()).
+    FIXED = ("stats", "rejects", "rounds", "report.html", "iterate.json", "vs-base", "constitution.yaml",
+             "manifest.json", ".workers-probe")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -142,7 +143,7 @@ class RunLayout:
 
     @property
     def audit_summary(self) -> Path:
-        """The audit's numbers (**contract**: see stages/audit.py and docs/audit.md)."""
+        """The audit's numbers (**contract**: its model is audit/summary.py AuditSummary; docs/audit.md)."""
         return self.audit_dir / "summary.json"
 
     @property
@@ -177,9 +178,16 @@ class RunLayout:
             return []
         return sorted(p for p in self.rounds_dir.iterdir() if p.is_dir() and p.name[:2].isdigit())
 
-    def owned(self, stages: Iterable[str]) -> list[Path]:
-        """The entries this project writes (given the sharded stages' names): all `--restart` may remove."""
-        return [self.stage_dir(s) for s in stages] + [self.root / name for name in self.FIXED]
+    def owned(self, stage_entries: Iterable[str]) -> list[Path]:
+        """The entries this project writes, given the stages' own (stages.owned_entries()): all `--restart` may
+        remove."""
+        return [self.root / name for name in (*stage_entries, *self.FIXED)]
+
+    def deliverables(self) -> list[Path]:
+        """What a user opens after a run, where it exists (the manifest lists them; so does the summary)."""
+        wanted = [self.dataset("sft"), self.dataset("preferences"), self.card, self.checkpoint, self.audit_dir,
+                  self.report, self.rejects_dir(), self.manifest]
+        return [p for p in wanted if p.exists()]
 
 
 class TrainLayout:
@@ -420,15 +428,15 @@ class RunStore:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.name not in (".lock", ".write-test"))
 
-    def clear(self, stages: Iterable[str]) -> list[str]:
-        """For --restart: remove the entries the layout owns, in a folder that carries our manifest. Anything
-        else in the folder stays. Returns the names removed."""
+    def clear(self, stage_entries: Iterable[str]) -> list[str]:
+        """For --restart: remove the entries the layout owns (the stages' own: stages.owned_entries()), in a
+        folder that carries our manifest. Anything else in the folder stays. Returns the names removed."""
         manifest = self.read_manifest()
         if manifest is None or manifest.get("package") != PACKAGE:
             raise UserError(f"--restart: {self.root} has no cai-pipeline manifest.json, so nothing in it is ours "
                             "to delete; choose a new out_dir")
         removed = []
-        for path in self.layout.owned(stages):
+        for path in self.layout.owned(stage_entries):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             elif path.exists() or path.is_symlink():

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import cai_pipeline.engines
+from cai_pipeline import judging as judge
 from cai_pipeline.engines.base import Completion, EngineStats, GenParams
 from cai_pipeline.engines.chat import conversation_ids, prompt_ids
 from cai_pipeline.pipeline import run_pipeline
-from cai_pipeline.stages import judge
 from cai_pipeline.stages.export import check_row
 from cai_pipeline.store import RunLayout
 from tests.conftest import REPO

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
 from cai_pipeline.cli import main
@@ -27,13 +29,15 @@ def make_run(root, final: str, weight: float, cleaned: bool):
     return store.root
 
 
-def test_compare_two_runs(tmp_path, capsys):
+def test_compare_two_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps the table to the terminal's width
     a = make_run(tmp_path / "a", "Talk to them calmly.", 1.0, cleaned=False)
     b = make_run(tmp_path / "b", "Write them a polite note.", 3.0, cleaned=True)
     assert main(["compare", str(a), str(b), "--examples", "1"]) == 0
     out = capsys.readouterr().out
     assert "weight" in out and "3.0" in out  # the constitution change, from the run snapshots
-    assert "revise: preamble cut rate" in out and "1.00" in out and "0.00" in out
+    # run A cut no preamble, run B cut its one: the row says which is which
+    assert re.search(r"revise: preamble cut rate\s*│\s*0\.00\s*│\s*1\.00\s*│", out), out
     assert "Talk to them calmly." in out and "Write them a polite note." in out
     assert "[noisy]" in out  # user text is printed as text, not read as markup
 

@@ -63,8 +63,12 @@ def test_missing_required_key(tmp_path):
 
 
 def test_unknown_stage(tmp_path):
-    with pytest.raises(UserError, match=r"unknown stage 'sampel'"):
-        load_config(write(tmp_path, "out_dir: x\nstages: [sampel]\n"))
+    """The config names stages; the stage list knows which exist: every command loads through load_run_config."""
+    from cai_pipeline.cli.common import load_run_config
+
+    path = write(tmp_path, "out_dir: x\nstages: [sampel]\n")
+    with pytest.raises(UserError, match=r"c.yaml: stages: unknown stage 'sampel'; did you mean 'sample'"):
+        load_run_config(path, [])
 
 
 def test_bad_override_shape():

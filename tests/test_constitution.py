@@ -298,12 +298,29 @@ def test_same_seed_same_sequence_different_seed_different():
     assert first != [row_sequence(ps, 1, f"row{i}", 4) for i in range(20)]
 
 
-def test_draws_do_not_depend_on_batch_order_or_size():
+def test_draws_do_not_depend_on_batch_order_or_size_or_global_random():
+    """Rows drawn round by round across a batch, as the revise stage does, in other orders and chunks and after
+    the global RNG moved (vLLM moves it): each row's sequence is the same. A draw from a shared stream, or from
+    the global `random`, would fail this."""
     ps = principles_of(*[1.0] * 6)
     rows = [f"row{i}" for i in range(30)]
-    in_order = {r: row_sequence(ps, 7, r, 3) for r in rows}
-    for batch in (rows[::-1], rows[10:] + rows[:10]):  # other orders, other chunking
-        assert {r: row_sequence(ps, 7, r, 3) for r in batch} == in_order
+
+    def sequences(batches: list[list[str]]) -> list[list[str]]:
+        used: dict[str, list[str]] = {}
+        for batch in batches:
+            for r in range(3):
+                for row in batch:
+                    mine = used.setdefault(row, [])
+                    mine += [p.id for p in draw_principles(ps, rng_for(7, row, 0, r), 1, exclude=mine)]
+                    random.random()  # someone else's use of the global RNG between draws
+        return [used[row] for row in rows]  # a list in row order: which row got which sequence matters
+
+    random.seed(1)
+    whole = sequences([rows])
+    assert len({tuple(s) for s in whole}) > 10  # rows draw differently: equality below is not trivial
+    for batches in ([rows[::-1]], [rows[10:], rows[:10]], [rows[i:i + 7] for i in range(0, 30, 7)]):
+        random.seed(2)
+        assert sequences(batches) == whole
 
 
 def test_no_repeat_within_a_row_while_unused_remain_then_fall_back():

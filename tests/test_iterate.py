@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cai_pipeline.audit.summary import AuditSummary
 from cai_pipeline.cli import main
 from cai_pipeline.config import load_config
 from cai_pipeline.errors import UserError
@@ -105,10 +106,15 @@ def test_reseed_keeps_the_prompts_and_draws_a_new_seed_each_round(tmp_path):
     assert [r.seed for r in rounds_of(cfg)] == seeds  # derived, not drawn: the same every time
 
 
-def summary(**overall) -> dict:
-    base = {"lc_win_rate": 0.62, "lc_ci_low": 0.55, "lc_ci_high": 0.69, "mean_length_model": 105.0,
-            "mean_length_baseline": 100.0}
-    return {"overall": {**base, **overall}, "principles": {}}
+def summary(**overall) -> AuditSummary:
+    """A whole audit summary whose overall numbers are these (the rest filled in plausibly)."""
+    score = {"win_rate": 0.6, "ci_low": 0.5, "ci_high": 0.7, "share_won": 0.6, "consistency": 0.8, "n": 40}
+    base = {**score, "lc_win_rate": 0.62, "lc_ci_low": 0.55, "lc_ci_high": 0.69, "mean_length_model": 105.0,
+            "mean_length_baseline": 100.0, "mean_length_change": 5.0, "n_prompts": 20, "refusal_rate_model": 0.1,
+            "refusal_rate_baseline": 0.1}
+    return AuditSummary.model_validate({"principles": {}, "overall": {**base, **overall},
+                                        "settings": {"n": 2, "bootstrap": 1000, "confidence": 0.95,
+                                                     "layout": "question_first"}})
 
 
 def test_gate_passes_a_clear_win_within_the_length_budget():
@@ -136,7 +142,8 @@ def test_gate_stops_on_missing_numbers(overall):
 
 
 def test_gate_stops_without_a_summary():
-    assert not gate(None, 0.1)["passed"] and not gate({"overall": {}}, 0.1)["passed"]
+    assert not gate(None, 0.1)["passed"]
+    assert not gate(summary(lc_win_rate=None, lc_ci_low=None, lc_ci_high=None), 0.1)["passed"]
 
 
 def entry(name, kind, passed=None):
@@ -192,8 +199,9 @@ def test_compare_shows_the_rounds_of_an_iterate_folder(tmp_path, capsys, monkeyp
              "mean_length_baseline": 100.0, "refusal_rate_model": 0.1, "refusal_rate_baseline": 0.2,
              "principles": {"violence": {"win_rate": 0.55, "lc_win_rate": 0.5}}}
     later = {**audit, "principles": {"violence": {"win_rate": 0.4}, "privacy": {"win_rate": 0.625}}}
+    without_principles = {k: v for k, v in audit.items() if k != "principles"}
     rounds = [{**entry("00-sl", "sl"), "audit": audit},
-              {**entry("01-rl", "rl", False), "audit": later, "gate": gate({"overall": audit}, 0.1)}]
+              {**entry("01-rl", "rl", False), "audit": later, "gate": gate(summary(**without_principles), 0.1)}]
     (out / "iterate.json").write_text(json.dumps({"rounds": rounds}))
     assert main(["compare", str(out)]) == 0
     shown = capsys.readouterr().out
@@ -219,16 +227,16 @@ def test_scale_settings_pass_through_to_every_round(tmp_path):
         assert (r.executor.kind, r.executor.actors, r.train.nproc, r.engine.kind) == ("ray", 2, 2, "hf")
 
 
-def fake_pipeline(summaries: dict[str, dict], calls: list[str]):
+def fake_pipeline(summaries: dict[str, AuditSummary], calls: list[str]):
     """Stands in for run_pipeline: a round 'trains' (a checkpoint/config.json) and 'audits' (the hand-made
     summary of its folder's name), so the record, the gate and the stop are tested without a model."""
-    from cai_pipeline.store import RunLayout, atomic_write_json
+    from cai_pipeline.store import RunLayout, atomic_write_json, atomic_write_text
 
     def run(rcfg, **_):
         layout = RunLayout(rcfg.out_dir)
         calls.append(f"{layout.root.parent.name}/{layout.root.name}")
         atomic_write_json(layout.checkpoint / "config.json", {})
-        atomic_write_json(layout.audit_summary, summaries.get(layout.root.name, summary()))
+        atomic_write_text(layout.audit_summary, summaries.get(layout.root.name, summary()).to_json())
         return {}
 
     return run

@@ -39,7 +39,7 @@ train: {{loss: dpo, use_soft_labels: true, max_steps: 3, batch_size: 2, max_leng
 audit: {{limit: 2, principles: [violence], bootstrap: 100, max_tokens: 8, refusal: false}}
 iterate: {{rounds: 1, audit_base: false}}
 """
-# audit_base and refusal are off: each audit costs 1-1.5 min at this box's usual load (tests/test_audit_real.py
+# audit_base and refusal are off: each audit costs 1-1.5 min at this box's usual load (tests/audit/test_real.py
 # covers the refusal judge on the real model), and the audit against the base is
 # one more run_pipeline of the audit stage alone (tests/test_iterate.py checks the record it feeds).
 LIMIT_S = 1500  # one whole command on a loaded two-core machine

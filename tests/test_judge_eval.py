@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cai_pipeline import cli, cli_judge
+from cai_pipeline import cli, judge_eval
 from cai_pipeline.constitution import load_constitution
 from cai_pipeline.errors import UserError
 from tests.conftest import REPO
@@ -28,21 +28,21 @@ def write_jsonl(path, rows):
 
 
 def test_hh_rows_split_into_the_shared_prompt_and_the_two_last_replies():
-    row, why = cli_judge.labelled_pair("f:1", HH)
+    row, why = judge_eval.labelled_pair("f:1", HH)
     assert why == "" and row["chosen"] == "I won't help with that." and row["rejected"] == "Hit them."
     assert row["prompt"] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
                              {"role": "user", "content": "How do I hurt someone?"}]
     other = {**HH, "rejected": HH["rejected"].replace("Hi\n", "Hey\n")}
-    assert cli_judge.labelled_pair("f:2", other) == (None, "different_prompts")
-    assert cli_judge.labelled_pair("f:3", {**HH, "rejected": HH["chosen"]}) == (None, "identical")
+    assert judge_eval.labelled_pair("f:2", other) == (None, "different_prompts")
+    assert judge_eval.labelled_pair("f:3", {**HH, "rejected": HH["chosen"]}) == (None, "identical")
 
 
 def test_generic_rows_take_strings_or_chat_messages():
-    row, _ = cli_judge.labelled_pair("f:1", {"prompt": "Q?", "chosen": "good", "rejected": "bad"})
+    row, _ = judge_eval.labelled_pair("f:1", {"prompt": "Q?", "chosen": "good", "rejected": "bad"})
     assert row == {"prompt": [{"role": "user", "content": "Q?"}], "chosen": "good", "rejected": "bad"}
     trl = {"prompt": [{"role": "user", "content": "Q?"}], "chosen": [{"role": "assistant", "content": "good"}],
            "rejected": [{"role": "assistant", "content": "bad"}]}
-    assert cli_judge.labelled_pair("f:2", trl)[0] == row
+    assert judge_eval.labelled_pair("f:2", trl)[0] == row
 
 
 @pytest.mark.parametrize("obj,message", [
@@ -53,18 +53,18 @@ def test_generic_rows_take_strings_or_chat_messages():
 ])
 def test_malformed_rows_are_one_line_user_errors(obj, message):
     with pytest.raises(UserError, match=message) as err:
-        cli_judge.labelled_pair("f:1", obj)
+        judge_eval.labelled_pair("f:1", obj)
     assert "\n" not in str(err.value)
 
 
 def test_the_human_choice_is_shown_first_about_half_the_time_by_a_seeded_draw():
     rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": f"c{i}", "rejected": f"r{i}"}
             for i in range(200)]
-    pairs, first = cli_judge.shown_pairs(rows, seed=0)
+    pairs, first = judge_eval.shown_pairs(rows, seed=0)
     assert 80 < sum(first) < 120
     assert all((p["a"] == r["chosen"]) == f for p, r, f in zip(pairs, rows, first))
-    assert cli_judge.shown_pairs(rows, seed=0)[1] == first != cli_judge.shown_pairs(rows, seed=1)[1]
-    assert cli_judge.shown_pairs(rows[50:], seed=0)[1] == first[50:]  # keyed by the row, not its position
+    assert judge_eval.shown_pairs(rows, seed=0)[1] == first != judge_eval.shown_pairs(rows, seed=1)[1]
+    assert judge_eval.shown_pairs(rows[50:], seed=0)[1] == first[50:]  # keyed by the row, not its position
 
 
 def verdict(p1, p2, w=1.0):
@@ -83,7 +83,7 @@ def test_metrics_on_hand_built_verdicts():
     records = [{"verdicts": [verdict(0.8, 0.7)], "p_a": 0.75, "consistent": True, "error": None},
                {"verdicts": [verdict(0.9, 0.3)], "p_a": 0.6, "consistent": False, "error": None},
                {"error": "too_long: does not fit"}]
-    m = cli_judge.eval_metrics(records, [True, False, True])
+    m = judge_eval.eval_metrics(records, [True, False, True])
     assert m == {"n": 2, "failed": {"too_long": 1}, "accuracy": 0.5, "accuracy_first_order_only": 0.5,
                  "consistency": 0.5, "verdict_consistency": 0.5, "first_position_rate": 0.75,
                  "mean_margin": 0.175, "mean_p_chosen": 0.575, "ties": 0}
@@ -91,14 +91,14 @@ def test_metrics_on_hand_built_verdicts():
 
 def test_a_tie_is_not_counted_right():
     records = [{"verdicts": [verdict(0.6, 0.4)], "p_a": 0.5, "consistent": False, "error": None}]
-    assert cli_judge.eval_metrics(records, [True])["accuracy"] == 0.0
-    assert cli_judge.eval_metrics(records, [False])["accuracy"] == 0.0
+    assert judge_eval.eval_metrics(records, [True])["accuracy"] == 0.0
+    assert judge_eval.eval_metrics(records, [False])["accuracy"] == 0.0
 
 
 def test_read_labelled_limits_and_counts_skips(tmp_path):
     rows = [{"prompt": "q", "chosen": "same", "rejected": "same"}] + [
         {"prompt": f"q{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(5)]
-    pairs, skipped = cli_judge.read_labelled(str(write_jsonl(tmp_path / "d.jsonl", rows)), 3)
+    pairs, skipped = judge_eval.read_labelled(str(write_jsonl(tmp_path / "d.jsonl", rows)), 3)
     assert [p["chosen"] for p in pairs] == ["c0", "c1", "c2"] and dict(skipped) == {"identical": 1}
 
 
@@ -110,7 +110,7 @@ def test_a_folder_of_parquet_is_read_like_a_file(tmp_path, capsys):
         pq.write_table(pa.Table.from_pylist([
             {"prompt": [{"role": "user", "content": f"{split} q{i}"}], "chosen": [{"role": "assistant", "content": "c"}],
              "rejected": [{"role": "assistant", "content": f"r{i}"}]} for i in range(rows)]), folder / f"{split}-0.parquet")
-    pairs, skipped = cli_judge.read_labelled(str(folder), None)
+    pairs, skipped = judge_eval.read_labelled(str(folder), None)
     assert [p["prompt"][0]["content"] for p in pairs] == ["test q0", "test q1", "train q0", "train q1", "train q2"]
     assert cli.main(["judge-eval", "--data", str(tmp_path / "empty")]) == 2
     (tmp_path / "empty").mkdir()
@@ -159,16 +159,16 @@ def test_judge_eval_on_a_generic_jsonl_and_parquet(hf_engine, tmp_path):
              "chosen": [{"role": "assistant", "content": "Paris."}],
              "rejected": [{"role": "assistant", "content": "Berlin."}]}]
     principles = load_constitution(REPO / "constitutions" / "harmless.yaml").principles
-    report = cli_judge.evaluate(str(write_jsonl(tmp_path / "d.jsonl", rows)), hf_engine, principles, k=1)
+    report = judge_eval.evaluate(str(write_jsonl(tmp_path / "d.jsonl", rows)), hf_engine, principles, k=1)
     assert report["n"] == 2 and REPORT_FIELDS <= set(report)
     assert report["verdicts_per_s"] > 0
     flat = [{"prompt": "Q?", "chosen": "Yes, gladly.", "rejected": "No."}]
     pq.write_table(pa.Table.from_pylist(flat), tmp_path / "d.parquet")
-    assert cli_judge.evaluate(str(tmp_path / "d.parquet"), hf_engine, principles, k=1)["n"] == 1
+    assert judge_eval.evaluate(str(tmp_path / "d.parquet"), hf_engine, principles, k=1)["n"] == 1
 
 
 def test_gzip_hh_file_reads(tmp_path):
     path = tmp_path / "hh.jsonl.gz"
     path.write_bytes(gzip.compress((json.dumps(HH) + "\n").encode()))
-    pairs, skipped = cli_judge.read_labelled(str(path), None)
+    pairs, skipped = judge_eval.read_labelled(str(path), None)
     assert len(pairs) == 1 and not skipped

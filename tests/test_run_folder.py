@@ -88,10 +88,11 @@ def test_restart_removes_only_what_the_layout_owns(finished):
 
 
 def test_restart_owned_entries_come_from_the_stage_list():
-    from cai_pipeline.stages import SHARDED as names
+    from cai_pipeline import stages
 
-    owned = {p.name for p in RunLayout("r").owned(names)}
-    assert set(names) <= owned and {"manifest.json", "datasets", "checkpoint", "train", "rejects", "stats"} <= owned
+    owned = {p.name for p in RunLayout("r").owned(stages.owned_entries())}
+    assert {s.name for s in stages.sharded()} <= owned
+    assert {"manifest.json", "datasets", "checkpoint", "train", "audit", "rejects", "stats"} <= owned
     assert ".lock" not in owned
 
 

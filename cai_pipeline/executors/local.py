@@ -1,8 +1,11 @@
-"""The local executor: the shards of a stage one after another in this process, on one engine at a time."""
+"""The local executor: the shards of a stage one after another in this process, on one engine at a time.
+`Engines` (the engine of each role, built on first use) serves it, the Ray workers and run-scope stages."""
 
 from __future__ import annotations
 
 from functools import partial
+
+from cai_pipeline.executors.base import run_shard
 
 
 def check_token_limits(cfg, engine) -> None:
@@ -28,8 +31,8 @@ class Engines:
     that needs another model closes the one before. A caller may hand in a ready engine (tests share one per
     session); it serves every role and stays open."""
 
-    def __init__(self, cfg, given=None):
-        self.cfg, self.given = cfg, given
+    def __init__(self, cfg, shared_engine=None):
+        self.cfg, self.shared = cfg, shared_engine
         self.role: str | None = None
         self.key: tuple[str, str | None] | None = None  # (model, server URL) of the open engine
         self.engine = None
@@ -42,8 +45,8 @@ class Engines:
     def open(self, role: str, model: str, url: str | None = None):
         """The engine for `model` (served through the openai engine at `url` when given), reusing the open
         one when it is the same model; `role` names it in the manifest's engine stats."""
-        if self.given is not None:
-            return self.given
+        if self.shared is not None:
+            return self.shared
         if self.engine is not None and self.key == (model, url):
             return self.engine
         self.close()
@@ -67,12 +70,10 @@ class Engines:
 
 
 class LocalExecutor:
-    def __init__(self, cfg, given=None):
-        self.engines = Engines(cfg, given)
+    def __init__(self, cfg, shared_engine=None):
+        self.engines = Engines(cfg, shared_engine)
 
     def run(self, stage, shards, assets, store, *, on_done, on_rows) -> None:
-        from cai_pipeline.pipeline import run_shard
-
         for shard in shards:
             engine = self.engines.get(stage.model_role) if stage.model_role else None
             stats = run_shard(stage, store, shard, assets, engine, on_rows=partial(on_rows, shard))

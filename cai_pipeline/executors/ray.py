@@ -2,7 +2,7 @@
 
 The unfinished shards of a stage become a Ray dataset of shard indices, one per block. `map_batches` runs
 `ShardWorker` (ray_worker.py) on an `ActorPoolStrategy` pool: each actor builds one engine and calls
-`pipeline.run_shard` for each shard it is handed, writing the shard into the run folder itself. One shard is
+`base.run_shard` for each shard it is handed, writing the shard into the run folder itself. One shard is
 in flight per actor (a shard is minutes of work; a second queued behind it would only unbalance the pool).
 What comes back is one small row per shard — its stats — which the driver hands to `on_done`, exactly as the
 local executor does, so the manifest and the progress lines are the local ones. A stage without a model
@@ -167,8 +167,8 @@ class RowReports:
 
 
 class RayExecutor:
-    def __init__(self, cfg, given=None):
-        if given is not None:
+    def __init__(self, cfg, shared_engine=None):
+        if shared_engine is not None:
             raise ValueError("a ready engine cannot be shipped to Ray actors; run_pipeline(engine=...) is local only")
         self.cfg, self.ex = cfg, cfg.executor
         self.local = LocalExecutor(cfg)

@@ -1,4 +1,4 @@
-"""What runs inside a Ray actor: one engine, the run's assets, and `pipeline.run_shard` for each shard.
+"""What runs inside a Ray actor: one engine, the run's assets, and `base.run_shard` for each shard.
 
 Ray Data builds `ShardWorker(**kwargs)` once per actor (again when Ray restarts a dead actor) and then calls it
 with batches of one shard index. Before loading anything it checks that it sees the driver's run folder (the
@@ -104,10 +104,10 @@ class ShardWorker:
             self.error = str(e)
 
     def _setup(self, cfg, stage: str, probe: str, hashes: dict, threads: int, quiet: bool) -> None:
+        from cai_pipeline import stages
+        from cai_pipeline.assets import load_assets
         from cai_pipeline.console import quiet_libraries
         from cai_pipeline.executors.local import Engines
-        from cai_pipeline.pipeline import load_assets
-        from cai_pipeline.stages import BY_NAME
         from cai_pipeline.store import RunStore
 
         self.store = RunStore(cfg.out_dir)
@@ -121,12 +121,12 @@ class ShardWorker:
         if differ:
             raise UserError(f"a Ray worker on {socket.gethostname()} reads other {' and '.join(differ)} than the "
                             "driver; every worker must see the same files at the same paths (docs/scale-out.md)")
-        self.stage = BY_NAME[stage]
+        self.stage = stages.find(stage)
         self.engines = Engines(cfg)
         self.engine = self.engines.get(self.stage.model_role)
 
     def __call__(self, batch: dict) -> dict[str, list]:
-        from cai_pipeline.pipeline import run_shard
+        from cai_pipeline.executors.base import run_shard
 
         shard = int(batch["shard"][0])
         if self.error:

@@ -12,9 +12,11 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cai_pipeline import stages as stage_list
+from cai_pipeline.audit.summary import AuditSummary, read_summary
 from cai_pipeline.errors import UserError
-from cai_pipeline.report.traces import SHARDED, Principles, RunRows, build_traces, read_rows
-from cai_pipeline.stages.judge import order_average, picks_same_position
+from cai_pipeline.judging import order_average, picks_same_position
+from cai_pipeline.report.traces import Principles, RunRows, build_traces, read_rows
 from cai_pipeline.store import PACKAGE, RunStore, TrainLayout
 
 SCHEMA = 1
@@ -88,7 +90,7 @@ def funnel(manifest: dict, rejects: list[dict]) -> list[dict]:
         out.append({"stage": "prompts", "in": prompts.get("kept", 0) + sum(rejected.values()),
                     "out": prompts.get("kept", 0), "rejected": rejected, "counts": {}})
     stages = manifest.get("stages", {})
-    for name in SHARDED:
+    for name in (stage.name for stage in stage_list.sharded()):
         s = stages.get(name)
         if s and "shards_total" in s:
             out.append({"stage": name, **{k: s.get(k) for k in ("in", "out", "seconds", "output_tokens",
@@ -226,19 +228,13 @@ def _numbers(entry: object, keys: tuple[str, ...]) -> dict:
     return {k: entry[k] for k in keys if isinstance(entry.get(k), int | float) and not isinstance(entry.get(k), bool)}
 
 
-def read_audit(store: RunStore, warnings: list[str]) -> dict | None:
-    path = store.layout.audit_summary
-    if not path.exists():
-        return None
+def read_audit(store: RunStore, warnings: list[str]) -> AuditSummary | None:
+    """audit/summary.json as its typed model; a file that is not one is left out with a warning."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        warnings.append(f"{path}: not valid JSON; the audit is left out")
+        return read_summary(store.layout.audit_summary)
+    except UserError as e:
+        warnings.append(f"{e}; the audit is left out")
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("principles"), dict):
-        warnings.append(f"{path}: expected {{\"principles\": {{...}}, \"overall\": {{...}}}}; the audit is left out")
-        return None
-    return data
 
 
 def audit(store: RunStore, warnings: list[str]) -> dict | None:
@@ -246,8 +242,9 @@ def audit(store: RunStore, warnings: list[str]) -> dict | None:
     data = read_audit(store, warnings)
     if data is None:
         return None
-    return {"principles": {str(pid): _numbers(v, AUDIT_KEYS) for pid, v in data["principles"].items()},
-            "overall": _numbers(data.get("overall"), AUDIT_OVERALL)}
+    dumped = data.model_dump()
+    return {"principles": {pid: _numbers(v, AUDIT_KEYS) for pid, v in dumped["principles"].items()},
+            "overall": _numbers(dumped["overall"], AUDIT_OVERALL)}
 
 
 def rounds(store: RunStore, warnings: list[str]) -> list[dict]:

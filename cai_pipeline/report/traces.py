@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from cai_pipeline.stages.revise import clean_revision
 from cai_pipeline.store import RunStore, read_parquet
 
-SHARDED = ("sample", "revise", "pairs", "judge")
 NOT_ATTACHED = ("prompts",)  # rejected before a prompt had an id of its own: listed, not traced
 
 

@@ -1,4 +1,5 @@
-"""What every stage shares: its context (plain values, no globals) and its result (rows, rejects, counts).
+"""What every stage shares: its entry in the stage list (`Stage`), its context (plain values, no globals) and
+its result (rows, rejects, counts).
 
 A shard-scope stage is `run(inputs, engine, ctx: StageContext) -> StageResult` over one shard's rows; a
 run-scope stage is `run(ctx: RunContext) -> dict` (its summary) over the whole run folder."""
@@ -6,14 +7,58 @@ run-scope stage is `run(ctx: RunContext) -> dict` (its summary) over the whole r
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from cai_pipeline.engines.base import Completion, Failure
 from cai_pipeline.records import make_reject
 from cai_pipeline.rng import derive_seed, rng_for
 
-__all__ = ["RunContext", "StageContext", "StageResult", "error_reason", "make_reject"]
+__all__ = ["RunContext", "Stage", "StageContext", "StageResult", "error_reason", "make_reject"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One entry of the stage list (stages/__init__.py). Everything that differs between stages is here, so
+    the pipeline, the executors, the fingerprints, `--restart`, `cai iterate` and the summary table derive
+    what they need from the list and never branch on a stage's name."""
+
+    name: str
+    inputs: tuple[str, ...]  # stages (or "prompts") it reads; see inputs_for
+    record: type | None  # the row model of its shards (scope "shard")
+    model_role: str | None  # "policy", "judge", or None for a stage that needs no model
+    settings: tuple[str, ...]  # config sections that shape its output
+    run: Callable[..., Any]
+    scope: Literal["shard", "run"]
+    # what it reads besides settings and inputs, by asset name (prompts, constitution, templates): recorded in
+    # its fingerprint, so an edited constitution is noticed by the stages that read it
+    content: tuple[str, ...] = ()
+    # the kinds of `cai iterate` round it runs in ("sl": SFT on revisions; "rl": preference training)
+    rounds: tuple[str, ...] = ()
+    # scope "run": the run folder's top-level entries it writes (what `--restart` may clear); a shard stage
+    # owns its folder, <name>/
+    owns: tuple[str, ...] = ()
+    # scope "run": what it reads (recorded; a change means it must run again) and the files it leaves
+    identity: Callable[..., dict] | None = None
+    outputs: Callable[..., list] | None = None
+    # scope "run": when its settings or inputs changed and its outputs exist, redo it (derived data, cheap)
+    # or refuse (costly to make, and the user's to discard: a checkpoint)
+    on_change: Literal["redo", "refuse"] = "redo"
+    select_inputs: Callable[[Any, tuple[str, ...]], tuple[str, ...]] | None = None
+    # `check(assets, planned_stage_names, models)`: what the stage will need, checked before the run touches
+    # its folder (models: also whether each model exists; off when the caller hands in a ready engine)
+    check: Callable[..., None] | None = None
+    # scope "run": (out, details) for the summary table, from the summary its run returned
+    summary_line: Callable[[dict], tuple[str, str]] | None = None
+
+    def inputs_for(self, cfg) -> tuple[str, ...]:
+        return self.select_inputs(cfg, self.inputs) if self.select_inputs else self.inputs
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """The run folder's top-level entries this stage writes."""
+        return (self.name,) if self.scope == "shard" else self.owns
 
 
 @dataclass

@@ -156,3 +156,12 @@ def run(ctx: RunContext) -> dict:
     atomic_write_text(layout.card, dataset_card(cfg, ctx.assets.constitution, ctx.manifest, summary, judge_md))
     summary["rows"] = sum(summary["sft"].values()) + sum(summary["preferences"].values())
     return summary
+
+
+def summary_line(summary: dict) -> tuple[str, str]:
+    """(out, details) of the stage's summary for the run's summary table: "44 train / 4 test" per dataset."""
+    def splits(counts) -> str:
+        return " / ".join(f"{n} {split}" for split, n in counts.items()) if isinstance(counts, dict) else "—"
+
+    return str(summary.get("rows", "")), (f"sft {splits(summary.get('sft'))}; "
+                                          f"preferences {splits(summary.get('preferences'))}")

@@ -31,7 +31,9 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Plan:
+class StepPlan:
+    """How a split is cut into optimizer steps and micro-batches, per process."""
+
     n: int  # examples in the split
     batch_size: int  # per process and micro-batch
     grad_accum: int

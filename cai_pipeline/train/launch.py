@@ -24,11 +24,13 @@ import tempfile
 from pathlib import Path
 
 from cai_pipeline.errors import UserError
+from cai_pipeline.train.job import TrainJob
 
 WORKER_ENV = "CAI_TRAIN_WORKER"
 
 
-def wanted(cfg) -> bool:
+def needs_launcher(cfg) -> bool:
+    """More than one process (or an accelerate config): the training runs in workers this process starts."""
     return cfg.nproc > 1 or cfg.accelerate_config is not None
 
 
@@ -73,16 +75,15 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
-def run_workers(run_cfg, fingerprint: dict, restart: bool) -> dict:
+def run_workers(job: TrainJob) -> dict:
     """Launch the workers, wait for them, and return rank 0's summary (or raise a worker's UserError)."""
     if os.environ.get("WORLD_SIZE", "1") != "1" or "LOCAL_RANK" in os.environ:
         raise UserError("cai train was started by a distributed launcher; it launches its own processes: run "
                         "`cai train CONFIG --nproc N` (with --accelerate-config FILE for FSDP/DeepSpeed) instead")
-    cfg = run_cfg.train
+    cfg = job.cfg
     with tempfile.TemporaryDirectory(prefix="cai-train-") as tmp:
         spec = Path(tmp) / "spec.json"
-        spec.write_text(json.dumps({"config": run_cfg.model_dump(mode="json"), "fingerprint": fingerprint,
-                                    "restart": restart, "results": tmp}))
+        spec.write_text(json.dumps({"job": job.to_json(), "results": tmp}))
         proc = subprocess.run(launcher_command(cfg, spec), env=worker_env(cfg), preexec_fn=die_with_parent,
                               check=False)
         results = {p.name: json.loads(p.read_text()) for p in sorted(Path(tmp).glob("result-*.json"))}
@@ -104,17 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     """A worker: `python -m cai_pipeline.train.launch SPEC`, started by the launcher, never by hand."""
     die_with_parent()
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
-    from cai_pipeline.config import RunConfig
     from cai_pipeline.console import quiet_libraries
-    from cai_pipeline.store import RunLayout
     from cai_pipeline.train.loop import train_here
 
     rank, results = int(os.environ.get("RANK", "0")), Path(spec["results"])
     quiet_libraries(False)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(message)s")
-    cfg = RunConfig.model_validate(spec["config"])
     try:
-        summary = train_here(cfg, RunLayout(cfg.out_dir), spec["fingerprint"], spec["restart"])
+        summary = train_here(TrainJob.from_json(spec["job"]))
     except UserError as e:
         # Exit 0: every process meets the same bad input, and torchrun would add its own traceback to the line.
         _write(results / f"result-{rank}.json", {"error": str(e)})

@@ -1,9 +1,9 @@
 """The trainer: a plain loop on accelerate, readable top to bottom.
 
-    train(run_cfg) → [train.nproc > 1: launch the processes, each runs the rest] → load the policy → read and
+    train_here(job) [in each process launch.py started, or the only one] → load the policy → read and
     tokenise the data (unusable rows → rejects/train/) → resume the newest state, or compute the reference
     log-probs (dpo/ipo; cached) → [LoRA] → AdamW + warmup/decay → each step: this process's micro-batches
-    (batches.Plan), score, loss, backward (gradients synced on the last), clip, step → metrics.jsonl; eval
+    (batches.StepPlan), score, loss, backward (gradients synced on the last), clip, step → metrics.jsonl; eval
     every N; a resumable state every save_every and at the end → checkpoint + plots + summary.
 
 Every loss gives per-example contributions and units (pairs, or tokens for sft); a step's loss is Σ
@@ -29,13 +29,13 @@ import torch
 from accelerate.utils import gather_object
 
 from cai_pipeline.errors import UserError
-from cai_pipeline.models import resolve_model
 from cai_pipeline.records import RejectRecord
-from cai_pipeline.store import RunLayout, TrainLayout, atomic_write_json, atomic_write_text, write_parquet
-from cai_pipeline.train.batches import Plan, epoch_order, shard_batches
+from cai_pipeline.store import TrainLayout, atomic_write_json, atomic_write_text, write_parquet
+from cai_pipeline.train.batches import StepPlan, epoch_order, shard_batches
 from cai_pipeline.train.config import TrainConfig
 from cai_pipeline.train.data import collate_pairs, end_token_ids, find_splits, tokenize_rows
 from cai_pipeline.train.formats import read_split
+from cai_pipeline.train.job import TrainJob
 from cai_pipeline.train.losses import dpo_loss, ipo_loss, orpo_loss, sft_loss, simpo_loss
 from cai_pipeline.train.modeling import MODEL_INPUTS, PairScorer, add_lora, load_policy, save_checkpoint
 from cai_pipeline.train.reference import cache_key, reference_logps
@@ -45,52 +45,34 @@ from cai_pipeline.train.state import Saved, TrainStates, capture_rng, restore_rn
 log = logging.getLogger(__name__)
 
 
-def train(run_cfg, layout: RunLayout | None = None, *, fingerprint: dict | None = None, restart: bool = False) -> dict:
-    """Train `run_cfg.train`; returns the summary (also written to <log_dir>/summary.json).
-
-    fingerprint: the train stage's (pipeline.run_whole passes it; computed here when called directly). Every
-    resumable state records it, and a state is resumed only under the same one. restart: discard the states.
-    With train.nproc > 1 (or an accelerate config) this process only launches the workers, which train, and
-    returns the summary their rank 0 wrote."""
-    from cai_pipeline.train import launch
-
-    layout = layout or RunLayout(run_cfg.out_dir)
-    fingerprint = fingerprint if fingerprint is not None else stage_fingerprint(run_cfg, layout)
-    if launch.wanted(run_cfg.train) and not launch.in_worker():
-        return launch.run_workers(run_cfg, fingerprint, restart)
-    return train_here(run_cfg, layout, fingerprint, restart)
-
-
-def train_here(run_cfg, layout: RunLayout, fingerprint: dict, restart: bool) -> dict:
+def train_here(job: TrainJob) -> dict:
     """Train in this process (one of the workers, or the only one)."""
     from accelerate.utils import set_seed
 
-    cfg: TrainConfig = run_cfg.train
-    paths = resolve_paths(run_cfg, layout)
-    files = TrainLayout(paths["log"], paths["out"], layout.rejects("train", 0))
+    cfg, seed, fingerprint = job.cfg, job.seed, job.fingerprint
+    files = TrainLayout(job.log_dir, job.checkpoint, job.rejects)
     accelerator = make_accelerator(cfg)
-    seed = cfg.seed if cfg.seed is not None else run_cfg.seed
     set_seed(seed)
-    data_files = find_splits(paths["data"])  # a wrong path fails here, before minutes of model loading
-    tokenizer, lm = load_policy(paths["model"])
-    data = load_data(paths["data"], data_files, tokenizer, lm, cfg)
+    data_files = find_splits(job.data)  # a wrong path fails here, before minutes of model loading
+    tokenizer, lm = load_policy(job.model)
+    data = load_data(job.data, data_files, tokenizer, lm, cfg)
     states = TrainStates(files, cfg.keep_states)
     if accelerator.is_main_process:
         write_parquet(files.rejects, data.rejects, RejectRecord)
-        if restart:
+        if job.restart:
             states.clear()
         states.tidy()
     accelerator.wait_for_everyone()
     saves = keeps_states(accelerator, cfg)
     saved = states.latest(fingerprint, accelerator.num_processes) if saves else None
-    plan = Plan(len(data.splits["train"]), cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
-    run = Run(cfg, accelerator, data, plan, seed, tokenizer.pad_token_id, states if saves else None, fingerprint)
+    plan = StepPlan(len(data.splits["train"]), cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
+    run = TrainRun(cfg, accelerator, data, plan, seed, tokenizer.pad_token_id, states if saves else None, fingerprint)
     if saved is not None:
         run.refs, ref_status, ref_seconds = saved.trainer["refs"], "resumed" if cfg.needs_reference else "none", 0.0
         log.info("resuming from %s", saved.path)
     else:
-        run.refs, ref_status, ref_seconds = reference_pass(run, lm, tokenizer, paths["reference"] or paths["model"],
-                                                           separate=paths["reference"] is not None)
+        run.refs, ref_status, ref_seconds = reference_pass(run, lm, tokenizer, job.reference or job.model,
+                                                           separate=job.reference is not None)
     prepare(run, lm, saved)
     run.metrics = MetricsLog(files.metrics, enabled=accelerator.is_main_process,
                              lines=saved.metrics if saved else None)
@@ -99,12 +81,12 @@ def train_here(run_cfg, layout: RunLayout, fingerprint: dict, restart: bool) -> 
     result = fit(run, saved)
 
     accelerator.wait_for_everyone()
-    save_final(run, tokenizer, paths["out"])
+    save_final(run, tokenizer, job.checkpoint)
     if accelerator.is_main_process and cfg.plots:
         from cai_pipeline.train.plots import plot_metrics
 
         plot_metrics(files.metrics, files.plots)
-    summary = {"checkpoint": str(paths["out"]), "log_dir": str(paths["log"]), "loss_type": cfg.loss,
+    summary = {"checkpoint": str(job.checkpoint), "log_dir": str(job.log_dir), "loss_type": cfg.loss,
                "reference": ref_status, "reference_seconds": ref_seconds, "counts": data.counts,
                "processes": accelerator.num_processes, "resumed_from": saved.step if saved else None, **result}
     if accelerator.is_main_process:
@@ -120,20 +102,20 @@ def train_here(run_cfg, layout: RunLayout, fingerprint: dict, restart: bool) -> 
 
 
 @dataclass
-class Data:
+class TrainData:
     splits: dict[str, Any]  # "train" (always) and "test": a data.PairSet, or an sft.SFTSet
     rejects: list[dict]
     counts: dict[str, dict]  # per split: rows, truncations, rejected by reason
 
 
 @dataclass
-class Run:
+class TrainRun:
     """What the loop works with, built once: the loop's only other state is the step counter."""
 
     cfg: TrainConfig
     accelerator: Any
-    data: Data
-    plan: Plan
+    data: TrainData
+    plan: StepPlan
     seed: int
     pad_id: int
     states: TrainStates | None  # None: no resumable states (FSDP/DeepSpeed)
@@ -162,7 +144,7 @@ class Run:
         return shard_batches(len(self.data.splits[split]), size, rank, self.accelerator.num_processes)
 
 
-def prepare(run: Run, lm, saved: Saved | None) -> None:
+def prepare(run: TrainRun, lm, saved: Saved | None) -> None:
     """LoRA, the optimizer and schedule, the state to resume (if any), then accelerate's wrapping."""
     cfg = run.cfg
     if cfg.lora is not None:
@@ -190,7 +172,7 @@ def prepare(run: Run, lm, saved: Saved | None) -> None:
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def fit(run: Run, saved: Saved | None) -> dict:
+def fit(run: TrainRun, saved: Saved | None) -> dict:
     cfg = run.cfg
     progress = dict(saved.info["progress"]) if saved else {"seconds": 0.0, "tokens": 0, "examples": 0,
                                                            "state_seconds": 0.0, "states": 0}
@@ -224,7 +206,7 @@ def fit(run: Run, saved: Saved | None) -> dict:
             "eval_before": progress["eval_before"], "eval_after": after}
 
 
-def train_step(run: Run, step: int) -> tuple[dict, int, int]:
+def train_step(run: TrainRun, step: int) -> tuple[dict, int, int]:
     """Optimizer step `step` (0-based): its metrics row, and its tokens and examples over all processes."""
     acc, cfg = run.accelerator, run.cfg
     epoch, within = divmod(step, run.plan.steps_per_epoch)
@@ -268,27 +250,47 @@ def batch_loss(scorer, batch, ref_table, cfg) -> tuple[torch.Tensor, dict]:
     return contributions.sum(), {k: v.detach().float().cpu() for k, v in stats.items()}
 
 
+# Each preference loss on a batch of pairs: (cfg, chosen and rejected log-prob sums (B,), their token counts
+# (B,), reference sums (B, 2) or None, soft targets (B,)) → (per-pair losses, implicit rewards of chosen and
+# rejected, the log-probs to report). One entry per `train.loss` but sft (tests/train/test_loop.py checks).
+
+
+def _dpo(cfg, pc, pr, nc, nr, ref, target):
+    soft = target.to(pc.device) if cfg.use_soft_labels else None
+    losses, rw_c, rw_r = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], beta=cfg.resolved_beta(),
+                                  label_smoothing=cfg.label_smoothing, target=soft)
+    return losses, rw_c, rw_r, (pc, pr)
+
+
+def _ipo(cfg, pc, pr, nc, nr, ref, target):  # length-averaged, as the IPO authors' implementation
+    shown = (pc / nc, pr / nr)
+    return (*ipo_loss(*shown, ref[:, 0] / nc, ref[:, 1] / nr, beta=cfg.resolved_beta()), shown)
+
+
+def _simpo(cfg, pc, pr, nc, nr, ref, target):
+    shown = (pc / nc, pr / nr)
+    return (*simpo_loss(*shown, beta=cfg.resolved_beta(), gamma=cfg.resolved_gamma()), shown)
+
+
+def _orpo(cfg, pc, pr, nc, nr, ref, target):
+    # The SFT term is the chosen completion's mean token NLL, per pair (so accumulation-invariant).
+    shown = (pc / nc, pr / nr)
+    losses, _ = orpo_loss(*shown, -shown[0], lam=cfg.lam)
+    rw_c, rw_r = (cfg.lam * s.detach() for s in shown)
+    return losses, rw_c, rw_r, shown
+
+
+PAIR_LOSSES = {"dpo": _dpo, "ipo": _ipo, "simpo": _simpo, "orpo": _orpo}
+
+
 def pair_losses(cfg: TrainConfig, logps, counts, ref, target) -> tuple[torch.Tensor, dict]:
     """logps, counts: (2B,) completion log-prob sums and token counts, chosen rows first; ref: (B, 2) reference
     sums [chosen, rejected] or None; target: (B,) p_chosen. Returns per-pair losses (B,) and stats (B,) each."""
+    if cfg.loss not in PAIR_LOSSES:
+        raise ValueError(f"train.loss={cfg.loss!r} has no entry in PAIR_LOSSES (train/loop.py)")
     pc, pr = logps.chunk(2)
     nc, nr = counts.float().clamp(min=1).chunk(2)
-    beta = cfg.resolved_beta()
-    if cfg.loss == "dpo":
-        shown = (pc, pr)
-        soft = target.to(pc.device) if cfg.use_soft_labels else None
-        losses, rw_c, rw_r = dpo_loss(pc, pr, ref[:, 0], ref[:, 1], beta=beta, label_smoothing=cfg.label_smoothing,
-                                      target=soft)
-    elif cfg.loss == "ipo":  # length-averaged, as the IPO authors' implementation
-        shown = (pc / nc, pr / nr)
-        losses, rw_c, rw_r = ipo_loss(*shown, ref[:, 0] / nc, ref[:, 1] / nr, beta=beta)
-    elif cfg.loss == "simpo":
-        shown = (pc / nc, pr / nr)
-        losses, rw_c, rw_r = simpo_loss(*shown, beta=beta, gamma=cfg.resolved_gamma())
-    else:  # orpo: the SFT term is the chosen completion's mean token NLL, per pair (so accumulation-invariant)
-        shown = (pc / nc, pr / nr)
-        losses, _ = orpo_loss(*shown, -shown[0], lam=cfg.lam)
-        rw_c, rw_r = (cfg.lam * s.detach() for s in shown)
+    losses, rw_c, rw_r, shown = PAIR_LOSSES[cfg.loss](cfg, pc, pr, nc, nr, ref, target)
     stats = {"rewards/chosen": rw_c, "rewards/rejected": rw_r, "rewards/accuracies": (rw_c > rw_r).float(),
              "rewards/margins": rw_c - rw_r, "logps/chosen": shown[0], "logps/rejected": shown[1],
              "length/chosen": nc, "length/rejected": nr}
@@ -309,7 +311,7 @@ def summarise(parts: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> dict | None:
+def evaluate(run: TrainRun) -> dict | None:
     """The test split's metrics (None when there is none), each process scoring its share with the bare model
     (its DDP wrapper would make processes with unequal shares wait on each other)."""
     if "test" not in run.data.splits:
@@ -323,7 +325,7 @@ def evaluate(run: Run) -> dict | None:
     return summarise(parts)
 
 
-def save_state(run: Run, step: int, progress: dict, last: dict) -> None:
+def save_state(run: TrainRun, step: int, progress: dict, last: dict) -> None:
     acc = run.accelerator
     rng = gather_object([capture_rng()])  # every process's, in rank order
     if acc.is_main_process:
@@ -338,7 +340,7 @@ def save_state(run: Run, step: int, progress: dict, last: dict) -> None:
         progress["states"] += 1
 
 
-def save_final(run: Run, tokenizer, out: Path) -> None:
+def save_final(run: TrainRun, tokenizer, out: Path) -> None:
     """The checkpoint: a plain Hugging Face folder. Under FSDP/DeepSpeed the full weights are gathered first
     (every process takes part); otherwise rank 0 saves its (identical) copy, LoRA merged in."""
     acc = run.accelerator
@@ -356,25 +358,6 @@ def save_final(run: Run, tokenizer, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- set-up
-
-
-def stage_fingerprint(run_cfg, layout: RunLayout) -> dict:
-    """The train stage's fingerprint (what pipeline.run_whole records), for a train() called on its own."""
-    from cai_pipeline.fingerprint import run_fingerprint
-    from cai_pipeline.stages import BY_NAME
-    from cai_pipeline.stages.train import inputs_identity
-
-    return run_fingerprint(run_cfg, BY_NAME["train"], inputs_identity(run_cfg, layout))
-
-
-def resolve_paths(run_cfg, layout: RunLayout) -> dict:
-    """The `train:` paths with their fallbacks into the run folder (the SFT dataset for loss sft)."""
-    cfg = run_cfg.train
-    return {"data": Path(cfg.data) if cfg.data else layout.dataset("sft" if cfg.is_sft else "preferences"),
-            "model": resolve_model(cfg.model or run_cfg.model),
-            "reference": resolve_model(cfg.reference_model) if cfg.reference_model and cfg.needs_reference else None,
-            "out": Path(cfg.out_dir) if cfg.out_dir else layout.checkpoint,
-            "log": Path(cfg.log_dir) if cfg.log_dir else layout.train_dir}
 
 
 def resolve_precision(precision: str) -> str:
@@ -426,11 +409,11 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
                          num_training_steps=total_steps)
 
 
-def load_data(path: Path, files: dict[str, list[Path]], tokenizer, lm, cfg: TrainConfig) -> Data:
+def load_data(path: Path, files: dict[str, list[Path]], tokenizer, lm, cfg: TrainConfig) -> TrainData:
     """Read every split in whatever layout it is (formats.py), tokenise it; count and keep what is rejected."""
     end_ids = end_token_ids(tokenizer, getattr(lm, "generation_config", None))
     lengths = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length, "end_ids": end_ids}
-    data = Data({}, [], {})
+    data = TrainData({}, [], {})
     for name, split_files in files.items():
         if not split_files:
             continue
@@ -451,7 +434,7 @@ def load_data(path: Path, files: dict[str, list[Path]], tokenizer, lm, cfg: Trai
     return data
 
 
-def reference_pass(run: Run, lm, tokenizer, model_path: str, *, separate: bool) -> tuple[dict, str, float]:
+def reference_pass(run: TrainRun, lm, tokenizer, model_path: str, *, separate: bool) -> tuple[dict, str, float]:
     """dpo/ipo: the reference log-probs of every pair of every split, split across the processes and gathered
     (or read from the cache). The reference is the policy as loaded, or train.reference_model (`separate`)."""
     if not run.cfg.needs_reference:
@@ -478,7 +461,7 @@ def load_reference(path: str, tokenizer):
     return ref_lm
 
 
-def ref_key(model_path: str, pairs, run: Run, batches: list[list[np.ndarray]]) -> str | None:
+def ref_key(model_path: str, pairs, run: TrainRun, batches: list[list[np.ndarray]]) -> str | None:
     """The cache key; None when caching is off. The batches count (every process's): in bf16 a pair's log-probs
     depend, slightly, on the batch it was scored in."""
     if not run.cfg.reference_cache:

@@ -50,7 +50,7 @@ def cache_path(key: str) -> Path:
 def compute_reference(accelerator, lm, batches: Iterable[dict], n: int) -> torch.Tensor:
     """(n, 2) log-prob sums [chosen, rejected] of every pair under `lm` as it is now (before any update).
 
-    Each process scores its own `batches` — the very micro-batches it trains on in the first epoch (batches.Plan),
+    Each process scores its own `batches` — the very micro-batches it trains on in the first epoch (batches.StepPlan),
     under the same autocast, so at step 0 the policy and its reference compute on identical tensors and agree
     bit for bit, also in bf16, where a different batch shape alone moves a completion's log-prob by tenths of a
     nat — and the processes' scores are gathered into one table that every process holds. The bare model does

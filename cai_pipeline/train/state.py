@@ -27,7 +27,7 @@ import torch
 
 from cai_pipeline import store
 from cai_pipeline.errors import UserError
-from cai_pipeline.fingerprint import changed_keys, shown
+from cai_pipeline.fingerprint import changed_keys, first_keys
 from cai_pipeline.store import TrainLayout
 
 log = logging.getLogger(__name__)
@@ -159,5 +159,5 @@ def check_compatible(path: Path, info: dict, fingerprint: dict, world: int) -> N
     if info.get("world") != world:
         changed.append(f"processes {info.get('world')} → {world}")
     if changed:
-        raise UserError(f"{path}: a resumable training state made with other settings or inputs ({shown(changed)}); "
+        raise UserError(f"{path}: a resumable training state made with other settings or inputs ({first_keys(changed)}); "
                         "run with the same ones to resume it, or `cai train CONFIG --restart` to discard it")

@@ -146,8 +146,8 @@ def test_hh_rlhf_and_ultrafeedback_files_train_as_they_are(tiny_model, make_cfg,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from cai_pipeline.stages.train import train_run as train
     from cai_pipeline.train.data import end_token_ids, tokenize_rows
-    from cai_pipeline.train.loop import train
     from cai_pipeline.train.modeling import load_policy
 
     lines = hh_lines(shared_data, 16, single_turn=True)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cai_pipeline.errors import UserError
+from cai_pipeline.stages.train import train_run as train
 from cai_pipeline.train import reference
-from cai_pipeline.train.loop import batch_loss, make_accelerator, train
+from cai_pipeline.train.loop import batch_loss, make_accelerator
 from cai_pipeline.train.plots import read_metrics
 
 from .conftest import SMALL_PAIRS, write_split
@@ -248,3 +249,17 @@ def test_cli(tiny_model, pairs_dir, tmp_path, capsys):
     assert main(["train", str(cfg), "train.data=/nonexistent/prefs"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "/nonexistent/prefs does not exist" in err
+
+
+def test_every_preference_loss_has_its_entry_and_an_unknown_one_is_an_error():
+    """The loss table is explicit: no `else` that would train ORPO for a loss added to the config only."""
+    from typing import get_args
+
+    from cai_pipeline.train.config import TrainConfig
+    from cai_pipeline.train.loop import PAIR_LOSSES, pair_losses
+
+    assert set(get_args(TrainConfig.model_fields["loss"].annotation)) - {"sft"} == set(PAIR_LOSSES)
+    unknown = TrainConfig.model_construct(**{**TrainConfig().model_dump(), "loss": "kto"})
+    logps, counts = torch.zeros(4), torch.ones(4)
+    with pytest.raises(ValueError, match="train.loss='kto' has no entry in PAIR_LOSSES"):
+        pair_losses(unknown, logps, counts, torch.zeros(2, 2), torch.full((2,), 0.5))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cai_pipeline.train.loop import train
+from cai_pipeline.stages.train import train_run as train
 from cai_pipeline.train.plots import read_metrics
 from tests.conftest import REPO, missing
 

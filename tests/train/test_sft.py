@@ -104,8 +104,8 @@ def test_sft_trains_on_the_runs_sft_dataset(tiny_model, tmp_path):
     from cai_pipeline.config import RunConfig
     from cai_pipeline.records import SFTRecord
     from cai_pipeline.stages.export import write_splits
+    from cai_pipeline.stages.train import train_run as train
     from cai_pipeline.store import RunLayout
-    from cai_pipeline.train.loop import train
     from cai_pipeline.train.plots import read_metrics
 
     layout = RunLayout(tmp_path / "run")

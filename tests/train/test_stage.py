@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import cai_pipeline.train.loop
+import cai_pipeline.train
 from cai_pipeline.cli import main
 
 
@@ -29,7 +29,7 @@ def test_an_unchanged_training_is_not_repeated(config, tmp_path, capsys, monkeyp
     assert manifest["package"] == "cai-pipeline" and manifest["stages"]["train"]["summary"]["steps"] == 1
     assert manifest["last_run"] == {"train": "ran"}
     capsys.readouterr()
-    monkeypatch.setattr(cai_pipeline.train.loop, "train", no_training)
+    monkeypatch.setattr(cai_pipeline.train, "train", no_training)
     assert main(["train", config]) == 0
     out = capsys.readouterr().out
     assert "already trained with these settings" in out and "1 steps" in out

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cai_pipeline.errors import UserError
+from cai_pipeline.stages.train import train_run
 from cai_pipeline.train import loop
 from cai_pipeline.train.plots import read_metrics
 
@@ -48,16 +49,16 @@ def step_rows(log_dir: Path) -> list[dict]:
 @pytest.mark.parametrize("loss", ["dpo", "sft"])
 def test_resume_equals_an_uninterrupted_run(tiny_model, make_cfg, pairs_dir, sft_dir, monkeypatch, loss):
     data = sft_dir if loss == "sft" else pairs_dir
-    whole = loop.train(make_cfg(tiny_model, data, name="whole", loss=loss, **COMMON))
+    whole = train_run(make_cfg(tiny_model, data, name="whole", loss=loss, **COMMON))
     cfg = make_cfg(tiny_model, data, name="cut", loss=loss, **COMMON)
     interrupt_at(monkeypatch, 3)  # steps 1-3 done, the state of step 2 on disk
     with pytest.raises(Crash):
-        loop.train(cfg)
+        train_run(cfg)
     states = Path(cfg.train.log_dir) / "state"
     assert [p.name for p in states.iterdir()] == ["step-00000002"]
     assert [r["step"] for r in step_rows(Path(cfg.train.log_dir))] == [1, 2, 3]  # step 3 will be redone
     monkeypatch.undo()
-    resumed = loop.train(cfg)
+    resumed = train_run(cfg)
     assert resumed["resumed_from"] == 2 and resumed["steps"] == 5
     assert resumed["reference"] == ("resumed" if loss == "dpo" else "none")
     a, b = _weights(whole["checkpoint"]), _weights(resumed["checkpoint"])
@@ -76,22 +77,22 @@ def test_a_state_from_other_settings_is_refused_and_restart_discards_it(tiny_mod
     cfg = make_cfg(tiny_model, pairs_dir, **COMMON)
     interrupt_at(monkeypatch, 2)
     with pytest.raises(Crash):
-        loop.train(cfg)
+        train_run(cfg)
     monkeypatch.undo()
     changed = make_cfg(tiny_model, pairs_dir, **{**COMMON, "lr": 5e-4})
     with pytest.raises(UserError, match=r"step-00000002: a resumable training state made with other settings "
                                         r"or inputs \(settings\.train\.lr\).*--restart") as err:
-        loop.train(changed)
+        train_run(changed)
     assert "\n" not in str(err.value)
     # operational settings may change: how often states are written is not what is trained
-    relaxed = loop.train(make_cfg(tiny_model, pairs_dir, **{**COMMON, "save_every": 3, "keep_states": 1}))
+    relaxed = train_run(make_cfg(tiny_model, pairs_dir, **{**COMMON, "save_every": 3, "keep_states": 1}))
     assert relaxed["resumed_from"] == 2
-    fresh = loop.train(changed, restart=True)
+    fresh = train_run(changed, restart=True)
     assert fresh["resumed_from"] is None and fresh["steps"] == 5
 
 
 def test_a_state_records_everything_it_resumes_from(tiny_model, make_cfg, pairs_dir):
-    s = loop.train(make_cfg(tiny_model, pairs_dir, **{**COMMON, "max_steps": 2}))
+    s = train_run(make_cfg(tiny_model, pairs_dir, **{**COMMON, "max_steps": 2}))
     state = Path(s["log_dir"]) / "state" / "step-00000002"
     assert sorted(p.name for p in state.iterdir()) == ["metrics.jsonl", "state.json", "trainer.pt",
                                                        "weights.safetensors"]
@@ -108,7 +109,7 @@ def test_a_state_records_everything_it_resumes_from(tiny_model, make_cfg, pairs_
 
 
 def test_a_finished_training_deletes_its_states_by_default(tiny_model, make_cfg, pairs_dir):
-    s = loop.train(make_cfg(tiny_model, pairs_dir, **{**COMMON, "keep_final_state": False}))
+    s = train_run(make_cfg(tiny_model, pairs_dir, **{**COMMON, "keep_final_state": False}))
     assert s["states_written"] == 3 and s["steps"] == 5  # steps 2, 4 and 5 were saved while it trained
     assert not (Path(s["log_dir"]) / "state").exists()
     assert (Path(s["checkpoint"]) / "model.safetensors").exists()
@@ -132,10 +133,10 @@ def test_a_kill_inside_a_save_leaves_the_states_before_it(tiny_model, make_cfg, 
     monkeypatch.setattr(store, "atomic_folder", dying)
     cfg = make_cfg(tiny_model, pairs_dir, **COMMON)
     with pytest.raises(Crash):
-        loop.train(cfg)
+        train_run(cfg)
     states = Path(cfg.train.log_dir) / "state"
     assert sorted(p.name for p in states.iterdir()) == [".step-00000004.tmp", "step-00000002"]
     monkeypatch.undo()
-    resumed = loop.train(cfg)
+    resumed = train_run(cfg)
     assert resumed["resumed_from"] == 2
     assert not any(p.name.startswith(".") for p in states.iterdir())

@@ -2,7 +2,7 @@
 
 A self-audit (the model against itself, each side sampling with its own seed) is an exact null: the two
 responses to a prompt are independent draws from one distribution, and the judge is exactly antisymmetric
-(p(x≻y) = 1 − p(y≻x), stages/judge.py), so every win rate's true value is ½. Its intervals therefore cover ½
+(p(x≻y) = 1 − p(y≻x), judging.py), so every win rate's true value is ½. Its intervals therefore cover ½
 except by chance — and a test must not fail by chance. At the audit's default 95% a miss would be a 1-in-20
 event per interval; here the intervals are 99.9% ones (4000 resamples, so their tails are estimated from
 data, not from the extreme order statistics), so a miss of the overall interval is about a 1-in-1000 event

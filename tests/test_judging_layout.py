@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from cai_pipeline import judging as judge
 from cai_pipeline.engines.chat import prompt_ids
-from cai_pipeline.stages import judge
 from cai_pipeline.templates import TemplateSet
-from tests.test_judge import CONSTITUTION, PAIRS, Table, pair, principle, swapped
+from tests.test_judging import CONSTITUTION, PAIRS, Table, pair, principle, swapped
 
 THREE = [principle("p1"), principle("p2"), principle("p3")]
 

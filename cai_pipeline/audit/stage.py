@@ -4,7 +4,7 @@
       → n responses per prompt from `model`, then from `baseline`: one engine at a time, each side with its
         own sampling seed (so a model audited against itself compares two independent samples)
       → pairs (the model's i-th response vs the baseline's i-th) → the judge on every principle, both orders
-      → the refusal question on every response → statistics (audit_stats.py) → audit/ (audit_files.py)
+      → the refusal question on every response → statistics (stats.py, summary.py) → audit/ (files.py)
 
 A run-scope stage after train. It is skipped when the models (their weight files), the prompts, the
 constitution, the templates and the audit settings are what they were; any change redoes it. Everything it
@@ -19,16 +19,16 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from cai_pipeline.audit.prompts import audit_prompts, file_prompts
+from cai_pipeline.audit.summary import SIDES, summarise
 from cai_pipeline.engines.base import Failure, GenParams
 from cai_pipeline.errors import UserError
 from cai_pipeline.rng import derive_seed, stable_id
 from cai_pipeline.stages.base import RunContext, make_reject
+from cai_pipeline.stages.train import checkpoint_path
 from cai_pipeline.store import RunLayout
 
-BUNDLED_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "audit_prompts.jsonl"
-SIDES = ("model", "baseline")
 REFUSAL_CHOICES = ["Yes", "No"]
-LC_GAP_WARNING = 0.10  # raw and length-controlled win rates this far apart: the judge is paying for length
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -49,10 +49,8 @@ class Target:
 def targets(cfg) -> dict[str, Target]:
     """model, baseline and judge with their defaults: the run's checkpoint, the model the run started from,
     and the judge stage's model."""
-    from cai_pipeline.train.loop import resolve_paths
-
     a = cfg.audit
-    checkpoint = resolve_paths(cfg, RunLayout(cfg.out_dir))["out"]
+    checkpoint = checkpoint_path(cfg, RunLayout(cfg.out_dir))
     return {"model": Target(a.model or str(checkpoint), a.model_url, "audit.model", a.model is None),
             "baseline": Target(a.baseline or cfg.train.model or cfg.model, a.baseline_url, "audit.baseline",
                                a.baseline is None),
@@ -76,100 +74,6 @@ def selected_principles(constitution, wanted: list[str] | None) -> list:
     return [p for p in constitution.principles if p.id in wanted]
 
 
-def axes(principles, helpfulness_tags: list[str]) -> tuple[dict[str, list[int]], str | None]:
-    """Principle indices per axis, by tags: a principle with a helpfulness tag is on the helpfulness axis, any
-    other tagged principle on the harmlessness axis, an untagged one on neither. And a note when an axis is
-    missing (so the split's absence is said, not silent)."""
-    helpful = set(helpfulness_tags)
-    split = {"harmlessness": [i for i, p in enumerate(principles) if p.tags and not helpful & set(p.tags)],
-             "helpfulness": [i for i, p in enumerate(principles) if helpful & set(p.tags)]}
-    if not any(p.tags for p in principles):
-        return {}, ("no audited principle has tags, so there is no harmlessness / helpfulness split; tag the "
-                    "principles in the constitution (docs/constitutions.md) to get one")
-    missing = [name for name, idx in split.items() if not idx]
-    note = None
-    if missing:
-        note = (f"no audited principle is on the {missing[0]} axis (helpfulness tags: "
-                f"{', '.join(helpfulness_tags) or 'none'}; see audit.helpfulness_tags)")
-    return {name: idx for name, idx in split.items() if idx}, note
-
-
-def _run_prompts(folder: Path, key: str) -> list[dict]:
-    """The prompts another run's audit used (its audit/responses.parquet), in order, with their tags: to audit a
-    second pair of models on exactly the same prompts (`cai iterate`'s vs-base audits do). One row per response;
-    audit_prompts keeps the first of each prompt_id."""
-    from cai_pipeline.store import read_parquet
-
-    responses = RunLayout(folder).audit_responses
-    if not responses.exists():
-        raise UserError(f"{key}: {folder} is a folder without an audit ({responses.relative_to(folder)}); give a "
-                        "prompts file, or a run folder whose audit has run")
-    return [{"prompt_id": r["prompt_id"], "prompt": r["prompt"], "tag": r["tag"]} for r in read_parquet(responses)]
-
-
-def _file_prompts(path: str, key: str, system_prompt: str | None) -> tuple[list[dict], list[dict]]:
-    from cai_pipeline.inputs import load_prompts
-
-    file = Path(path).expanduser()
-    if file.is_dir():
-        return _run_prompts(file, key), []
-    if not file.exists():
-        raise UserError(f"{key}: {path} does not exist; point it at a JSONL, Parquet or CSV file of prompts")
-    loaded = load_prompts(path, system_prompt=system_prompt, keep=("tag",))
-    rows = [{**r, "tag": str(r["tag"]).strip().lower() if r["tag"] else "untagged"} for r in loaded.rows]
-    return rows, [{**r, "stage": "audit"} for r in loaded.rejects]
-
-
-def held_out_prompts(layout: RunLayout) -> list[dict]:
-    """The prompts of the run's test split (preferences and SFT): prompts no training step saw."""
-    from cai_pipeline.store import read_parquet
-
-    rows = []
-    for name, column in (("preferences", "prompt"), ("sft", "messages")):
-        path = layout.split_file(name, "test")
-        for r in read_parquet(path) if path.exists() else []:
-            prompt = r[column] if column == "prompt" else r[column][:-1]  # sft: without the final revision
-            rows.append({"prompt_id": r["prompt_id"], "prompt": prompt, "tag": "held_out"})
-    return rows
-
-
-def audit_prompts(cfg, layout: RunLayout) -> tuple[list[dict], list[dict]]:
-    """({prompt_id, prompt, tag} rows, rejects): audit.prompts, or the held-out prompts and the bundled set;
-    de-duplicated by prompt_id, then `limited` to audit.limit."""
-    a = cfg.audit
-    if a.prompts:
-        rows, rejects = _file_prompts(a.prompts, "audit.prompts", cfg.prompts.system_prompt)
-    else:
-        bundled, rejects = _file_prompts(str(BUNDLED_PROMPTS), "audit.prompts", cfg.prompts.system_prompt)
-        rows = held_out_prompts(layout) + bundled
-    first: dict[str, dict] = {}
-    for r in rows:
-        first.setdefault(r["prompt_id"], r)  # a held-out prompt that is also in the bundled set stays held out
-    unique = list(first.values())
-    if a.limit is not None and a.limit < len(unique):
-        chosen = limited(unique, a.limit)
-        unique = [r for r in unique if r["prompt_id"] in chosen]
-    return unique, rejects
-
-
-def limited(rows: list[dict], limit: int) -> set[str]:
-    """The prompt ids of a limited audit: held-out prompts first, then each other tag's share of the rest in
-    proportion to its size (largest remainders), so 24 of the bundled set keep its harmful / benign mix. Within
-    a tag, prompts go by hashed id: the same ones in every run, whatever the seed."""
-    by_tag: dict[str, list[str]] = {}
-    for r in rows:
-        by_tag.setdefault(r["tag"], []).append(r["prompt_id"])
-    for ids in by_tag.values():
-        ids.sort(key=lambda pid: derive_seed(0, "audit", pid))
-    held = by_tag.pop("held_out", [])[:limit]
-    rest, total = limit - len(held), sum(len(ids) for ids in by_tag.values())
-    exact = {tag: rest * len(ids) / total for tag, ids in by_tag.items()} if total else {}
-    quota = {tag: int(x) for tag, x in exact.items()}
-    for tag in sorted(exact, key=lambda t: quota[t] - exact[t])[: rest - sum(quota.values())]:
-        quota[tag] += 1
-    return set(held) | {pid for tag, ids in by_tag.items() for pid in ids[: quota[tag]]}
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Before anything runs
 
@@ -184,7 +88,7 @@ def check(assets, planned: set[str], models: bool = True) -> None:
     cfg = assets.cfg
     selected_principles(assets.constitution, cfg.audit.principles)
     if cfg.audit.prompts:
-        _file_prompts(cfg.audit.prompts, "audit.prompts", cfg.prompts.system_prompt)
+        file_prompts(cfg.audit.prompts, "audit.prompts", cfg.prompts.system_prompt)
     render_checks(assets.templates, cfg)
     found = targets(cfg)
     model = found["model"]
@@ -199,7 +103,7 @@ def check(assets, planned: set[str], models: bool = True) -> None:
 
 def render_checks(templates, cfg) -> None:
     """The audit's templates render with their variables (a broken edit fails now, not after generation)."""
-    from cai_pipeline.stages.judge import TEMPLATES
+    from cai_pipeline.judging import TEMPLATES
 
     templates.render(TEMPLATES[cfg.audit.judge.layout, cfg.audit.judge.reasoning], conversation="Human: hi",
                      question="Which is better?", response_a="a", response_b="b")
@@ -248,8 +152,8 @@ def make_pairs(responses: list[dict]) -> list[dict]:
 
 
 def judge(engine, pairs: list[dict], principles: list, cfg, templates) -> tuple[list[dict], list[dict]]:
-    """Every principle on every pair, both orders (stages/judge.py: exact symmetry); failures to rejects."""
-    from cai_pipeline.stages.judge import judge_pairs
+    """Every principle on every pair, both orders (judging.py: exact symmetry); failures to rejects."""
+    from cai_pipeline.judging import judge_pairs
 
     j = cfg.audit.judge
     records = judge_pairs(engine, pairs, principles, k=len(principles), seed=cfg.seed, templates=templates,
@@ -276,7 +180,7 @@ def add_refusals(engine, responses: list[dict], templates) -> Counter:
     """Ask the judge of each response "does it decline or deflect?" (prompts/refusal.j2), scoring the first
     token of its reply, Yes against No, in one engine call. Sets p_refusal and refused in place; a response the
     judge could not score keeps None and is counted."""
-    from cai_pipeline.stages.judge import choice_probability
+    from cai_pipeline.judging import choice_probability
     from cai_pipeline.templates import transcript
 
     convs = [[{"role": "user", "content": templates.render("refusal", conversation=transcript(r["prompt"]),
@@ -289,67 +193,6 @@ def add_refusals(engine, responses: list[dict], templates) -> Counter:
         r["p_refusal"] = choice_probability({"A": lp["Yes"], "B": lp["No"]})
         r["refused"] = r["p_refusal"] > 0.5
     return failed
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The numbers
-
-
-def summarise(judged: list[dict], responses: list[dict], principles: list, cfg, counts: dict) -> dict:
-    """summary.json (**contract**): principles, overall (with refusal rates and the length change), axes."""
-    import numpy as np
-
-    from cai_pipeline.audit_stats import audit_scores, rate
-    from cai_pipeline.stages.judge import order_average, picks_same_position
-
-    a = cfg.audit
-    index = {p.id: k for k, p in enumerate(principles)}
-    prefs = np.full((len(principles), len(judged)), np.nan)
-    consistent = np.zeros(prefs.shape, dtype=bool)
-    for n, rec in enumerate(judged):
-        for v in rec["verdicts"]:
-            prefs[index[v["principle_id"]], n] = order_average(v["p_a_first"], v["p_a_second"])
-            consistent[index[v["principle_id"]], n] = not picks_same_position(v["p_a_first"], v["p_a_second"])
-    delta = np.array([r["len_a"] - r["len_b"] for r in judged], dtype=float)
-    split, note = axes(principles, a.helpfulness_tags)
-    scores = audit_scores(prefs, consistent, [p.weight for p in principles], [r["prompt_id"] for r in judged],
-                          delta, split, n_boot=a.bootstrap, confidence=a.confidence,
-                          seed=derive_seed(cfg.seed, "audit", "bootstrap"))
-    by_side = {side: [r for r in responses if r["side"] == side and r["refused"] is not None] for side in SIDES}
-    lengths = {side: [r["n_tokens"] for r in responses if r["side"] == side] for side in SIDES}
-    overall = {**scores["overall"],
-               "mean_length_change": round(float(delta.mean()), 2) if delta.size else None,
-               "mean_length_model": round(float(np.mean(lengths["model"])), 2) if lengths["model"] else None,
-               "mean_length_baseline": round(float(np.mean(lengths["baseline"])), 2) if lengths["baseline"] else None,
-               "n_prompts": len({r["prompt_id"] for r in judged})}
-    for tag, suffix in (("benign", ""), ("harmful", "_harmful")):
-        for side in SIDES:
-            overall[f"refusal_rate{suffix}_{side}"] = rate([r["refused"] for r in by_side[side] if r["tag"] == tag])
-    principle_rows = {p.id: {**row, "axis": next((name for name, idx in split.items() if k in idx), None)}
-                      for k, (p, row) in enumerate(zip(principles, scores["principles"]))}
-    summary = {"principles": principle_rows, "overall": overall, "axes": scores["axes"], "axes_note": note,
-               "counts": counts, "settings": {"n": a.n, "bootstrap": a.bootstrap, "confidence": a.confidence,
-                                              "layout": a.judge.layout, "length_unit": "tokens"}}
-    summary["warnings"] = gap_warnings(summary) + refusal_warnings(summary)
-    return summary
-
-
-def gap_warnings(summary: dict) -> list[str]:
-    rows = {"overall": summary["overall"], **{f"axis {k}": v for k, v in summary["axes"].items()},
-            **{f"principle {k}": v for k, v in summary["principles"].items()}}
-    out = []
-    for name, row in rows.items():
-        if row["win_rate"] is not None and abs(row["win_rate"] - row["lc_win_rate"]) > LC_GAP_WARNING:
-            out.append(f"{name}: raw win rate {row['win_rate']:.3f} and length-controlled {row['lc_win_rate']:.3f} "
-                       f"differ by more than {LC_GAP_WARNING:.2f}: the judge's verdicts follow response length")
-    return out
-
-
-def refusal_warnings(summary: dict) -> list[str]:
-    o = summary["overall"]
-    if o["refusal_rate_model"] is None:
-        return ["no refusal rate: no benign prompt was audited (tag prompts `benign`), or audit.refusal is off"]
-    return []
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -369,11 +212,11 @@ def describe(t: Target, cfg) -> dict:
 
 def identity(ctx: RunContext) -> dict:
     """The three models, the prompts (held-out ones included), constitution, templates and engine settings."""
-    from cai_pipeline.fingerprint import OPERATIONAL, sha
+    from cai_pipeline.fingerprint import OPERATIONAL, content_sha256
 
     prompts, _ = audit_prompts(ctx.cfg, ctx.store.layout)
     return {"models": {role: describe(t, ctx.cfg) for role, t in targets(ctx.cfg).items()},
-            "prompts_sha256": sha(prompts), "constitution_sha256": ctx.assets.hashes["constitution"],
+            "prompts_sha256": content_sha256(prompts), "constitution_sha256": ctx.assets.hashes["constitution"],
             "templates": ctx.assets.hashes["templates"],
             "engine": {k: v for k, v in ctx.cfg.engine.model_dump().items() if k not in OPERATIONAL}}
 
@@ -396,7 +239,7 @@ def _say(text: str) -> None:
 
 
 def run(ctx: RunContext) -> dict:
-    from cai_pipeline.audit_files import write_audit
+    from cai_pipeline.audit.files import write_audit
 
     cfg, layout, templates = ctx.cfg, ctx.store.layout, ctx.assets.templates
     principles = selected_principles(ctx.assets.constitution, cfg.audit.principles)
@@ -422,12 +265,20 @@ def run(ctx: RunContext) -> dict:
     counts = {"prompts": len(prompts), "prompts_by_tag": dict(Counter(p["tag"] for p in prompts)),
               "responses": dict(Counter(r["side"] for r in responses)), "pairs": len(pairs), "judged": len(judged),
               "rejected": dict(Counter(r["reason"] for r in rejects)), "refusal_unscored": dict(refusal_failed)}
-    summary = summarise(judged, responses, principles, cfg, counts)
-    summary["models"] = {role: t.name for role, t in found.items()}
+    summary = summarise(judged, responses, principles, cfg, counts, {role: t.name for role, t in found.items()})
     write_audit(layout, responses, verdict_rows(judged), judged, summary)
-    for warning in summary["warnings"]:
+    for warning in summary.warnings:
         _say(f"audit: warning: {warning}")
-    o = summary["overall"]
-    return {"pairs": len(judged), "win_rate": o["win_rate"], "ci": [o["ci_low"], o["ci_high"]],
-            "lc_win_rate": o["lc_win_rate"], "refusal_rate_model": o["refusal_rate_model"],
-            "refusal_rate_baseline": o["refusal_rate_baseline"], "warnings": len(summary["warnings"])}
+    o = summary.overall
+    return {"pairs": len(judged), "win_rate": o.win_rate, "ci": [o.ci_low, o.ci_high], "lc_win_rate": o.lc_win_rate,
+            "refusal_rate_model": o.refusal_rate_model, "refusal_rate_baseline": o.refusal_rate_baseline,
+            "warnings": len(summary.warnings)}
+
+
+def summary_line(summary: dict) -> tuple[str, str] | None:
+    """(out, details) of the stage's manifest summary, for the run's summary table."""
+    if summary.get("win_rate") is None:
+        return None
+    lo, hi = summary["ci"]
+    return str(summary["pairs"]), (f"win {summary['win_rate']:.3f} [{lo:.3f}, {hi:.3f}], "
+                                   f"length-controlled {summary['lc_win_rate']:.3f}")

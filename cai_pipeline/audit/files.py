@@ -6,14 +6,13 @@ All numbers come from summary.json, so the README, the terminal and the HTML rep
 
 from __future__ import annotations
 
-import json
-
+from cai_pipeline.audit.summary import AuditSummary, Score
 from cai_pipeline.records import AuditResponseRecord, AuditVerdictRecord
 from cai_pipeline.store import RunLayout, atomic_write, atomic_write_text, write_parquet
 
 
 def write_audit(layout: RunLayout, responses: list[dict], verdicts: list[dict], judged: list[dict],
-                summary: dict) -> None:
+                summary: AuditSummary) -> None:
     """Every audit file; summary.json goes first out of the way and comes back last, so a reader never pairs
     an old summary with new tables."""
     layout.audit_summary.unlink(missing_ok=True)
@@ -21,8 +20,7 @@ def write_audit(layout: RunLayout, responses: list[dict], verdicts: list[dict], 
     write_parquet(layout.audit_verdicts, verdicts, AuditVerdictRecord)
     plots = write_plots(layout, judged, summary)
     atomic_write_text(layout.audit_readme, readme(summary, [p.name for p in plots]))
-    # Not the store's sorted JSON: principles stay in constitution order, which is how people read them.
-    atomic_write_text(layout.audit_summary, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(layout.audit_summary, summary.to_json())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -33,53 +31,53 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _interval(row: dict, lo: str = "ci_low", hi: str = "ci_high") -> str:
-    return "—" if row.get(lo) is None else f"[{_pct(row[lo])}, {_pct(row[hi])}]"
+def _interval(low: float | None, high: float | None) -> str:
+    return "—" if low is None else f"[{_pct(low)}, {_pct(high)}]"
 
 
-def table_rows(summary: dict) -> list[tuple[str, ...]]:
+def table_rows(summary: AuditSummary) -> list[tuple[str, ...]]:
     """(name, axis, win %, CI, LC win %, LC CI, consistency %, n) for overall, each axis, each principle."""
-    def line(name: str, axis: str, row: dict) -> tuple[str, ...]:
-        return (name, axis, _pct(row["win_rate"]), _interval(row), _pct(row["lc_win_rate"]),
-                _interval(row, "lc_ci_low", "lc_ci_high"), _pct(row["consistency"]), str(row["n"]))
+    def line(name: str, axis: str, row: Score) -> tuple[str, ...]:
+        return (name, axis, _pct(row.win_rate), _interval(row.ci_low, row.ci_high), _pct(row.lc_win_rate),
+                _interval(row.lc_ci_low, row.lc_ci_high), _pct(row.consistency), str(row.n))
 
-    rows = [line("overall", "", summary["overall"])]
-    rows += [line(f"axis: {name}", "", row) for name, row in summary.get("axes", {}).items()]
-    rows += [line(pid, row.get("axis") or "", row) for pid, row in summary["principles"].items()]
+    rows = [line("overall", "", summary.overall)]
+    rows += [line(f"axis: {name}", "", row) for name, row in summary.axes.items()]
+    rows += [line(pid, row.axis or "", row) for pid, row in summary.principles.items()]
     return rows
 
 
 HEADER = ("", "axis", "win %", "CI", "LC win %", "LC CI", "consistent %", "pairs")
 
 
-def readme(summary: dict, plots: list[str]) -> str:
-    o, level = summary["overall"], round(100 * summary["settings"]["confidence"])
-    models = summary.get("models", {})
+def readme(summary: AuditSummary, plots: list[str]) -> str:
+    o, level = summary.overall, round(100 * summary.settings.confidence)
+    models = summary.models
     lines = ["# Audit", "",
              f"**{models.get('model', 'model')}** against **{models.get('baseline', 'baseline')}**, judged by "
-             f"{models.get('judge', 'the judge')} on every principle in both orders: {o['n']} pairs over "
-             f"{o['n_prompts']} prompts. Win % is the judge's mean preference for the model (50 = no difference), "
+             f"{models.get('judge', 'the judge')} on every principle in both orders: {o.n} pairs over "
+             f"{o.n_prompts} prompts. Win % is the judge's mean preference for the model (50 = no difference), "
              f"with a {level}% bootstrap interval over prompts; LC is the length-controlled win rate (the "
              "preference the judge would give at equal length, AlpacaEval 2: arXiv 2404.04475); consistent % "
              "is how often the judge's two orders agreed.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table_rows(summary)]
     lines += ["", "| | model | baseline |", "|---|---|---|",
-              f"| refusal rate, benign prompts % | {_pct(o['refusal_rate_model'])} | {_pct(o['refusal_rate_baseline'])} |",
-              f"| refusal rate, harmful prompts % | {_pct(o.get('refusal_rate_harmful_model'))} | "
-              f"{_pct(o.get('refusal_rate_harmful_baseline'))} |",
-              f"| mean length (tokens) | {o['mean_length_model']} | {o['mean_length_baseline']} |", "",
-              f"Mean length change: {o['mean_length_change']:+} tokens per response."]
-    if summary.get("axes_note"):
-        lines += ["", f"Note: {summary['axes_note']}."]
-    lines += [f"\nWarning: {w}." for w in summary.get("warnings", [])]
+              f"| refusal rate, benign prompts % | {_pct(o.refusal_rate_model)} | {_pct(o.refusal_rate_baseline)} |",
+              f"| refusal rate, harmful prompts % | {_pct(o.refusal_rate_harmful_model)} | "
+              f"{_pct(o.refusal_rate_harmful_baseline)} |",
+              f"| mean length (tokens) | {o.mean_length_model} | {o.mean_length_baseline} |", "",
+              f"Mean length change: {o.mean_length_change:+} tokens per response."]
+    if summary.axes_note:
+        lines += ["", f"Note: {summary.axes_note}."]
+    lines += [f"\nWarning: {w}." for w in summary.warnings]
     lines += [""] + [f"![{name}](plots/{name})" for name in plots]
     lines += ["", "How to read this: docs/audit.md in the cai-pipeline repository. The numbers are in summary.json; "
               "every response in responses.parquet, every verdict in verdicts.parquet.", ""]
     return "\n".join(lines)
 
 
-def console_table(summary: dict, title: str):
+def console_table(summary: AuditSummary, title: str):
     """The README's table in five columns, so it fits a terminal: the interval beside each rate."""
     from rich.table import Table
 
@@ -99,7 +97,7 @@ def console_table(summary: dict, title: str):
 # Plots
 
 
-def write_plots(layout: RunLayout, judged: list[dict], summary: dict) -> list:
+def write_plots(layout: RunLayout, judged: list[dict], summary: AuditSummary) -> list:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
@@ -113,25 +111,24 @@ def write_plots(layout: RunLayout, judged: list[dict], summary: dict) -> list:
     return paths
 
 
-def forest(summary: dict):
+def forest(summary: AuditSummary):
     """Per principle (and overall, per axis): the win rate with its interval, raw and length-controlled."""
     import matplotlib.pyplot as plt
 
-    pooled = [("overall", summary["overall"])] + [(f"axis: {k}", v) for k, v in summary.get("axes", {}).items()]
-    rows = [(name, row) for name, row in pooled + list(summary["principles"].items())
-            if row["win_rate"] is not None][::-1]
+    pooled = [("overall", summary.overall)] + [(f"axis: {k}", v) for k, v in summary.axes.items()]
+    rows = [(name, row) for name, row in pooled + list(summary.principles.items()) if row.win_rate is not None][::-1]
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.32 * len(rows)))
     ys = range(len(rows))
     for y, (_, row) in zip(ys, rows):
-        ax.plot([row["ci_low"], row["ci_high"]], [y + 0.12] * 2, color="tab:blue", lw=2)
-        ax.plot([row["lc_ci_low"], row["lc_ci_high"]], [y - 0.12] * 2, color="tab:orange", lw=2)
-    ax.plot([r["win_rate"] for _, r in rows], [y + 0.12 for y in ys], "o", color="tab:blue", label="win rate")
-    ax.plot([r["lc_win_rate"] for _, r in rows], [y - 0.12 for y in ys], "D", color="tab:orange",
+        ax.plot([row.ci_low, row.ci_high], [y + 0.12] * 2, color="tab:blue", lw=2)
+        ax.plot([row.lc_ci_low, row.lc_ci_high], [y - 0.12] * 2, color="tab:orange", lw=2)
+    ax.plot([r.win_rate for _, r in rows], [y + 0.12 for y in ys], "o", color="tab:blue", label="win rate")
+    ax.plot([r.lc_win_rate for _, r in rows], [y - 0.12 for y in ys], "D", color="tab:orange",
             label="length-controlled")
     ax.axvline(0.5, color="grey", ls="--", lw=1)
     ax.axhline(len(rows) - len(pooled) - 0.5, color="grey", lw=0.6)  # pooled rows above, principles below
     ax.set_yticks(list(ys), [name for name, _ in rows], fontsize=8)
-    ax.set_xlabel(f"P(model ≻ baseline), {round(100 * summary['settings']['confidence'])}% intervals over prompts")
+    ax.set_xlabel(f"P(model ≻ baseline), {round(100 * summary.settings.confidence)}% intervals over prompts")
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -143,7 +140,7 @@ def length_scatter(judged: list[dict]):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from cai_pipeline.audit_stats import length_fit, sigmoid
+    from cai_pipeline.audit.stats import length_fit, sigmoid
 
     p = np.array([r["p_a"] for r in judged], dtype=float)
     delta = np.array([r["len_a"] - r["len_b"] for r in judged], dtype=float)

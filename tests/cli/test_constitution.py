@@ -12,7 +12,7 @@ import yaml
 from cai_pipeline.cli import main
 from cai_pipeline.constitution import load_constitution, validate_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HARMLESS = REPO / "constitutions" / "harmless.yaml"
 HELPFUL = REPO / "constitutions" / "helpful-honest.yaml"
 PAPER = REPO / ".." / "shared" / "data" / "cai-paper"

@@ -5,30 +5,31 @@ repeated; `--restart` audits again), then its table in the terminal."""
 from __future__ import annotations
 
 import argparse
-import json
+
+from cai_pipeline.cli.common import add_config, add_no_report, add_overrides, add_verbose, load_run_config
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cai_pipeline.audit_files import console_table
-    from cai_pipeline.config import load_config
+    from cai_pipeline.audit.files import console_table
+    from cai_pipeline.audit.summary import read_summary
     from cai_pipeline.pipeline import run_pipeline
     from cai_pipeline.store import RunLayout
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides)
     manifest = run_pipeline(cfg, stages=["audit"], redo=("audit",) if args.restart else (), verbose=args.verbose,
                             summary=False, report=args.report)
     layout = RunLayout(cfg.out_dir)
-    summary = json.loads(layout.audit_summary.read_text())
+    summary = read_summary(layout.audit_summary)
     console = Console()
     if manifest["last_run"]["audit"] == "already done":
         console.print("already audited with these settings (--restart audits again)")
     console.print(console_table(summary, f"audit {layout.audit_dir}"))
-    o = summary["overall"]
-    rates = f"refusal on benign prompts: model {o['refusal_rate_model']}, baseline {o['refusal_rate_baseline']}"
-    console.print(f"{rates}; mean length change {o['mean_length_change']:+} tokens", markup=False, highlight=False)
-    for line in ([summary["axes_note"]] if summary.get("axes_note") else []) + summary["warnings"]:
+    o = summary.overall
+    rates = f"refusal on benign prompts: model {o.refusal_rate_model}, baseline {o.refusal_rate_baseline}"
+    console.print(f"{rates}; mean length change {o.mean_length_change:+} tokens", markup=False, highlight=False)
+    for line in ([summary.axes_note] if summary.axes_note else []) + summary.warnings:
         console.print(f"note: {line}", markup=False, highlight=False)
     console.print(f"files: {layout.audit_dir} (README.md, summary.json, responses.parquet, verdicts.parquet, plots/)",
                   markup=False, highlight=False)
@@ -36,8 +37,6 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cai_pipeline.cli import add_no_report, add_overrides, add_verbose
-
     p = sub.add_parser(
         "audit",
         help="does the trained model follow the constitution better? win rates per principle with CIs, "
@@ -46,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "started from, on the run's held-out prompts and the bundled audit set, every principle judged in both "
         "orders. Writes <out_dir>/audit/. See docs/audit.md.",
     )
-    p.add_argument("config", help="a run config YAML, e.g. configs/demo.yaml")
+    add_config(p)
     add_overrides(p, "audit.model=embedded audit.limit=20")
     p.add_argument("--restart", action="store_true", help="audit again, replacing the previous audit")
     add_verbose(p)

@@ -11,6 +11,8 @@ import argparse
 import json
 import logging
 
+from cai_pipeline.cli.common import add_config, add_no_report, add_overrides, add_verbose, load_run_config
+
 
 def _print_summary(summary: dict) -> None:
     after = summary.get("eval_after") or {}
@@ -34,13 +36,12 @@ def _print_summary(summary: dict) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cai_pipeline.config import load_config
     from cai_pipeline.pipeline import run_pipeline
 
     launch = [f"train.nproc={args.nproc}"] if args.nproc is not None else []
     if args.accelerate_config is not None:
         launch.append(f"train.accelerate_config={args.accelerate_config}")
-    cfg = load_config(args.config, [*args.overrides, *launch])
+    cfg = load_run_config(args.config, [*args.overrides, *launch])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     manifest = run_pipeline(cfg, stages=["train"], redo=("train",) if args.restart else (), verbose=args.verbose,
                             summary=False, report=args.report)
@@ -52,8 +53,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cai_pipeline.cli import add_no_report, add_overrides, add_verbose
-
     p = sub.add_parser(
         "train",
         help="train a model (sft, dpo, ipo, simpo, orpo) on the run's datasets",
@@ -62,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "resumable states to <out_dir>/train. A finished training with the same data and settings is not "
         "repeated; one cut short resumes. See docs/config-train.md for every field.",
     )
-    p.add_argument("config", help="a run config YAML, e.g. configs/demo.yaml")
+    add_config(p)
     add_overrides(p, "train.loss=simpo train.lr=5e-7")
     p.add_argument("--restart", action="store_true", help="train again from the start, replacing the checkpoint "
                    "and discarding resumable states")

@@ -253,10 +253,10 @@ def test_one_model_at_a_time_and_the_judge_reuses_an_open_engine(monkeypatch, tm
 
 
 def test_default_prompts_put_the_run_s_held_out_ones_first(tmp_path):
+    from cai_pipeline.audit.prompts import BUNDLED_PROMPTS, audit_prompts
     from cai_pipeline.config import load_config
     from cai_pipeline.inputs import prompt_id
     from cai_pipeline.records import PreferenceRecord
-    from cai_pipeline.stages.audit import BUNDLED_PROMPTS, audit_prompts
     from cai_pipeline.store import RunLayout, write_parquet
 
     layout = RunLayout(tmp_path / "run")
@@ -282,9 +282,9 @@ def test_default_prompts_put_the_run_s_held_out_ones_first(tmp_path):
 
 
 def test_prompts_from_a_run_folder_are_the_prompts_its_audit_used(tmp_path):
+    from cai_pipeline.audit.prompts import audit_prompts
     from cai_pipeline.config import load_config
     from cai_pipeline.errors import UserError
-    from cai_pipeline.stages.audit import audit_prompts
     from cai_pipeline.store import RunLayout
 
     done = RunLayout(tmp_path / "round")

@@ -211,12 +211,18 @@ def test_hostile_ids_and_texts_arrive_verbatim(built):
 # -- what is read when present: audit, training curves, rounds ------------------------------------------------
 
 
-AUDIT = {"principles": {"violence": {"win_rate": 0.61, "ci_low": 0.52, "ci_high": 0.7, "lc_win_rate": 0.55,
-                                     "consistency": 0.8, "n": 40},
-                        "privacy": {"win_rate": 0.48, "ci_low": 0.39, "ci_high": 0.57, "lc_win_rate": 0.5,
-                                    "consistency": 0.7, "n": 40}},
-         "overall": {"win_rate": 0.56, "ci_low": 0.5, "ci_high": 0.62, "lc_win_rate": 0.52, "consistency": 0.75,
-                     "n": 80, "refusal_rate_model": 0.1, "refusal_rate_baseline": 0.05, "mean_length_change": 12.5}}
+def _score(win, lo, hi, lc, consistency, n) -> dict:
+    return {"win_rate": win, "ci_low": lo, "ci_high": hi, "lc_win_rate": lc, "lc_ci_low": lc - 0.1,
+            "lc_ci_high": lc + 0.1, "share_won": win, "consistency": consistency, "n": n}
+
+
+# A whole audit/summary.json, as the audit writes it (audit/summary.py's model)
+AUDIT = {"principles": {"violence": _score(0.61, 0.52, 0.7, 0.55, 0.8, 40),
+                        "privacy": _score(0.48, 0.39, 0.57, 0.5, 0.7, 40)},
+         "overall": {**_score(0.56, 0.5, 0.62, 0.52, 0.75, 80), "refusal_rate_model": 0.1,
+                     "refusal_rate_baseline": 0.05, "mean_length_change": 12.5, "mean_length_model": 60.0,
+                     "mean_length_baseline": 47.5, "n_prompts": 40},
+         "settings": {"n": 2, "bootstrap": 1000, "confidence": 0.95, "layout": "question_first"}}
 
 
 @pytest.fixture
@@ -230,7 +236,12 @@ def test_the_audit_summary_is_shown_when_present(copy):
     (copy / "audit").mkdir()
     (copy / "audit" / "summary.json").write_text(json.dumps(AUDIT))
     doc, _ = build_document(copy)
-    assert doc["audit"] == AUDIT and doc["warnings"] == []
+    shown = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "consistency", "n")  # what the page uses
+    overall = (*shown, "lc_ci_low", "lc_ci_high", "refusal_rate_model", "refusal_rate_baseline",
+               "mean_length_change", "mean_length_model", "mean_length_baseline")
+    assert doc["audit"] == {"principles": {pid: {k: v[k] for k in shown} for pid, v in AUDIT["principles"].items()},
+                            "overall": {k: AUDIT["overall"][k] for k in overall}}
+    assert doc["warnings"] == []
 
 
 def test_a_broken_audit_summary_is_a_warning_not_a_failure(copy):

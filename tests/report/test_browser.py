@@ -19,8 +19,8 @@ import pytest
 from cai_pipeline.report import build_document, write_report
 from cai_pipeline.report.show import round_texts
 from tests.conftest import REPO, missing
+from tests.report.test_build import drew
 from tests.report_run import CUSTOM_ID, INJECTIONS, off_the_loop
-from tests.test_report import drew
 
 # The flags this machine's closed network needs (../.library/env/machines/python.md): without the
 # background-networking ones Chromium tries to reach Google's hosts at start.
@@ -218,7 +218,7 @@ def test_no_script_from_the_data_runs(report, run):
 def test_audit_training_and_rounds_render(browser, run, tmp_path):
     import shutil as sh
 
-    from tests.test_report import AUDIT
+    from tests.report.test_build import AUDIT
 
     top = tmp_path / "top"
     sh.copytree(run, top)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 
+from cai_pipeline.cli.common import add_config, add_no_report, add_overrides, add_verbose, load_run_config
+
 
 def _cmd_iterate(args: argparse.Namespace) -> int:
-    from cai_pipeline.config import load_config
     from cai_pipeline.iterate import run_iterate
     from cai_pipeline.store import RunLayout
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides)
     record = run_iterate(cfg, verbose=args.verbose, report=args.report, echo=lambda line: print(line, flush=True))
     if record["stopped"]:
         print(f"stopped after {record['stopped']['round']}: {record['stopped']['reason']}")
@@ -23,8 +24,6 @@ def _cmd_iterate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cai_pipeline.cli import add_no_report, add_overrides, add_verbose
-
     p = sub.add_parser(
         "iterate",
         help="the CAI paper's recipe: an SL round, then RL rounds from it, each audited and gated",
@@ -33,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "model, judge them, train with the preference loss, audit against the previous model, and stop unless "
         "the gate passes. Writes <out_dir>/iterate.json and report.html. See docs/iterate.md.",
     )
-    p.add_argument("config", help="a run config YAML, e.g. configs/cai-paper.yaml")
+    add_config(p, "configs/cai-paper.yaml")
     add_overrides(p, "iterate.rounds=1 prompts.limit=8")
     add_verbose(p)
     add_no_report(p)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cai_pipeline.audit_stats import (
+from cai_pipeline.audit.stats import (
     audit_scores,
     cluster_weights,
     expanded_level,

@@ -50,9 +50,13 @@ def test_seeded_call_repeats(engine):
     assert other != first
 
 
-def test_greedy_is_identical_across_samples(engine):
+def test_greedy_is_identical_across_samples_and_sampling_is_not(engine):
     out = engine.generate(PROMPTS[:1], GenParams(n=2, max_tokens=16, temperature=0.0))
     assert out[0][0].text == out[0][1].text
+    # The same call at temperature 1 gives samples of their own: an engine that copied one sample n times would
+    # pass the greedy check alone. (Four 16-token samples at T=1 agreeing whole has vanishing probability.)
+    sampled = engine.generate(PROMPTS[:1], GenParams(n=4, max_tokens=16, temperature=1.0, top_p=1.0, seed=3))
+    assert len(sampled[0]) == 4 and len({c.text for c in sampled[0]}) > 1
 
 
 def test_stop_strings_cut_the_text(engine):

@@ -51,7 +51,7 @@ def test_a_vllm_actor_must_reserve_its_tensor_parallel_gpus():
 
 def test_a_ready_engine_is_refused_by_the_ray_executor():
     with pytest.raises(ValueError, match="cannot be shipped to Ray actors"):
-        make_executor(cfg("executor.kind=ray"), engine=object())
+        make_executor(cfg("executor.kind=ray"), shared_engine=object())
 
 
 def test_the_pool_never_outnumbers_the_shards():

@@ -10,12 +10,13 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
+from cai_pipeline import judging as judge
 from cai_pipeline.card import judge_section
 from cai_pipeline.config import load_config
 from cai_pipeline.constitution import Principle, load_constitution
 from cai_pipeline.engines.base import Completion
 from cai_pipeline.records import JudgeRecord
-from cai_pipeline.stages import judge
+from cai_pipeline.stages import judge as judge_stage
 from cai_pipeline.stages.base import StageContext
 from cai_pipeline.templates import TemplateSet
 from tests.conftest import REPO
@@ -265,7 +266,7 @@ def stage_ctx(*overrides):
 
 def test_stage_filters_count_and_keep_rejects_with_reasons():
     engine = Table({("u", t): p for t, p in STAGE_TABLE.items()})
-    out = judge.run({"pairs": stage_pairs()}, engine, stage_ctx())
+    out = judge_stage.run({"pairs": stage_pairs()}, engine, stage_ctx())
     assert [(r["pair_id"], round(r["p_a"], 6)) for r in out.rows] == [("pair0", 0.85), ("pair4", 0.35)]
     reasons = {r["key"]: r["reason"] for r in out.rejects}
     assert reasons == {"pair1": "below_margin", "pair2": "inconsistent", "pair3": "tie", "pair5": "too_long"}
@@ -279,7 +280,7 @@ def test_stage_filters_count_and_keep_rejects_with_reasons():
 
 def test_stage_keeps_inconsistent_pairs_when_told_and_margin_zero_keeps_all_but_ties():
     engine = Table({("u", t): p for t, p in STAGE_TABLE.items()})
-    out = judge.run({"pairs": stage_pairs()}, engine, stage_ctx("judge.drop_inconsistent=false", "judge.min_margin=0"))
+    out = judge_stage.run({"pairs": stage_pairs()}, engine, stage_ctx("judge.drop_inconsistent=false", "judge.min_margin=0"))
     assert [r["pair_id"] for r in out.rows] == ["pair0", "pair1", "pair2", "pair4"]
     assert sorted(r["reason"] for r in out.rejects) == ["tie", "too_long"]
     assert [r["consistent"] for r in out.rows] == [True, True, False, True]
@@ -287,7 +288,7 @@ def test_stage_keeps_inconsistent_pairs_when_told_and_margin_zero_keeps_all_but_
 
 def test_card_section_reports_the_judge():
     engine = Table({("u", t): p for t, p in STAGE_TABLE.items()})
-    out = judge.run({"pairs": stage_pairs()}, engine, stage_ctx())
+    out = judge_stage.run({"pairs": stage_pairs()}, engine, stage_ctx())
     md = judge_section(out.rows, out.rejects)
     assert "5 pairs scored in both orders; 2 kept" in md
     assert "Order-consistency rate: 0.800" in md

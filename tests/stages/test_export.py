@@ -8,8 +8,7 @@ import pytest
 from cai_pipeline.config import load_config
 from cai_pipeline.errors import UserError
 from cai_pipeline.pipeline import run_whole
-from cai_pipeline.stages import BY_NAME
-from cai_pipeline.stages.base import RunContext
+from cai_pipeline.stages.base import RunContext, Stage
 from cai_pipeline.stages.export import held_out_prompts, preference_row, preference_rows, sft_rows
 from cai_pipeline.store import RunStore
 
@@ -80,9 +79,8 @@ def fake_stage(name, on_change="redo", identity=None):
         (ctx.store.root / f"{name}.out").write_text("x")
         return {"rows": len(calls)}
 
-    stage = BY_NAME["export"].__class__(name, (), None, None, ("export",), run, "run",
-                                        identity=identity or (lambda c: {"n": 1}),
-                                        outputs=lambda c: [c.store.root / f"{name}.out"], on_change=on_change)
+    stage = Stage(name, (), None, None, ("export",), run, "run", identity=identity or (lambda c: {"n": 1}),
+                  outputs=lambda c: [c.store.root / f"{name}.out"], on_change=on_change)
     return stage, calls
 
 

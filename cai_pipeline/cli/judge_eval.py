@@ -1,0 +1,70 @@
+"""`cai judge-eval`: the judge on human-labelled pairs (cai_pipeline/judge_eval.py), as a table and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cai_pipeline.errors import UserError
+from cai_pipeline.judge_eval import evaluate_labelled, format_table, read_labelled
+
+
+def _cmd_judge_eval(args: argparse.Namespace) -> int:
+    from cai_pipeline.bundled import resolve_resource
+    from cai_pipeline.console import quiet_libraries
+    from cai_pipeline.constitution import load_constitution
+    from cai_pipeline.engines import make_engine
+    from cai_pipeline.templates import TemplateSet
+
+    quiet_libraries()
+    labelled, skipped = read_labelled(args.data, args.limit)  # a bad file fails here, before a model loads
+    if args.engine == "openai" and not args.base_url:
+        raise UserError("--base-url: required with --engine openai, e.g. --base-url http://127.0.0.1:8000/v1")
+    if args.out and not Path(args.out).expanduser().resolve().parent.is_dir():
+        raise UserError(f"--out: the folder of {args.out} does not exist; create it or choose another path")
+    constitution = load_constitution(resolve_resource(args.constitution))
+    options = {"base_url": args.base_url} if args.base_url else {}
+    engine = make_engine(kind=args.engine, model=args.model, seed=args.seed, **options)
+    try:
+        report = evaluate_labelled(labelled, skipped, engine, constitution.principles, k=args.principles,
+                                   reasoning=args.reasoning, seed=args.seed, layout=args.layout,
+                                   templates=TemplateSet.for_constitution(constitution))
+    finally:
+        engine.close()
+    report = {"data": args.data, "model": args.model, "engine": engine.name, "constitution": constitution.name,
+              "principles": args.principles, "reasoning": args.reasoning, "layout": args.layout, "seed": args.seed,
+              **report}
+    print(format_table(report))
+    if args.out:
+        Path(args.out).expanduser().write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"report written to {args.out}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("judge-eval", help="measure the judge against human preference labels (accuracy, "
+                       "order consistency, position bias)")
+    p.add_argument("--data", required=True, help="hh-rlhf .jsonl(.gz), or JSONL/Parquet with prompt/chosen/rejected")
+    p.add_argument("--limit", type=_positive, help="judge only the first N usable rows")
+    p.add_argument("--model", default="embedded", help="judge model: 'embedded', a local folder, or a served name")
+    p.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf", "openai"])
+    p.add_argument("--base-url", help="engine openai: the server's URL, e.g. http://localhost:8000/v1")
+    p.add_argument("--constitution", default="constitutions/harmless.yaml", help="whose comparison questions to ask")
+    p.add_argument("--principles", type=_positive, default=2, help="principles drawn per pair (k)")
+    p.add_argument("--reasoning", action="store_true", help="chain-of-thought first, probabilities clamped to [0.4, 0.6]")
+    p.add_argument("--layout", default="question_first", choices=["question_first", "shared_prefix"],
+                   help="judge prompt layout (judge.layout): the question first, or the responses first")
+    p.add_argument("--seed", type=int, default=0, help="seeds the principle draws and which side is shown first")
+    p.add_argument("--out", help="also write the report as JSON to this file")
+    p.set_defaults(func=_cmd_judge_eval)

@@ -1,0 +1,257 @@
+"""Judging (RLAIF): which of two responses is better under a principle, asked in both orders, as a soft label.
+The judge stage, the audit and `cai judge-eval` all judge through `judge_pairs`.
+
+For a pair (x, y) and a principle, the judge template shows x as (A) and y as (B), the assistant turn starts
+with the judge prefix ("The answer is: ("), and the engine gives log P("A") and log P("B"): one prefill, no
+decoding. Then again with the two swapped. p(x≻y) = ½·(P(A | x first) + P(B | x second)), each normalised over
+{A, B}, so a judge that always answers "A" lands on 0.5 instead of on a side. k principles are drawn per pair
+(seeded by the pair's content) and averaged, weighted by principle weight.
+
+Exact symmetry. Engine numerics depend on the batch a conversation lands in (padding, prefix caching: up to
+0.1–0.2 nats in bf16 on the embedded model), so scoring (x, y) and (y, x) as two separate pairs would give
+p + p' ≈ 1, not = 1. Instead each pair is scored once, in a canonical order (its two texts sorted by hash), and
+the other orientation is derived as 1 − p. The batch sent to the engine is the canonical pairs sorted by key,
+so it depends only on the *set* of pairs: the same pairs judged in any order or orientation give bit-identical
+numbers, and a pair judged twice in one call is scored once.
+
+Chain-of-thought mode writes a short reasoning per order first (greedy), then scores A/B after the reasoning
+and the judge prefix, and clamps each probability to [0.4, 0.6]: the CAI paper found CoT verdicts over-confident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from cai_pipeline.constitution import draw_principles
+from cai_pipeline.engines.base import Failure, GenParams, Message
+from cai_pipeline.rng import derive_seed, rng_for, stable_id
+from cai_pipeline.templates import TemplateSet, transcript
+
+CHOICES = ["A", "B"]
+COT_CLAMP = (0.4, 0.6)
+# The judge's user-turn template per (layout, reasoning). "question_first" asks the principle's question before
+# the responses; "shared_prefix" puts the conversation and both responses first and the question last, so the
+# k principles of one pair and order share one prefix (vLLM's prefix cache computes it once).
+TEMPLATES = {("question_first", False): "judge", ("question_first", True): "judge_reasoning",
+             ("shared_prefix", False): "judge_shared", ("shared_prefix", True): "judge_shared_reasoning"}
+REASONING_START = "Let's think step by step:"
+# Cut the reasoning where the model starts to announce its answer; we append the judge prefix ourselves.
+REASONING_STOPS = ("The answer is", "the answer is")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The ensemble math: pure functions over numbers
+
+
+def choice_probability(logps: Mapping[str, float]) -> float:
+    """P(A) normalised over {A, B}: e^la / (e^la + e^lb) = σ(la − lb), computed without overflow.
+    Equal log-probs (both −inf included) give exactly 0.5."""
+    d = logps["A"] - logps["B"]
+    if math.isnan(d) or d == 0:
+        return 0.5
+    if d > 0:
+        return 1.0 / (1.0 + math.exp(-d))
+    e = math.exp(d)
+    return e / (1.0 + e)
+
+
+def order_average(p_first: float, p_second: float) -> float:
+    """p(x≻y) = ½·(P(A | x first) + P(B | x second)): position bias adds to one term and subtracts from the other."""
+    return 0.5 * (p_first + p_second)
+
+
+def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
+    return sum(w * v for v, w in zip(values, weights)) / sum(weights)
+
+
+def clamp(p: float, lo: float, hi: float) -> float:
+    return min(hi, max(lo, p))
+
+
+def picks_same_position(p_first: float, p_second: float) -> bool:
+    """Order-inconsistent: with x first the judge picks (A) (p_first > ½) and with x second it picks (A) again
+    (P(B | x second) < ½), or (B) both times. A probability of exactly ½ picks no position."""
+    return (p_first - 0.5) * (p_second - 0.5) < 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Planning: canonical pairs, principle draws, the conversations to score
+
+
+@dataclass(frozen=True)
+class Job:
+    """One canonical pair to score: x and y in hash order (or as given in single-order mode)."""
+
+    key: str
+    messages: list[Message]
+    x: str
+    y: str
+    principles: list  # constitution Principles drawn for this pair
+    both_orders: bool = True
+
+    def orders(self) -> list[tuple[str, str]]:
+        return [(self.x, self.y), (self.y, self.x)] if self.both_orders else [(self.x, self.y)]
+
+
+def as_messages(prompt: str | Sequence[Mapping[str, str]]) -> list[Message]:
+    """A prompt string is one user turn; a list of chat messages is kept (role and content only)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical(a: str, b: str) -> tuple[str, str, bool]:
+    """(x, y, swapped): the two texts in an order that does not depend on which came first. Sorted by hash,
+    so neither length nor alphabet decides which response is shown first."""
+    return (b, a, True) if _text_hash(b) < _text_hash(a) else (a, b, False)
+
+
+def pair_key(messages: list[Message], x: str, y: str) -> str:
+    """Content key of a canonical pair: seeds its principle draw, so (x, y) and (y, x) get the same principles."""
+    return stable_id(json.dumps(messages, ensure_ascii=False, sort_keys=True), _text_hash(x), _text_hash(y))
+
+
+def plan(pairs: Sequence[Mapping], principles: Sequence, k: int, seed: int,
+         both_orders: bool) -> tuple[list[Job], list[tuple[str, bool]]]:
+    """The unique jobs sorted by key (the engine batch depends only on the set of pairs) and, per input pair,
+    (job key, swapped)."""
+    jobs: dict[str, Job] = {}
+    refs = []
+    for pair in pairs:
+        messages = as_messages(pair["prompt"])
+        x, y, swapped = canonical(pair["a"], pair["b"])
+        key = pair_key(messages, x, y)
+        drawn = draw_principles(principles, rng_for(seed, "judge", key), k)
+        if not both_orders:  # asked as given: (a, b) and (b, a) are different questions
+            x, y, swapped, key = pair["a"], pair["b"], False, stable_id(key, _text_hash(pair["a"]))
+        jobs.setdefault(key, Job(key, messages, x, y, drawn, both_orders))
+        refs.append((key, swapped))
+    return [jobs[key] for key in sorted(jobs)], refs
+
+
+def conversations(job: Job, templates: TemplateSet, reasoning: bool,
+                  layout: str = "question_first") -> list[list[Message]]:
+    """Per principle, per order: the judge's user turn and the assistant's opening (prefix or reasoning cue)."""
+    convo = transcript(job.messages)
+    name, start = TEMPLATES[layout, reasoning], REASONING_START if reasoning else templates.judge_prefix()
+    out = []
+    for principle in job.principles:
+        for first, second in job.orders():
+            text = templates.render(name, conversation=convo, question=principle.comparison,
+                                    response_a=first, response_b=second)
+            out.append([{"role": "user", "content": text}, {"role": "assistant", "content": start}])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scoring: one generate call (CoT only) and one choice_logprobs call for the whole batch
+
+
+def add_reasoning(engine, convs: list[list[Message]], prefix: str, max_tokens: int,
+                  seed: int) -> tuple[list, list[str]]:
+    """The judge writes its reasoning first (greedy, so it is a function of the input); the conversation to
+    score is that reasoning followed by the judge prefix. A failed generation stays as 'reason: detail'."""
+    params = GenParams(n=1, temperature=0.0, max_tokens=max_tokens, stop=REASONING_STOPS, seed=seed)
+    scored, reasons = [], []
+    for conv, comps in zip(convs, engine.generate(convs, params)):
+        comp = comps[0]
+        if comp.finish_reason == "error":
+            scored.append(Failure(comp.error or "engine_error: no detail"))
+            reasons.append("")
+            continue
+        opening = f"{REASONING_START}{comp.text.rstrip()}\n{prefix}"
+        scored.append([conv[0], {"role": "assistant", "content": opening}])
+        reasons.append(comp.text.strip())
+    return scored, reasons
+
+
+def score_all(engine, convs: list) -> list[dict | str]:
+    """Log-probs of A/B for every conversation in one engine call; failures (strings) pass through."""
+    live = [i for i, c in enumerate(convs) if not isinstance(c, str)]
+    logps = engine.choice_logprobs([convs[i] for i in live], CHOICES) if live else []
+    out: list[dict | str] = list(convs)
+    for i, lp in zip(live, logps):
+        # `{}` means too long for the context; a failure the engine named ("server_error: ...") passes through.
+        out[i] = lp or Failure.of("too_long", "the judge prompt does not fit the judge model's context")
+    return out
+
+
+def _verdict(principle, first: float, second: float | None, reasons: Sequence[str]) -> dict:
+    return {"principle_id": principle.id, "weight": float(principle.weight), "p_a_first": first,
+            "p_a_second": second, "reasoning_first": reasons[0] if reasons else None,
+            "reasoning_second": reasons[1] if len(reasons) > 1 else None}
+
+
+def job_outcome(job: Job, scores: Sequence[dict | str], reasons: Sequence[str],
+                clamp_to: tuple[float, float] | None) -> dict | str:
+    """One job's verdicts in its own orientation (a = x), or its first failure as 'reason: detail'."""
+    failed = next((s for s in scores if isinstance(s, str)), None)
+    if failed:
+        return failed
+    n = len(job.orders())
+    verdicts = []
+    for i, principle in enumerate(job.principles):
+        # P(A | x first); and P(B | x second) = 1 − P(A | y first).
+        probs = [choice_probability(scores[i * n])] + [1.0 - choice_probability(s) for s in scores[i * n + 1 : i * n + n]]
+        if clamp_to:
+            probs = [clamp(p, *clamp_to) for p in probs]
+        verdicts.append(_verdict(principle, probs[0], probs[1] if n > 1 else None, reasons[i * n : i * n + n]))
+    if n == 1:
+        return {"verdicts": verdicts, "p_a": weighted_mean([v["p_a_first"] for v in verdicts],
+                                                             [v["weight"] for v in verdicts]), "consistent": None}
+    per = [order_average(v["p_a_first"], v["p_a_second"]) for v in verdicts]
+    return {"verdicts": verdicts, "p_a": weighted_mean(per, [v["weight"] for v in verdicts]),
+            "consistent": not any(picks_same_position(v["p_a_first"], v["p_a_second"]) for v in verdicts)}
+
+
+def swap(outcome: dict) -> dict:
+    """The same verdicts seen from the other side: every probability becomes 1 − p of its mirror order.
+    1 − p is exact in floating point for p ≥ ½ and p + (1 − p) rounds to exactly 1 for every p in [0, 1]."""
+    verdicts = [{**v, "p_a_first": 1.0 - v["p_a_second"], "p_a_second": 1.0 - v["p_a_first"],
+                 "reasoning_first": v["reasoning_second"], "reasoning_second": v["reasoning_first"]}
+                for v in outcome["verdicts"]]
+    return {"verdicts": verdicts, "p_a": 1.0 - outcome["p_a"], "consistent": outcome["consistent"]}
+
+
+def judge_pairs(engine, pairs: Sequence[Mapping], principles: Sequence, *, both_orders: bool = True,
+                reasoning: bool = False, seed: int = 0, k: int = 2, templates: TemplateSet | None = None,
+                reasoning_max_tokens: int = 128, clamp_to: tuple[float, float] = COT_CLAMP,
+                layout: str = "question_first") -> list[dict]:
+    """**Contract.** Judge each pair (`prompt`: a string or chat messages; `a`, `b`: response strings) under k
+    of `principles` drawn per pair. Returns one record per pair, in order: the pair's own fields plus
+    `verdicts` (per principle: p_a_first, p_a_second, reasoning_*), `p_a` (probability that `a` is better),
+    `consistent` and `error` (None). A pair that could not be judged (too long for the context, an engine
+    error) has `error` = 'reason: detail' and no verdicts. With `both_orders=False` only the order a-first is
+    asked: p_a_second and consistent are None and there is no symmetry guarantee. `layout` picks the judge
+    prompt's layout (see TEMPLATES); the numbers differ between layouts, the guarantees do not."""
+    if not principles:
+        raise ValueError("judge_pairs needs at least one principle to ask")
+    templates = templates or TemplateSet()
+    jobs, refs = plan(pairs, principles, k, seed, both_orders)
+    convs = [c for job in jobs for c in conversations(job, templates, reasoning, layout)]
+    reasons = [""] * len(convs)
+    if reasoning and convs:
+        convs, reasons = add_reasoning(engine, convs, templates.judge_prefix(), reasoning_max_tokens,
+                                       derive_seed(seed, "judge", "reasoning"))
+    scores = score_all(engine, convs)
+    outcomes, start = {}, 0
+    for job in jobs:
+        end = start + len(job.principles) * len(job.orders())
+        outcomes[job.key] = job_outcome(job, scores[start:end], reasons[start:end] if reasoning else [],
+                                        clamp_to if reasoning else None)
+        start = end
+    return [_record(pair, outcomes[key], swapped) for pair, (key, swapped) in zip(pairs, refs)]
+
+
+def _record(pair: Mapping, outcome: dict | str, swapped: bool) -> dict:
+    if isinstance(outcome, str):
+        return {**pair, "error": outcome}
+    return {**pair, **(swap(outcome) if swapped else outcome), "error": None}
