@@ -46,6 +46,7 @@ class RunLayout:
     checkpoint/                       the trained model (a plain Hugging Face folder)
     train/  metrics.jsonl  summary.json  plots/*.png  state/
     audit/  responses.parquet  verdicts.parquet  summary.json  README.md  plots/*.png
+    judge-check/  summary.json  README.md  shifts.png       `cai judge-check CONFIG`: the judge's bias profile
     rounds/NN-kind/                   (each round a run folder of its own)
     iterate.json                      `cai iterate`: the rounds, their models, audits and gate decisions
     vs-base/NN-kind/                  `cai iterate`: a round's model audited against the base (a run folder)
@@ -54,7 +55,7 @@ class RunLayout:
 
     # Entries that belong to no stage (the stages' own come from the stage list: stages.owned_entries()).
     FIXED = ("stats", "rejects", "rounds", "report.html", "iterate.json", "vs-base", "constitution.yaml",
-             "manifest.json", ".workers-probe")
+             "manifest.json", ".workers-probe", "judge-check")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -154,6 +155,11 @@ class RunLayout:
     def audit_plots(self) -> Path:
         return self.audit_dir / "plots"
 
+    # -- `cai judge-check CONFIG`: the run's judge probed on the run's pairs
+    @property
+    def judge_check(self) -> JudgeCheckLayout:
+        return JudgeCheckLayout(self.root / "judge-check")
+
     # -- later stages
 
     @property
@@ -188,6 +194,31 @@ class RunLayout:
         wanted = [self.dataset("sft"), self.dataset("preferences"), self.card, self.checkpoint, self.audit_dir,
                   self.report, self.rejects_dir(), self.manifest]
         return [p for p in wanted if p.exists()]
+
+
+class JudgeCheckLayout:
+    """`cai judge-check`'s files: a run's judge-check/, or the --out folder of `cai judge-check --data`.
+
+    ```
+    summary.json   the bias profile (**contract**: judge_check/summary.py JudgeCheckSummary)
+    README.md      the table and what it means        shifts.png   each probe's shift with its interval
+    ```
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def readme(self) -> Path:
+        return self.root / "README.md"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "shifts.png"
 
 
 class TrainLayout:

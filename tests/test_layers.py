@@ -14,12 +14,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cai_pipeline"
 FLOORS = [
     ("ground", ("errors", "rng", "records", "store", "yamlio", "bundled", "fingerprint", "console",
                 "train.config", "config")),
-    ("definitions", ("constitution", "templates", "inputs", "models", "importers", "constitution_diff")),
+    ("definitions", ("constitution", "templates", "inputs", "models", "importers", "constitution_diff",
+                     "judge_roles")),
     ("engines and trainer", ("engines", "train", "judging")),
     ("stages", ("stages", "audit", "assets", "card")),
     ("executors", ("executors",)),
     # what reads a run folder: a run ends by writing its report, so these sit below the pipeline
-    ("readers", ("report", "compare", "judge_eval")),
+    ("readers", ("report", "compare", "judge_eval", "judge_check", "agreement", "review")),
     ("pipeline", ("pipeline", "iterate")),
     ("command line", ("cli",)),
 ]

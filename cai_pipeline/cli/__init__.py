@@ -17,6 +17,7 @@ from cai_pipeline.cli import (
     config,
     constitution,
     iterate,
+    judge_check,
     judge_eval,
     models,
     report,
@@ -34,6 +35,7 @@ examples:
   cai run configs/demo.yaml --stages sample,revise    only these stages (their inputs must exist)
   cai constitution validate constitutions/*.yaml      check constitution files, every problem with its line
   cai judge-eval --data hh-rlhf-harmless-base-test.jsonl.gz --limit 100
+  cai judge-check configs/demo.yaml                   the run's judge probed for biases (length, markdown, ...)
   cai train configs/demo.yaml train.loss=sft          SL-CAI: fine-tune on the run's final revisions
   cai train configs/demo.yaml train.loss=simpo        train on the run's preference dataset
   cai train configs/demo.yaml --nproc 2               ... on 2 data-parallel processes (DDP)
@@ -51,7 +53,7 @@ README).
 """
 
 # In the order `cai --help` lists them.
-COMMANDS = (run, models, config, compare, constitution, judge_eval, train, report, audit, iterate)
+COMMANDS = (run, models, config, compare, constitution, judge_eval, judge_check, train, report, audit, iterate)
 
 
 def build_parser() -> argparse.ArgumentParser:
