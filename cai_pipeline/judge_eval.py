@@ -1,5 +1,7 @@
 """Judge evaluation: run the judge on pairs that people labelled, and say how often it agrees with them
-(`cai judge-eval`).
+(`cai judge-eval`); or read the labels a person gave in a run report's Review tab, beside the run judge's own
+verdicts, and say the same (no model is loaded then). Both report agreement, Cohen's κ with an interval and
+calibration, overall and per principle (agreement.py).
 
 Reads Anthropic's hh-rlhf format (`chosen`/`rejected` transcripts that share every turn but the last) or a
 generic JSONL/Parquet with `prompt`/`chosen`/`rejected`. Which side is shown as `a` is drawn per row from a
@@ -15,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from cai_pipeline.agreement import agreement
 from cai_pipeline.engines.base import Failure
 from cai_pipeline.errors import UserError
 from cai_pipeline.inputs import hh_split, read_rows
@@ -185,8 +188,36 @@ def evaluate_labelled(labelled: list[dict], skipped: Counter, engine, principles
     report = eval_metrics(records, chosen_first)
     verdicts = sum(len(r["verdicts"]) for r in records if not r["error"])
     report.update({"skipped": dict(skipped), "chosen_shown_first": _mean([float(c) for c in chosen_first]),
-                   "seconds": round(seconds, 2), "verdicts_per_s": round(verdicts / seconds, 3) if seconds else None})
+                   "seconds": round(seconds, 2), "verdicts_per_s": round(verdicts / seconds, 3) if seconds else None,
+                   "agreement": agreement(verdict_items(records, chosen_first), seed=seed)})
     return report
+
+
+def verdict_items(records: list[dict], chosen_first: list[bool]) -> list[dict]:
+    """Each principle's verdict (both orders averaged) against the person's choice of its pair; a pair's prompt
+    is the unit the intervals resample."""
+    items = []
+    for r, first in zip(records, chosen_first):
+        if r["error"]:
+            continue
+        unit = stable_id(json.dumps(r["prompt"], ensure_ascii=False))
+        for v in r["verdicts"]:
+            p = v["p_a_first"] if v["p_a_second"] is None else 0.5 * (v["p_a_first"] + v["p_a_second"])
+            items.append({"unit": unit, "principle_id": v["principle_id"], "p": p, "human": "a" if first else "b"})
+    return items
+
+
+def evaluate_review(path: Path) -> dict:
+    """A Review tab export: the person's labels against the run judge's verdicts recorded beside them."""
+    from cai_pipeline.report.review import read_review
+
+    labels = read_review(path)
+    items = [{"unit": x.prompt_id, "principle_id": x.principle_id, "p": x.p_a, "human": x.human}
+             for x in labels if x.human != "skip"]
+    if not items:
+        raise UserError(f"{path}: every label is 'skip'; choose A, B or tie for some verdicts in the Review tab")
+    return {"data": str(path), "source": "review", "run": labels[0].run, "judge": labels[0].judge,
+            "labels": len(labels), "skips": sum(x.human == "skip" for x in labels), "agreement": agreement(items)}
 
 
 def format_table(report: dict) -> str:
@@ -197,4 +228,29 @@ def format_table(report: dict) -> str:
             ("ties", report["ties"]), ("failed", report["failed"] or 0), ("skipped rows", report["skipped"] or 0),
             ("seconds", report["seconds"]), ("verdicts/s", report["verdicts_per_s"])]
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {'n/a' if value is None else value}" for name, value in rows)
+    lines = [f"{name:<{width}}  {'n/a' if value is None else value}" for name, value in rows]
+    return "\n".join(lines) + "\n\nper verdict:\n" + agreement_table(report["agreement"])
+
+
+def _kappa(row: dict) -> str:
+    if row["kappa"] is None:
+        return "n/a"
+    ci = "" if row["kappa_ci_low"] is None else f" [{row['kappa_ci_low']:+.2f}, {row['kappa_ci_high']:+.2f}]"
+    return f"{row['kappa']:+.3f}{ci}"
+
+
+def agreement_table(report: dict) -> str:
+    """Agreement, κ [interval] and ECE, overall and per principle, as aligned text."""
+    if report["overall"] is None:
+        return "no verdicts to compare"
+    rows = [("", "n", "agreement", "Cohen's κ [CI]", "ECE")]
+    for name, row in [("overall", report["overall"]), *report["principles"].items()]:
+        rows.append((name, str(row["n"]), f"{row['agreement']:.3f}", _kappa(row), f"{row['ece']:.3f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def format_review(report: dict) -> str:
+    return (f"{report['labels']} labels from the Review tab of {report['run']} ({report['skips']} skipped), against "
+            f"the run's judge {report['judge']}:\n" + agreement_table(report["agreement"]))

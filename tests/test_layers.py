@@ -20,7 +20,7 @@ FLOORS = [
     ("stages", ("stages", "audit", "assets", "card")),
     ("executors", ("executors",)),
     # what reads a run folder: a run ends by writing its report, so these sit below the pipeline
-    ("readers", ("report", "compare", "judge_eval", "judge_check", "agreement", "review")),
+    ("readers", ("report", "compare", "judge_eval", "judge_check", "agreement")),
     ("pipeline", ("pipeline", "iterate")),
     ("command line", ("cli",)),
 ]

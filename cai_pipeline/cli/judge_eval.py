@@ -10,7 +10,39 @@ from cai_pipeline.errors import UserError
 from cai_pipeline.judge_eval import evaluate_labelled, format_table, read_labelled
 
 
+def _cmd_review(args: argparse.Namespace) -> int:
+    """--data is a Review tab export: the person's labels against the run judge's recorded verdicts."""
+    from cai_pipeline.judge_eval import evaluate_review, format_review
+
+    report = evaluate_review(Path(args.data).expanduser())
+    print(format_review(report))
+    _write(args, report)
+    return 0
+
+
+def _write(args: argparse.Namespace, report: dict) -> None:
+    if args.out:
+        Path(args.out).expanduser().write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"report written to {args.out}")
+    if args.plot:
+        from cai_pipeline.agreement import reliability_plot
+
+        reliability_plot(report["agreement"], Path(args.plot).expanduser())
+        print(f"reliability plot written to {args.plot}")
+
+
 def _cmd_judge_eval(args: argparse.Namespace) -> int:
+    from cai_pipeline.report.review import is_review_file
+
+    for flag, option in (("--out", args.out), ("--plot", args.plot)):
+        if option and not Path(option).expanduser().resolve().parent.is_dir():
+            raise UserError(f"{flag}: the folder of {option} does not exist; create it or choose another path")
+    if is_review_file(Path(args.data).expanduser()):
+        return _cmd_review(args)
+    return _cmd_labelled(args)
+
+
+def _cmd_labelled(args: argparse.Namespace) -> int:
     from cai_pipeline.bundled import resolve_resource
     from cai_pipeline.console import quiet_libraries
     from cai_pipeline.constitution import load_constitution
@@ -21,8 +53,6 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     labelled, skipped = read_labelled(args.data, args.limit)  # a bad file fails here, before a model loads
     if args.engine == "openai" and not args.base_url:
         raise UserError("--base-url: required with --engine openai, e.g. --base-url http://127.0.0.1:8000/v1")
-    if args.out and not Path(args.out).expanduser().resolve().parent.is_dir():
-        raise UserError(f"--out: the folder of {args.out} does not exist; create it or choose another path")
     constitution = load_constitution(resolve_resource(args.constitution))
     options = {"base_url": args.base_url} if args.base_url else {}
     engine = make_engine(kind=args.engine, model=args.model, seed=args.seed, **options)
@@ -36,9 +66,7 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
               "principles": args.principles, "reasoning": args.reasoning, "layout": args.layout, "seed": args.seed,
               **report}
     print(format_table(report))
-    if args.out:
-        Path(args.out).expanduser().write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"report written to {args.out}")
+    _write(args, report)
     return 0
 
 
@@ -53,9 +81,13 @@ def _positive(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("judge-eval", help="measure the judge against human preference labels (accuracy, "
-                       "order consistency, position bias)")
-    p.add_argument("--data", required=True, help="hh-rlhf .jsonl(.gz), or JSONL/Parquet with prompt/chosen/rejected")
+    p = sub.add_parser("judge-eval", help="measure the judge against human preference labels (agreement, Cohen's "
+                       "κ, calibration, order consistency, position bias)",
+                       description="Judge labelled pairs with a model and compare with the people's choice; or, "
+                       "given the labels exported from a run report's Review tab, compare them with the run judge's "
+                       "recorded verdicts (no model is loaded). See docs/judge-check.md.")
+    p.add_argument("--data", required=True, help="hh-rlhf .jsonl(.gz), JSONL/Parquet with prompt/chosen/rejected, "
+                   "or a Review tab export (review-*.jsonl)")
     p.add_argument("--limit", type=_positive, help="judge only the first N usable rows")
     p.add_argument("--model", default="embedded", help="judge model: 'embedded', a local folder, or a served name")
     p.add_argument("--engine", default="auto", choices=["auto", "vllm", "hf", "openai"])
@@ -67,4 +99,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="judge prompt layout (judge.layout): the question first, or the responses first")
     p.add_argument("--seed", type=int, default=0, help="seeds the principle draws and which side is shown first")
     p.add_argument("--out", help="also write the report as JSON to this file")
+    p.add_argument("--plot", help="also write the reliability plot (the judge's p against people's choices) as PNG")
     p.set_defaults(func=_cmd_judge_eval)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -10,7 +11,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     path = write_report(args.run, args.out)
     print(f"report: {path} (open it in a browser: it is one file and loads nothing from anywhere)")
+    if args.review_files:
+        _review_files(args.run, Path(args.review_files).expanduser())
     return 0
+
+
+def _review_files(run: str, folder: Path) -> None:
+    """The Review tab's sample as files for Label Studio and Argilla (report/review.py)."""
+    from cai_pipeline.errors import UserError
+    from cai_pipeline.report import build_document
+    from cai_pipeline.report.review import write_review_files
+
+    review = build_document(run)[0]["review"]
+    if review is None:
+        raise UserError(f"--review-files: {run} has no judged pairs to review; run the judge stage first")
+    paths = write_review_files(folder, review["items"], review["run"], review["judge"])
+    print(f"review files: {len(review['items'])} verdicts in {folder} ({', '.join(str(p.relative_to(folder)) for p in paths)})")
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -28,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "writes it at the end of every run.")
     p.add_argument("run", help="a run folder (out_dir)")
     p.add_argument("-o", "--out", help="write here instead of RUN/report.html")
+    p.add_argument("--review-files", metavar="DIR", help="also write the Review tab's verdicts for Label Studio "
+                   "(tasks.json, config.xml) and Argilla (records.jsonl) into DIR")
     p.set_defaults(func=_cmd_report)
     s = sub.add_parser("show", help="one prompt's trace in the terminal: samples, rounds, verdicts, dataset rows",
                        description="Print the trace of PROMPT_ID (or a unique prefix of it): the prompt, each sample, "

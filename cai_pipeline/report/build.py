@@ -16,7 +16,9 @@ from cai_pipeline import stages as stage_list
 from cai_pipeline.audit.summary import AuditSummary, read_summary
 from cai_pipeline.errors import UserError
 from cai_pipeline.judging import order_average, picks_same_position
+from cai_pipeline.report.review import review_items, scored_pairs
 from cai_pipeline.report.traces import Principles, RunRows, build_traces, read_rows
+from cai_pipeline.rng import stable_id
 from cai_pipeline.store import PACKAGE, RunStore, TrainLayout
 
 SCHEMA = 1
@@ -48,6 +50,7 @@ def build_document(path: str | Path) -> tuple[dict, list[dict]]:
         "judge": judge_stats(rows), "datasets": dataset_stats(manifest, rows),
         "training": training(store, manifest, warnings), "audit": audit(store, warnings),
         "rounds": rounds(store, warnings), "rejects": rejects,
+        "judge_check": judge_check(store, warnings), "review": review(store, manifest, constitution, rows),
     }
     doc["facets"], doc["index"] = index(traces, principles)  # last: every principle has been seen by now
     doc["warnings"] = warnings
@@ -114,19 +117,8 @@ def run_stages(manifest: dict) -> dict:
 # The judge
 
 
-def _scored_pairs(rows: RunRows) -> list[dict]:
-    """Every pair the judge scored: those kept as labels and those rejected as too weak."""
-    weak = []
-    for rej in rows.rejects:
-        if rej["stage"] == "judge" and rej["row"]:
-            row = json.loads(rej["row"])
-            if row.get("verdicts"):
-                weak.append(row)
-    return [*rows.judged, *weak]
-
-
 def judge_stats(rows: RunRows) -> dict | None:
-    scored = _scored_pairs(rows)
+    scored = scored_pairs(rows)
     if not scored:
         return None
     per: dict[str, Counter] = {}
@@ -153,6 +145,29 @@ def judge_stats(rows: RunRows) -> dict | None:
         "histogram": [hist.get(i, 0) for i in range(10)],
         "principles": {pid: {**c, "mean_margin": round(statistics.fmean(margins[pid]), 4)} for pid, c in per.items()},
     }
+
+
+def judge_check(store: RunStore, warnings: list[str]) -> dict | None:
+    """judge-check/summary.json (`cai judge-check CONFIG`), as its typed model reads it."""
+    from cai_pipeline.judge_check.summary import read_check
+
+    try:
+        summary = read_check(store.layout.judge_check.summary)
+    except UserError as e:
+        warnings.append(f"{e}; the judge check is left out")
+        return None
+    return None if summary is None else summary.model_dump(mode="json")
+
+
+def review(store: RunStore, manifest: dict, constitution: dict | None, rows: RunRows) -> dict | None:
+    """The Review tab's verdicts (report/review.py): a stratified sample, with what an export line needs."""
+    questions = {p["id"]: p["comparison"] for p in (constitution or {}).get("principles", [])}
+    items = review_items(scored_pairs(rows), questions)
+    if not items:
+        return None
+    root = str(store.root.resolve())
+    return {"run": root, "judge": manifest.get("judge_model") or manifest.get("model") or "", "key": stable_id(root),
+            "items": items}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -220,6 +220,22 @@
       h("div", { class: "charts" }, histogram("p(a ≻ b) over scored pairs", j.histogram)),
       table(["principle", "n verdicts", "order-consistent", "mean margin", "revision wins"], rows, { id: "judge-principles" }));
   }
+  function judgeCheckSection() {
+    const c = DATA.judge_check;
+    if (!c) return null;
+    const interval = (r) => (r.ci_low === null ? "—" : `${fmt(r.ci_low)} – ${fmt(r.ci_high)}`);
+    const rows = Object.entries(c.probes).map(([name, r]) => h("tr", { "data-probe": name }, h("td", {}, name), cell(r.shift),
+      cell(interval(r)), cell(r.n), h("td", {}, r.flagged ? badge("flagged", "bad") : "")));
+    const flagged = Object.keys(c.probes).filter((n) => c.probes[n].flagged);
+    return section("Judge check: the judge's bias profile",
+      h("p", {}, `${c.judge} probed on ${c.settings.pairs} pairs over ${c.settings.prompts} prompts: each probe changes one ` +
+        "response along one axis; the shift is the mean change in the judge's p for it (0: no effect), with a " +
+        `${Math.round(100 * c.settings.confidence)}% interval over prompts; flagged: the interval excludes 0 and |shift| ≥ ${c.settings.threshold}.`),
+      flagged.length ? h("div", { class: "warn" }, `flagged: ${flagged.join(", ")} (docs/judge-check.md says what to do about each)`) : null,
+      table(["probe", "shift", "interval", "n", ""], rows, { id: "judge-check" }),
+      Object.entries(c.skipped).map(([name, why]) => h("p", { class: "small muted" }, `not run: ${name}: ${why}`)),
+      h("p", { class: "small muted" }, `cost: ${c.cost.judge_calls} judge calls in ${c.cost.seconds} s`));
+  }
   function datasetsSection() {
     const d = DATA.datasets, t = d.truncation, w = d.words;
     const split = (o) => Object.entries(o).map(([k, v]) => `${k} ${v}`).join(", ");
@@ -293,7 +309,7 @@
       ids.length ? [h("h3", {}, "audit win rate by principle and round"), table(["principle", ...rs.map((r) => r.name)], byPrinciple)] : null);
   }
   function overview() {
-    return [runSection(), funnelSection(), judgeSection(), datasetsSection(), trainingSection(), auditSection(),
+    return [runSection(), funnelSection(), judgeSection(), judgeCheckSection(), datasetsSection(), trainingSection(), auditSection(),
       roundsSection(), constitutionSection()];
   }
 
@@ -453,13 +469,109 @@
     return [h("h2", {}, title), h("p", { id: "reject-count" }, `${all.length} rows`, " · ", h("a", { href: "#rejects" }, "all rejects")), box, more];
   }
 
-  // -- Routing: #overview, #traces, #trace/<id>, #rejects[/<stage>/<reason>] -------------------------------
+  // -- Review: label a stratified sample of verdicts blind, then see the judge's answer ------------------------
+  // The person picks A, B, tie or skip before the judge's answer is shown; labels stay in this browser
+  // (localStorage, or memory where it is refused) until exported as one JSONL file (report/review.py ReviewLabel).
+  const REVIEW = DATA.review;
+  const STORE = REVIEW ? "cai-review:" + REVIEW.key : null;
+  let memoryLabels = {};
+  function loadLabels() {
+    try { return JSON.parse(localStorage.getItem(STORE) || "{}"); } catch (e) { return memoryLabels; }
+  }
+  function saveLabels(labels) {
+    memoryLabels = labels;
+    try { localStorage.setItem(STORE, JSON.stringify(labels)); } catch (e) { /* kept in memory for this page */ }
+  }
+  const other = (side) => (side === "a" ? "b" : "a");
+  const slotOf = (it, side) => (side === it.shown_first ? "A" : "B"); // response a or b → the slot it was shown in
+  const sideOf = (it, slot) => (slot === "A" ? it.shown_first : other(it.shown_first));
+  const judgeSide = (it) => (it.p_a > 0.5 ? "a" : it.p_a < 0.5 ? "b" : "tie");
+  function verdictLine(it, human) {
+    const j = judgeSide(it), pA = it.shown_first === "a" ? it.p_a : 1 - it.p_a;
+    const say = (side) => (side === "tie" || side === "skip" ? side : slotOf(it, side));
+    const agree = human === "skip" ? null : human === j;
+    return h("div", { class: "reveal" }, `you: ${say(human)} · judge: ${say(j)} (p = ${fmt(pA)} that A is better; `,
+      `the two orders: ${fmt(it.p_a_first)}, ${it.p_a_second === null ? "—" : fmt(it.p_a_second)} for response ${slotOf(it, "a")}) `,
+      agree === null ? null : badge(agree ? "agree" : "disagree", agree ? "ok" : "bad"));
+  }
+  function reviewCard(it, labels, progress) {
+    const first = it.shown_first === "a" ? it.a : it.b, second = it.shown_first === "a" ? it.b : it.a;
+    const out = h("div", { class: "answer" });
+    const card = h("div", { class: "review-item", "data-item": it.item },
+      h("div", {}, badge(it.stratum), h("span", { class: "muted small" }, ` pair ${it.pair_id}`)),
+      h("div", { class: "label" }, "question"), text(it.question),
+      h("div", { class: "label" }, "conversation"), it.prompt.map(([role, content]) => [h("div", { class: "muted small" }, role), text(content)]),
+      h("div", { class: "label" }, "A"), text(first, "response-a"), h("div", { class: "label" }, "B"), text(second, "response-b"));
+    const show = () => {
+      const got = labels[it.item];
+      card.classList.toggle("done", !!got);
+      fill(out, got ? verdictLine(it, got.human) : null);
+    };
+    const choose = (choice) => {
+      labels[it.item] = { human: choice === "A" || choice === "B" ? sideOf(it, choice) : choice, at: new Date().toISOString() };
+      saveLabels(labels);
+      show();
+      progress();
+    };
+    add(card, [h("div", { class: "choices" }, ["A", "B", "tie", "skip"].map((c) =>
+      h("button", { class: "choice", "data-choice": c, onclick: () => choose(c) }, c))), out]);
+    show();
+    return card;
+  }
+  function exportLines(labels) {
+    return REVIEW.items.filter((it) => labels[it.item]).map((it) => JSON.stringify({
+      format: "cai-review/1", run: REVIEW.run, judge: REVIEW.judge, item: it.item, pair_id: it.pair_id,
+      prompt_id: it.prompt_id, principle_id: it.principle_id, question: it.question,
+      prompt: it.prompt.map(([role, content]) => ({ role, content })), a: it.a, b: it.b, shown_first: it.shown_first,
+      human: labels[it.item].human, p_a: it.p_a, p_a_first: it.p_a_first, p_a_second: it.p_a_second,
+      stratum: it.stratum, labelled_at: labels[it.item].at }).replace(/\u2028/g, "\\u2028").replace(/\u2029/g, "\\u2029") + "\n").join("");
+  }
+  function download(name, body) {
+    // A Blob saved through a temporary link: nothing leaves the machine. (Not h(): its links stay in the report.)
+    const url = URL.createObjectURL(new Blob([body], { type: "application/x-ndjson" }));
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = name;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+  function reviewView() {
+    if (!REVIEW) return [h("h2", {}, "Review"), h("p", { class: "muted" }, "no judged pairs in this run to review")];
+    const labels = loadLabels();
+    const count = h("span", { id: "review-count" });
+    const progress = () => {
+      const n = REVIEW.items.filter((it) => labels[it.item]).length;
+      count.textContent = `${n} of ${REVIEW.items.length} labelled`;
+      count.dataset.n = n;
+    };
+    const exportButton = h("button", { id: "review-export", onclick: () => download(
+      "review-" + DATA.title.replace(/[^A-Za-z0-9._-]+/g, "_") + ".jsonl", exportLines(labels)) }, "export labels (JSONL)");
+    const clear = h("button", { id: "review-clear", onclick: () => {
+      if (!window.confirm("Forget every label of this review?")) return;
+      for (const k of Object.keys(labels)) delete labels[k];
+      saveLabels(labels);
+      route();
+    } }, "clear labels");
+    const cards = REVIEW.items.map((it) => reviewCard(it, labels, progress));
+    progress();
+    return [h("h2", {}, `Review the judge (${REVIEW.judge})`),
+      h("p", {}, "Each card is one principle's verdict on one pair, sampled across principles and margins. Read the " +
+        "question and both responses, then choose which is better (or tie, or skip). The judge's answer appears " +
+        "after you choose. Your labels stay in this browser; export them and run ",
+        h("code", {}, "cai judge-eval --data review-….jsonl"), " for agreement, Cohen's κ and calibration."),
+      h("div", { class: "filters" }, count, exportButton, clear), h("div", { id: "review-list" }, cards)];
+  }
+
+  // -- Routing: #overview, #traces, #trace/<id>, #rejects[/<stage>/<reason>], #review ----------------------
   const app = document.getElementById("app");
   function header(active) {
     const tab = (id, label) => h("a", { href: "#" + id, class: active === id ? "on" : null }, label);
     const n = INDEX.length;
     fill(document.getElementById("top"), h("h1", {}, DATA.title), h("nav", {}, tab("overview", "Overview"),
-      tab("traces", `Traces (${n})`), tab("rejects", `Rejects (${DATA.rejects.length})`)),
+      tab("traces", `Traces (${n})`), tab("rejects", `Rejects (${DATA.rejects.length})`),
+      REVIEW ? tab("review", `Review (${REVIEW.items.length})`) : null),
     h("span", { class: "meta" }, `report generated ${DATA.generated}`));
   }
   function decode(part) {
@@ -477,6 +589,11 @@
       return;
     }
     list = null;
+    if (view === "review") {
+      header("review");
+      fill(app, ...reviewView());
+      return;
+    }
     if (view === "rejects") {
       header("rejects");
       fill(app, ...rejectsView(decode(rest[0] || ""), decode(rest.slice(1).join("/"))));

@@ -130,7 +130,8 @@ def test_the_page_loads_offline_with_no_error_and_shows_the_manifests_counts(rep
     assert page.text_content('#funnel tr[data-stage="export"] td[data-field="rejected"]') == str(
         manifest["stages"]["export"]["summary"]["truncation"]["dropped"])
     tabs = page.eval_on_selector_all("#top nav a", "as => as.map(a => a.textContent)")
-    assert tabs == ["Overview", f"Traces ({manifest['prompts']['kept']})", f"Rejects ({rejected})"]
+    review = len(build_document(run)[0]["review"]["items"])
+    assert tabs == ["Overview", f"Traces ({manifest['prompts']['kept']})", f"Rejects ({rejected})", f"Review ({review})"]
     shot(page, "overview")
     report.clean()
 
