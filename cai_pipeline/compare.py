@@ -90,7 +90,8 @@ def read_audit(store: RunStore) -> AuditSummary | None:
 def _audit_cell(row: Score | None) -> str:
     if row is None or row.win_rate is None:
         return "—"
-    return f"{100 * row.win_rate:.1f} [{100 * row.ci_low:.1f}, {100 * row.ci_high:.1f}]  LC {100 * row.lc_win_rate:.1f}"
+    sc = "" if row.sc_win_rate is None else f"  SC {100 * row.sc_win_rate:.1f}"
+    return f"{100 * row.win_rate:.1f} [{100 * row.ci_low:.1f}, {100 * row.ci_high:.1f}]  LC {100 * row.lc_win_rate:.1f}{sc}"
 
 
 def _pct(x) -> str:
@@ -116,7 +117,8 @@ def audit_rows(a: AuditSummary | None, b: AuditSummary | None) -> list[tuple[str
 
 
 def print_audits(console: Console, a: AuditSummary | None, b: AuditSummary | None, names: tuple[str, str]) -> None:
-    table = Table(title="Audit: win % of model over baseline [CI], length-controlled (LC)", title_justify="left")
+    table = Table(title="Audit: win % of model over baseline [CI], length-controlled (LC), style-controlled (SC)",
+                  title_justify="left")
     for col in ("", *names):
         table.add_column(col)
     for label, va, vb in audit_rows(a, b):

@@ -36,10 +36,12 @@ def _interval(low: float | None, high: float | None) -> str:
 
 
 def table_rows(summary: AuditSummary) -> list[tuple[str, ...]]:
-    """(name, axis, win %, CI, LC win %, LC CI, consistency %, n) for overall, each axis, each principle."""
+    """(name, axis, win %, CI, LC win %, LC CI, SC win %, SC CI, consistency %, n) for overall, each axis, each
+    principle."""
     def line(name: str, axis: str, row: Score) -> tuple[str, ...]:
         return (name, axis, _pct(row.win_rate), _interval(row.ci_low, row.ci_high), _pct(row.lc_win_rate),
-                _interval(row.lc_ci_low, row.lc_ci_high), _pct(row.consistency), str(row.n))
+                _interval(row.lc_ci_low, row.lc_ci_high), _pct(row.sc_win_rate),
+                _interval(row.sc_ci_low, row.sc_ci_high), _pct(row.consistency), str(row.n))
 
     rows = [line("overall", "", summary.overall)]
     rows += [line(f"axis: {name}", "", row) for name, row in summary.axes.items()]
@@ -47,7 +49,7 @@ def table_rows(summary: AuditSummary) -> list[tuple[str, ...]]:
     return rows
 
 
-HEADER = ("", "axis", "win %", "CI", "LC win %", "LC CI", "consistent %", "pairs")
+HEADER = ("", "axis", "win %", "CI", "LC win %", "LC CI", "SC win %", "SC CI", "consistent %", "pairs")
 
 
 def readme(summary: AuditSummary, plots: list[str]) -> str:
@@ -58,8 +60,9 @@ def readme(summary: AuditSummary, plots: list[str]) -> str:
              f"{models.get('judge', 'the judge')} on every principle in both orders: {o.n} pairs over "
              f"{o.n_prompts} prompts. Win % is the judge's mean preference for the model (50 = no difference), "
              f"with a {level}% bootstrap interval over prompts; LC is the length-controlled win rate (the "
-             "preference the judge would give at equal length, AlpacaEval 2: arXiv 2404.04475); consistent % "
-             "is how often the judge's two orders agreed.", "",
+             "preference the judge would give at equal length, AlpacaEval 2: arXiv 2404.04475); SC is the "
+             "style-controlled win rate (at equal length and equal markdown: headers, bold, list items, as LMSYS "
+             "does); consistent % is how often the judge's two orders agreed.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table_rows(summary)]
     lines += ["", "| | model | baseline |", "|---|---|---|",
@@ -78,7 +81,8 @@ def readme(summary: AuditSummary, plots: list[str]) -> str:
 
 
 def console_table(summary: AuditSummary, title: str):
-    """The README's table in five columns, so it fits a terminal: the interval beside each rate."""
+    """The README's table in six columns, so it fits an 80-column terminal: the interval beside the raw and the
+    length-controlled rate (the style-controlled rate's interval is in the README and summary.json)."""
     from rich.table import Table
 
     def span(rate: str, interval: str) -> str:
@@ -86,10 +90,10 @@ def console_table(summary: AuditSummary, title: str):
 
     table = Table(title=title, title_justify="left")
     table.add_column("", no_wrap=True)
-    for col in ("win % (CI)", "LC % (CI)", "consistent", "n"):
+    for col in ("win % (CI)", "LC % (CI)", "SC %", "consistent", "n"):
         table.add_column(col, justify="right", no_wrap=True)
-    for name, _, win, ci, lc, lc_ci, consistent, n in table_rows(summary):
-        table.add_row(name, span(win, ci), span(lc, lc_ci), consistent, n)
+    for name, _, win, ci, lc, lc_ci, sc, _, consistent, n in table_rows(summary):
+        table.add_row(name, span(win, ci), span(lc, lc_ci), sc, consistent, n)
     return table
 
 

@@ -18,6 +18,12 @@ model also has an instruction-difficulty term fitted across many models; with on
 be identified, so it is left out (their `length_controlled_minimal` formula, here in tokens rather than
 characters). The fit is Newton's method on two parameters, batched over bootstrap replicates.
 
+Style control follows LMSYS (Li, Angelopoulos, Chiang 2024, "Does style matter? Disentangling style and
+substance in Chatbot Arena", lmsys.org/blog/2024-08-28-style-control): the same logistic model with markdown
+covariates beside length — the counts of headers, bold spans and list items, each as the normalised difference
+(c_model − c_baseline) / (c_model + c_baseline) (0 when both are 0), divided by its standard deviation but not
+centred — read where every covariate is zero: the win rate at equal length *and* equal formatting.
+
 Intervals are percentile intervals of the bootstrap replicates, *expanded* for few prompts (Hesterberg 2015,
 "What Teachers Should Know About the Bootstrap", The American Statistician 69(4), the expanded percentile
 interval): with U prompts, the plain percentile interval is too narrow by the factor sqrt((U − 1)/U) and by
@@ -28,6 +34,7 @@ On 30 clustered prompts that moves the coverage of a nominal 95% interval from 0
 from __future__ import annotations
 
 import math
+import re
 from statistics import NormalDist
 
 import numpy as np
@@ -90,6 +97,71 @@ def lc_win_rate(p, x, w=None):
     return sigmoid(theta)
 
 
+_HEADER = re.compile(r"^ {0,3}#{1,6}\s+\S", re.M)
+_BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1", re.S)
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+\S", re.M)
+
+
+def markdown_counts(text: str) -> tuple[int, int, int]:
+    """(headers, bold spans, list items) of a text, LMSYS's three markdown style features."""
+    return len(_HEADER.findall(text)), len(_BOLD.findall(text)), len(_LIST_ITEM.findall(text))
+
+
+def _scaled(x: np.ndarray) -> np.ndarray:
+    sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    return np.zeros_like(x) if not np.isfinite(sd) or sd == 0.0 else x / sd
+
+
+def style_features(delta, counts_model, counts_baseline) -> np.ndarray:
+    """(N, 4): the length feature (as length control's) and, per markdown count, the normalised difference
+    (a − b) / (a + b) scaled by its standard deviation. All zero where the two responses are alike."""
+    a, b = np.asarray(counts_model, dtype=float).reshape(-1, 3), np.asarray(counts_baseline, dtype=float).reshape(-1, 3)
+    total = a + b
+    ratio = np.divide(a - b, total, out=np.zeros_like(total), where=total > 0)
+    return np.column_stack([length_feature(delta), *(_scaled(ratio[:, j]) for j in range(3))])
+
+
+def fit_logistic_features(features, y, w=None) -> np.ndarray:
+    """β = (θ, φ_1..φ_D) maximising Σ w·[y·log σ(θ + φ·x) + (1 − y)·log(1 − σ(θ + φ·x))], soft targets y.
+
+    features: (N, D); y: (..., N); w: (..., N), broadcast with y. Returns (..., D + 1). The same Newton method and
+    ridge on φ as `fit_logistic`, with D covariates; a covariate that is all zero keeps φ = 0."""
+    z = np.column_stack([np.ones(len(features)), np.asarray(features, dtype=float).reshape(len(features), -1)])
+    y = np.asarray(y, dtype=float)
+    w = np.ones_like(y) if w is None else np.asarray(w, dtype=float)
+    y, w = np.broadcast_arrays(y, w)
+    total = w.sum(-1)
+    m = np.clip((w * y).sum(-1) / np.where(total > 0, total, 1.0), 1e-6, 1 - 1e-6)
+    beta = np.zeros((*m.shape, z.shape[1]))
+    beta[..., 0] = np.log(m / (1 - m))
+    ridge = np.ones(z.shape[1])
+    ridge[0] = 0.0
+    lam = RIDGE * np.maximum(total, 1.0)[..., None] * ridge
+    for _ in range(NEWTON_STEPS):
+        s = sigmoid(beta @ z.T)
+        grad = (w * (y - s)) @ z - lam * beta
+        weighted = (w * s * (1 - s))[..., None] * z  # (..., N, D + 1)
+        hess = np.swapaxes(weighted, -1, -2) @ z + lam[..., None] * np.eye(z.shape[1])
+        step = np.clip(_solve(hess, grad), -MAX_STEP, MAX_STEP)
+        beta = beta + step
+        if np.abs(step).max(initial=0.0) < 1e-10:
+            break
+    return beta
+
+
+def _solve(hess: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """Newton steps H⁻¹g, batched; a saturated fit (σ rounds to 0 or 1 everywhere: H singular) stops moving."""
+    try:
+        return np.linalg.solve(hess, grad[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return (np.linalg.pinv(hess) @ grad[..., None])[..., 0]
+
+
+def sc_win_rate(p, features, w=None):
+    """The style-controlled win rate: σ(θ) of the fit of p on the length and markdown features."""
+    return sigmoid(fit_logistic_features(features, p, w)[..., 0])
+
+
 def share_won(p) -> float:
     """The share of pairs the model won; a tie (p exactly ½) counts half."""
     p = np.asarray(p, dtype=float)
@@ -140,24 +212,30 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 4)
 
 
-def score(p, consistent, x, weights: np.ndarray, confidence: float, n_units: int) -> dict:
+def score(p, consistent, x, weights: np.ndarray, confidence: float, n_units: int, style=None) -> dict:
     """One row of the audit: win rate (mean soft preference) with its bootstrap interval, the share of pairs won,
-    the length-controlled win rate with its interval, the order-consistency rate of the verdicts, and n pairs.
+    the length-controlled win rate with its interval, the style-controlled one (where `style` features are
+    given) with its interval, the order-consistency rate of the verdicts, and n pairs.
 
-    p, x: (N,) per pair; consistent: the verdicts' order-consistency flags (any length); weights: (B, N) from
-    `cluster_weights`, the same for every row so that rows of one audit are resampled alike; n_units: the
-    number of prompts resampled (it sets the interval's expansion)."""
+    p, x: (N,) per pair; style: (N, D) `style_features` or None; consistent: the verdicts' order-consistency
+    flags (any length); weights: (B, N) from `cluster_weights`, the same for every row so that rows of one
+    audit are resampled alike; n_units: the number of prompts resampled (it sets the interval's expansion)."""
     p = np.asarray(p, dtype=float)
     if p.size == 0:
         return {"win_rate": None, "ci_low": None, "ci_high": None, "lc_win_rate": None, "lc_ci_low": None,
-                "lc_ci_high": None, "share_won": None, "consistency": None, "n": 0}
+                "lc_ci_high": None, "sc_win_rate": None, "sc_ci_low": None, "sc_ci_high": None, "share_won": None,
+                "consistency": None, "n": 0}
     level = expanded_level(confidence, n_units)
     boot = (weights * p).sum(-1) / weights.sum(-1)
     lo, hi = percentile_interval(boot, level)
     lc_lo, lc_hi = percentile_interval(lc_win_rate(p, x, weights), level)
+    sc = {"sc_win_rate": None, "sc_ci_low": None, "sc_ci_high": None}
+    if style is not None:
+        sc_lo, sc_hi = percentile_interval(sc_win_rate(p, style, weights), level)
+        sc = {"sc_win_rate": _round(sc_win_rate(p, style)), "sc_ci_low": _round(sc_lo), "sc_ci_high": _round(sc_hi)}
     flags = np.asarray(consistent, dtype=float)
     return {"win_rate": _round(p.mean()), "ci_low": _round(lo), "ci_high": _round(hi),
-            "lc_win_rate": _round(lc_win_rate(p, x)), "lc_ci_low": _round(lc_lo), "lc_ci_high": _round(lc_hi),
+            "lc_win_rate": _round(lc_win_rate(p, x)), "lc_ci_low": _round(lc_lo), "lc_ci_high": _round(lc_hi), **sc,
             "share_won": _round(share_won(p)), "consistency": _round(flags.mean()) if flags.size else None,
             "n": int(p.size)}
 
@@ -169,11 +247,12 @@ def rate(flags) -> float | None:
 
 
 def audit_scores(prefs: np.ndarray, consistent: np.ndarray, principle_weights, units, delta, axes: dict,
-                 *, n_boot: int, confidence: float, seed: int) -> dict:
+                 *, n_boot: int, confidence: float, seed: int, style=None) -> dict:
     """Every row of an audit at once, all resampled with the same bootstrap draws.
 
     prefs, consistent: (K, N) per principle and pair; principle_weights: (K,); units: (N,) the prompt of each
-    pair; delta: (N,) length(model) − length(baseline); axes: name → indices of its principles. Returns
+    pair; delta: (N,) length(model) − length(baseline); style: (N, D) `style_features`, or None for no
+    style-controlled rates; axes: name → indices of its principles. Returns
     {"principles": [row per principle], "overall": row, "axes": {name: row}}. Overall and axis preferences are
     the weight-averaged preferences over their principles (as the judge's ensemble p)."""
     prefs = np.asarray(prefs, dtype=float).reshape(len(principle_weights), -1)
@@ -186,9 +265,10 @@ def audit_scores(prefs: np.ndarray, consistent: np.ndarray, principle_weights, u
     def pooled(idx) -> dict:
         idx = list(idx)
         p = (wk[idx, None] * prefs[idx]).sum(0) / wk[idx].sum()
-        return score(p, consistent[idx].ravel(), x, weights, confidence, n_units)
+        return score(p, consistent[idx].ravel(), x, weights, confidence, n_units, style)
 
-    return {"principles": [score(prefs[k], consistent[k], x, weights, confidence, n_units) for k in range(len(wk))],
+    return {"principles": [score(prefs[k], consistent[k], x, weights, confidence, n_units, style)
+                           for k in range(len(wk))],
             "overall": pooled(range(len(wk))),
             "axes": {name: pooled(idx) for name, idx in axes.items() if len(idx)}}
 

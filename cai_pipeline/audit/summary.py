@@ -25,7 +25,8 @@ class _Strict(BaseModel):
 
 class Score(_Strict):
     """One row of the audit (audit/stats.py `score`): the win rate of the model over the baseline with its
-    bootstrap interval, the length-controlled win rate with its interval, the share of pairs won, the
+    bootstrap interval, the length-controlled win rate with its interval, the style-controlled one (length and
+    markdown) with its interval, the share of pairs won, the
     order-consistency rate of the verdicts, and the number of pairs. None where there were no pairs."""
 
     win_rate: float | None
@@ -34,6 +35,10 @@ class Score(_Strict):
     lc_win_rate: float | None
     lc_ci_low: float | None
     lc_ci_high: float | None
+    # style-controlled (length and markdown, LMSYS): None in summaries written before it existed
+    sc_win_rate: float | None = None
+    sc_ci_low: float | None = None
+    sc_ci_high: float | None = None
     share_won: float | None
     consistency: float | None
     n: int
@@ -99,7 +104,7 @@ def summarise(judged: list[dict], responses: list[dict], principles: list, cfg, 
     """summary.json: principles, overall (with refusal rates and the length change), axes, warnings."""
     import numpy as np
 
-    from cai_pipeline.audit.stats import audit_scores, rate
+    from cai_pipeline.audit.stats import audit_scores, markdown_counts, rate, style_features
     from cai_pipeline.judging import order_average, picks_same_position
 
     a = cfg.audit
@@ -111,10 +116,11 @@ def summarise(judged: list[dict], responses: list[dict], principles: list, cfg, 
             prefs[index[v["principle_id"]], n] = order_average(v["p_a_first"], v["p_a_second"])
             consistent[index[v["principle_id"]], n] = not picks_same_position(v["p_a_first"], v["p_a_second"])
     delta = np.array([r["len_a"] - r["len_b"] for r in judged], dtype=float)
+    style = style_features(delta, [markdown_counts(r["a"]) for r in judged], [markdown_counts(r["b"]) for r in judged])
     split, note = axes(principles, a.helpfulness_tags)
     scores = audit_scores(prefs, consistent, [p.weight for p in principles], [r["prompt_id"] for r in judged],
                           delta, split, n_boot=a.bootstrap, confidence=a.confidence,
-                          seed=derive_seed(cfg.seed, "audit", "bootstrap"))
+                          seed=derive_seed(cfg.seed, "audit", "bootstrap"), style=style)
     by_side = {side: [r for r in responses if r["side"] == side and r["refused"] is not None] for side in SIDES}
     lengths = {side: [r["n_tokens"] for r in responses if r["side"] == side] for side in SIDES}
     overall = {**scores["overall"],
@@ -142,6 +148,9 @@ def gap_warnings(summary: AuditSummary) -> list[str]:
         if row.win_rate is not None and abs(row.win_rate - row.lc_win_rate) > LC_GAP_WARNING:
             out.append(f"{name}: raw win rate {row.win_rate:.3f} and length-controlled {row.lc_win_rate:.3f} "
                        f"differ by more than {LC_GAP_WARNING:.2f}: the judge's verdicts follow response length")
+        elif row.sc_win_rate is not None and abs(row.win_rate - row.sc_win_rate) > LC_GAP_WARNING:
+            out.append(f"{name}: raw win rate {row.win_rate:.3f} and style-controlled {row.sc_win_rate:.3f} "
+                       f"differ by more than {LC_GAP_WARNING:.2f}: the judge's verdicts follow length and markdown")
     return out
 
 

@@ -233,7 +233,8 @@ def training(store: RunStore, manifest: dict, warnings: list[str]) -> dict | Non
     return {"series": series, "summary": {k: v for k, v in summary.items() if not isinstance(v, dict | list)}}
 
 
-AUDIT_KEYS = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "consistency", "n")
+AUDIT_KEYS = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "sc_win_rate", "sc_ci_low", "sc_ci_high", "consistency",
+              "n")
 AUDIT_OVERALL = (*AUDIT_KEYS, "lc_ci_low", "lc_ci_high", "refusal_rate_model", "refusal_rate_baseline",
                  "mean_length_change", "mean_length_model", "mean_length_baseline")
 

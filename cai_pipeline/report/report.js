@@ -270,7 +270,8 @@
   }
   function auditRow(label, a) {
     return h("tr", {}, h("td", {}, label), cell(a.win_rate), cell(a.ci_low !== undefined ? `${fmt(a.ci_low)} – ${fmt(a.ci_high)}` : "—"),
-      cell(a.lc_win_rate), cell(a.consistency), cell(a.n));
+      cell(a.lc_win_rate), cell(a.sc_win_rate === undefined ? null : a.sc_win_rate),
+      cell(a.sc_ci_low !== undefined ? `${fmt(a.sc_ci_low)} – ${fmt(a.sc_ci_high)}` : "—"), cell(a.consistency), cell(a.n));
   }
   function auditSection() {
     const a = DATA.audit;
@@ -279,7 +280,7 @@
     const gap = o.win_rate !== undefined && o.lc_win_rate !== undefined && Math.abs(o.win_rate - o.lc_win_rate) > 0.1;
     return section("Audit: the trained model against its baseline",
       gap ? h("div", { class: "warn" }, "raw and length-controlled win rates differ by more than 10 points: length explains much of the preference") : null,
-      table(["", "win rate", "95% CI", "length-controlled", "consistency", "n"], [auditRow("overall", o), ...ps.map(([pid, v]) => auditRow(pid, v))], { id: "audit" }),
+      table(["", "win rate", "95% CI", "length-controlled", "style-controlled", "SC 95% CI", "consistency", "n"], [auditRow("overall", o), ...ps.map(([pid, v]) => auditRow(pid, v))], { id: "audit" }),
       h("p", {}, `refusal rate on benign prompts: model ${fmt(o.refusal_rate_model)}, baseline ${fmt(o.refusal_rate_baseline)}; ` +
         `mean length change ${fmt(o.mean_length_change, 1)}`),
       forest([["overall", o.win_rate, o.ci_low, o.ci_high, o.lc_win_rate], ...ps.map(([pid, v]) => [pid, v.win_rate, v.ci_low, v.ci_high, v.lc_win_rate])]),

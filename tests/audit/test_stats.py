@@ -142,8 +142,8 @@ def test_score_rows_are_well_formed_and_reproducible():
     units = np.repeat(np.arange(30), 2)
     w = cluster_weights(units, 1000, np.random.default_rng(0))
     row = score(p, np.ones(60, bool), length_feature(delta), w, 0.95, 30)
-    assert set(row) == {"win_rate", "ci_low", "ci_high", "lc_win_rate", "lc_ci_low", "lc_ci_high", "share_won",
-                        "consistency", "n"}
+    assert set(row) == {"win_rate", "ci_low", "ci_high", "lc_win_rate", "lc_ci_low", "lc_ci_high", "sc_win_rate",
+                        "sc_ci_low", "sc_ci_high", "share_won", "consistency", "n"}
     assert row["ci_low"] <= row["win_rate"] <= row["ci_high"] and row["lc_ci_low"] <= row["lc_ci_high"]
     assert row["n"] == 60 and row["consistency"] == 1.0
     again = score(p, np.ones(60, bool), length_feature(delta), cluster_weights(units, 1000, np.random.default_rng(0)),
