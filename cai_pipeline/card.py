@@ -92,13 +92,19 @@ def dataset_card(cfg, constitution, manifest: dict, summary: dict, judge_md: str
         "- Train/test are split by `prompt_id`: no prompt is in both.\n",
         "## Length of chosen vs rejected\n", _lengths_table(summary["lengths"]) + "\n",
         "## Truncated responses\n", _truncation_md(summary["truncation"]),
-        judge_md,
+        _self_judging(manifest), judge_md,
         "## Rejected rows\n",
         "Every dropped row is in `../rejects/<stage>/` with its reason. Counts by stage:\n",
         *[f"- {name}: {json.dumps(s['rejected'])}" for name, s in manifest.get("stages", {}).items() if "rejected" in s],
         "",
     ]
     return "\n".join(parts)
+
+
+def _self_judging(manifest: dict) -> str:
+    """The run's self-judging warning (judge_roles.py), where its judge graded its own model's samples."""
+    line = (manifest.get("judge_warnings") or {}).get("judge")
+    return f"## Warning: the judge graded its own model\n\n{line[0].upper()}{line[1:]}.\n" if line else ""
 
 
 # ---------------------------------------------------------------------------------------------------------

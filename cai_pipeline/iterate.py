@@ -16,6 +16,7 @@ again continues where it stopped, and a run the gate stopped stops again at the 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -25,6 +26,7 @@ from cai_pipeline import __version__, stages
 from cai_pipeline.audit.summary import AuditSummary, read_summary
 from cai_pipeline.config import RunConfig, format_validation_error
 from cai_pipeline.errors import UserError
+from cai_pipeline.judge_roles import self_judge_warning
 from cai_pipeline.rng import derive_seed
 from cai_pipeline.stages import RL, SL
 from cai_pipeline.store import PACKAGE, RunLayout, RunStore, atomic_write_json
@@ -213,13 +215,13 @@ def run_round(cfg: RunConfig, rcfg: RunConfig, entry: dict, verbose: bool, repor
     """Run (or finish, or re-check) one round, its audit against the base, and its gate; fill in `entry`."""
     from cai_pipeline.pipeline import run_pipeline
 
-    run_pipeline(rcfg, verbose=verbose, summary=False, report=report)
+    run_pipeline(rcfg, verbose=verbose, summary=False, report=report, warn=False)  # run_iterate said it once
     layout = RunLayout(rcfg.out_dir)
     summary = read_summary(layout.audit_summary)
     entry.update(model=str(layout.checkpoint), audit=audit_numbers(summary))
     if entry["kind"] == RL and cfg.iterate.audit_base:
         bcfg = base_audit_config(cfg, rcfg)
-        run_pipeline(bcfg, verbose=verbose, summary=False, report=report)
+        run_pipeline(bcfg, verbose=verbose, summary=False, report=report, warn=False)
         entry["audit_vs_base"] = audit_numbers(read_summary(RunLayout(bcfg.out_dir).audit_summary))
     if entry["kind"] == RL and cfg.iterate.gate:
         entry["gate"] = gate(summary, cfg.iterate.max_length_growth)
@@ -241,11 +243,15 @@ def run_iterate(cfg: RunConfig, *, verbose: bool = False, report: bool = True,
     top = RunStore(cfg.out_dir)
     check_folder(top)
     top.check_writable()
+    # every round's judge is the base model (round_config) and every round's policy descends from it
+    own = self_judge_warning(cfg.judge.model or cfg.model, cfg.model, cfg.train.model or cfg.model)
+    if own:
+        print(f"warning: {own}", file=sys.stderr)
     with top.lock():
-        if top.read_manifest() is None:
-            top.write_manifest(top_manifest(cfg))
+        manifest = top.read_manifest() or top_manifest(cfg)
+        top.write_manifest({**manifest, "judge_warnings": {"iterate": own}})
         before = {r["name"]: r["status"] for r in (read_record(top.layout) or {}).get("rounds", [])}
-        record = {"package": PACKAGE, "rounds": [], "stopped": None, "status": "running"}
+        record = {"package": PACKAGE, "rounds": [], "stopped": None, "status": "running", "judge_warning": own}
         previous, sl_model = cfg.model, None
         for index, kind in plan(cfg):
             rcfg = round_config(cfg, index, kind, previous, sl_model)

@@ -43,16 +43,16 @@ def self_judge_warning(judge: str, policy: str | None, started_from: str | None 
             f"arXiv 2404.13076; preference leakage, arXiv 2502.01534); set {key} to a different, stronger model")
 
 
-def run_warnings(cfg, stage_names) -> list[str]:
-    """The self-judging warnings of a run that runs `stage_names`: the judge stage grades the policy's samples
-    (`model`); the audit's judge grades the audited model (audit.model, by default the run's checkpoint, which
-    started from train.model, else `model`)."""
-    found = []
+def run_warnings(cfg, stage_names) -> dict[str, str | None]:
+    """Per stage of `stage_names` that judges, its self-judging warning or None: the judge stage grades the
+    policy's samples (`model`); the audit's judge grades the audited model (audit.model, by default the run's
+    checkpoint, which started from train.model, else `model`)."""
+    found: dict[str, str | None] = {}
     if "judge" in stage_names:
-        found.append(self_judge_warning(cfg.judge.model or cfg.model, cfg.model))
+        found["judge"] = self_judge_warning(cfg.judge.model or cfg.model, cfg.model)
     if "audit" in stage_names:
         a = cfg.audit
         judge = a.judge.model or cfg.judge.model or cfg.model
         key = "audit.judge.model" if a.judge.model else "judge.model (or audit.judge.model)"
-        found.append(self_judge_warning(judge, a.model, cfg.train.model or cfg.model, key))
-    return list(dict.fromkeys(w for w in found if w))
+        found["audit"] = self_judge_warning(judge, a.model, cfg.train.model or cfg.model, key)
+    return found

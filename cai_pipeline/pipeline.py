@@ -11,6 +11,7 @@ is computed in one place, `run_shard`, whichever executor runs it.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from cai_pipeline.fingerprint import (
     run_fingerprint,
     shard_fingerprints,
 )
+from cai_pipeline.judge_roles import run_warnings
 from cai_pipeline.stages.base import RunContext, Stage
 from cai_pipeline.store import PACKAGE, RunStore, atomic_write_text
 
@@ -220,12 +222,14 @@ def new_manifest(cfg: RunConfig, assets: Assets, prints: dict) -> dict:
 
 
 def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bool = False, engine=None,
-                 redo: tuple[str, ...] = (), verbose: bool = False, summary: bool = True, report: bool = True) -> dict:
+                 redo: tuple[str, ...] = (), verbose: bool = False, summary: bool = True, report: bool = True,
+                 warn: bool = True) -> dict:
     """Run (or resume) `stages` (default: the config's) into cfg.out_dir; returns the manifest.
 
     restart: clear what the layout owns first (only in a folder with our manifest). redo: run-scope stages to
     run again from scratch, replacing their outputs. engine: a ready engine that serves every model role (tests
-    share one); it is not closed here. report: write report.html at the end, of whatever the folder holds."""
+    share one); it is not closed here. report: write report.html at the end, of whatever the folder holds.
+    warn: print the self-judging warning (judge_roles.py; it is recorded in the manifest either way)."""
     from cai_pipeline.console import quiet_libraries
 
     quiet_libraries(verbose)
@@ -239,14 +243,17 @@ def run_pipeline(cfg: RunConfig, *, stages: list[str] | None = None, restart: bo
     store = RunStore(cfg.out_dir)
     check_folder(store)
     store.check_writable()
+    judge_warnings = run_warnings(cfg, {s.name for s in plan})
+    for line in (w for w in judge_warnings.values() if w and warn):
+        print(f"warning: {line}", file=sys.stderr)
     with store.lock():
         if restart and store.read_manifest() is not None:
             store.clear(stage_list.owned_entries())
-        return _run_locked(cfg, store, plan, assets, engine, set(redo), summary, report)
+        return _run_locked(cfg, store, plan, assets, engine, set(redo), summary, report, judge_warnings)
 
 
 def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Assets, engine, redo: set[str],
-                summary: bool, report: bool) -> dict:
+                summary: bool, report: bool, judge_warnings: dict[str, str | None]) -> dict:
     from cai_pipeline.console import print_summary
     from cai_pipeline.executors import make_executor
 
@@ -255,6 +262,8 @@ def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Asse
     check_resume(store, manifest, prints)
     manifest = manifest or new_manifest(cfg, assets, prints)
     manifest.update(fingerprints=prints, config=cfg.model_dump())
+    # per judging stage, the self-judging warning of its latest run (None: its judge is another model)
+    manifest["judge_warnings"] = {**manifest.get("judge_warnings", {}), **judge_warnings}
     check_inputs(plan, cfg, store, manifest)
     if any(s.scope == "shard" for s in plan):
         _record_prompts(store, assets, manifest)

@@ -23,6 +23,7 @@ from cai_pipeline.audit.prompts import audit_prompts, file_prompts
 from cai_pipeline.audit.summary import SIDES, summarise
 from cai_pipeline.engines.base import Failure, GenParams
 from cai_pipeline.errors import UserError
+from cai_pipeline.judge_roles import run_warnings
 from cai_pipeline.rng import derive_seed, stable_id
 from cai_pipeline.stages.base import RunContext, make_reject
 from cai_pipeline.stages.train import checkpoint_path
@@ -266,6 +267,8 @@ def run(ctx: RunContext) -> dict:
               "responses": dict(Counter(r["side"] for r in responses)), "pairs": len(pairs), "judged": len(judged),
               "rejected": dict(Counter(r["reason"] for r in rejects)), "refusal_unscored": dict(refusal_failed)}
     summary = summarise(judged, responses, principles, cfg, counts, {role: t.name for role, t in found.items()})
+    own = run_warnings(cfg, {"audit"})["audit"]  # the judge grading its own model: said where the numbers are
+    summary.warnings = ([own] if own else []) + summary.warnings
     write_audit(layout, responses, verdict_rows(judged), judged, summary)
     for warning in summary.warnings:
         _say(f"audit: warning: {warning}")

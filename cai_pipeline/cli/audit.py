@@ -19,7 +19,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args.config, args.overrides)
     manifest = run_pipeline(cfg, stages=["audit"], redo=("audit",) if args.restart else (), verbose=args.verbose,
-                            summary=False, report=args.report)
+                            summary=False, report=args.report, warn=False)  # its notes below say it
     layout = RunLayout(cfg.out_dir)
     summary = read_summary(layout.audit_summary)
     console = Console()
@@ -29,8 +29,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     o = summary.overall
     rates = f"refusal on benign prompts: model {o.refusal_rate_model}, baseline {o.refusal_rate_baseline}"
     console.print(f"{rates}; mean length change {o.mean_length_change:+} tokens", markup=False, highlight=False)
-    for line in ([summary.axes_note] if summary.axes_note else []) + summary.warnings:
+    own = manifest.get("judge_warnings", {}).get("audit")
+    for line in ([summary.axes_note] if summary.axes_note else []) + [w for w in summary.warnings if w != own]:
         console.print(f"note: {line}", markup=False, highlight=False)
+    if own:  # also when the audit was already done: the judge is the same model every time
+        console.print(f"warning: {own}", markup=False, highlight=False)
     console.print(f"files: {layout.audit_dir} (README.md, summary.json, responses.parquet, verdicts.parquet, plots/)",
                   markup=False, highlight=False)
     return 0
