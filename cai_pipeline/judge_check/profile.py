@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -213,7 +213,7 @@ def run_check(engine, pairs: list[CheckPair], principles: list, *, judge: str, s
         raise ValueError("run_check needs at least one pair")
     skipped = not_run(pairs, opts)
     probes = [p for p in opts.probes if p not in skipped]
-    opts = Options(**{**opts.__dict__, "probes": probes})
+    opts = replace(opts, probes=probes)
     counting = CountingEngine(engine)
     start = time.perf_counter()
     drawn, results = judge_all(counting, pairs, principles, opts)

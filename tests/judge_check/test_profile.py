@@ -126,3 +126,18 @@ def test_the_flag_rule(values, direction, flagged):
     row = score(np.array(values), units, weights, Options(), direction)
     assert row.flagged is flagged and row.n == 6 and row.shift == pytest.approx(np.mean(values), abs=1e-4)
     assert row.ci_low <= row.shift <= row.ci_high
+
+
+@pytest.mark.model
+def test_the_embedded_judge_runs_the_probes(hf_engine, principles):
+    """Whatever a real judge says: every variant judged once per principle and order, shifts in [−1, 1] inside
+    their intervals, the summary valid."""
+    pairs = [CheckPair(f"p{i}", f"q{i}", [{"role": "user", "content": "How do I boil an egg?"}], a, b)
+             for i, (a, b) in enumerate([("Boil it for nine minutes.", "Just crack it into a pan."),
+                                         ("Put it in boiling water.", "Eggs cannot be boiled.")])]
+    summary = run_check(hf_engine, pairs, principles, judge="embedded", source="test",
+                        opts=Options(k=1, bootstrap=100, probes=["position", "verbosity", "caveat"]))
+    # per pair: the pair itself, 2 padded, 2 with a caveat (the caveat's control is the padded one): 5 x 2 orders
+    assert summary.cost.judge_calls == len(pairs) * 5 * 2 and summary.cost.failed == 0
+    for row in summary.probes.values():
+        assert row.n == 2 and -1 <= row.ci_low <= row.shift <= row.ci_high <= 1
