@@ -47,6 +47,7 @@ bench: install
 	$(PY) bench/engines.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/judge.py
+	$(PY) bench/judge_check.py
 	$(PY) bench/train.py --suite all
 	$(PY) bench/resume.py
 	$(PY) bench/audit.py

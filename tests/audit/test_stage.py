@@ -123,6 +123,10 @@ def test_an_audit_writes_every_output_and_is_not_repeated(stand_in, tmp_path, ca
     assert set(summary["axes"]) == {"harmlessness", "helpfulness"} and summary["axes_note"] is None
     shown = capsys.readouterr().out
     assert "overall" in shown and "no_needless_refusal" in shown and "refusal on benign prompts" in shown
+    # the judge is the audited model: said once in the terminal, and in the summary and README
+    assert shown.count("warning: the judge (embedded) is the policy") == 1
+    assert summary["warnings"][0].startswith("the judge (embedded) is the policy")
+    assert "Warning: the judge (embedded) is the policy" in (out / "audit" / "README.md").read_text()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["last_run"] == {"audit": "ran"} and manifest["stages"]["audit"]["summary"]["pairs"] == 24
     before = (out / "audit" / "summary.json").read_bytes()

@@ -121,3 +121,35 @@ def test_label_studio_and_argilla_files(report_run, tmp_path, capsys):
     first = items[0]
     shown = first["a"] if first["shown_first"] == "a" else first["b"]
     assert tasks[0]["data"]["response_a"] == shown == records[0]["response_a"]
+
+
+def test_the_judge_check_section(browser, report_run, tmp_path):  # noqa: F811
+    """A run with judge-check/summary.json shows the profile in its overview, flagged probes marked."""
+    import shutil
+
+    from cai_pipeline.judge_check.summary import CheckSettings, Cost, JudgeCheckSummary, ProbeScore
+    from cai_pipeline.store import RunLayout
+
+    run = tmp_path / "run"
+    shutil.copytree(report_run, run)
+    summary = JudgeCheckSummary(
+        judge="stand-in", probes={"position": ProbeScore(shift=0.01, ci_low=-0.02, ci_high=0.04, n=9, flagged=False),
+                                  "verbosity": ProbeScore(shift=0.2, ci_low=0.1, ci_high=0.3, n=9, flagged=True)},
+        skipped={"self": "no other model's responses"},
+        settings=CheckSettings(source=str(run), pairs=9, prompts=5, principles_per_pair=2, bootstrap=100,
+                               confidence=0.95, threshold=0.05, seed=0, layout="question_first", reasoning=False),
+        cost=Cost(seconds=1.5, judge_calls=400, failed=0))
+    layout = RunLayout(run).judge_check
+    layout.root.mkdir()
+    layout.summary.write_text(summary.to_json())
+    assert build_document(run)[0]["judge_check"] == json.loads(summary.to_json())
+    page = Page(browser, write_report(run))
+    try:
+        p = page.open()
+        rows = p.eval_on_selector_all("#judge-check tbody tr", "rs => rs.map(r => [r.dataset.probe, r.textContent])")
+        assert [r[0] for r in rows] == ["position", "verbosity"]
+        assert "flagged" in rows[1][1] and "flagged" not in rows[0][1]
+        assert "flagged: verbosity" in p.text_content("main") and "not run: self" in p.text_content("main")
+        page.clean()
+    finally:
+        page.close()
