@@ -16,7 +16,7 @@ FLOORS = [
                 "train.config", "config")),
     ("definitions", ("constitution", "templates", "inputs", "models", "importers", "constitution_diff")),
     ("engines and trainer", ("engines", "train", "judging")),
-    ("stages", ("stages", "audit", "assets", "card")),
+    ("stages", ("stages", "audit", "assets", "card", "integrity")),
     ("executors", ("executors",)),
     # what reads a run folder: a run ends by writing its report, so these sit below the pipeline
     ("readers", ("report", "compare", "judge_eval")),

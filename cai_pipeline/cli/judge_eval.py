@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cai_pipeline.errors import UserError
 from cai_pipeline.judge_eval import evaluate_labelled, format_table, read_labelled
+from cai_pipeline.store import atomic_write_text, check_output_file
 
 
 def _cmd_judge_eval(args: argparse.Namespace) -> int:
@@ -23,6 +24,9 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
         raise UserError("--base-url: required with --engine openai, e.g. --base-url http://127.0.0.1:8000/v1")
     if args.out and not Path(args.out).expanduser().resolve().parent.is_dir():
         raise UserError(f"--out: the folder of {args.out} does not exist; create it or choose another path")
+    if args.out:  # before a model loads: never over a file that is not an earlier judge-eval report of ours
+        check_output_file(Path(args.out).expanduser(), "--out", ours=_is_ours, what="a judge-eval report",
+                          force=args.force)
     constitution = load_constitution(resolve_resource(args.constitution))
     options = {"base_url": args.base_url} if args.base_url else {}
     engine = make_engine(kind=args.engine, model=args.model, seed=args.seed, **options)
@@ -32,14 +36,24 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
                                    templates=TemplateSet.for_constitution(constitution))
     finally:
         engine.close()
-    report = {"data": args.data, "model": args.model, "engine": engine.name, "constitution": constitution.name,
+    report = {"generator": GENERATOR, "data": args.data, "model": args.model, "engine": engine.name, "constitution": constitution.name,
               "principles": args.principles, "reasoning": args.reasoning, "layout": args.layout, "seed": args.seed,
               **report}
     print(format_table(report))
     if args.out:
-        Path(args.out).expanduser().write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(Path(args.out).expanduser(), json.dumps(report, indent=2) + "\n")
         print(f"report written to {args.out}")
     return 0
+
+
+GENERATOR = "cai-pipeline judge-eval"  # in every report --out writes: what may be overwritten without --force
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _positive(text: str) -> int:
@@ -66,5 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", default="question_first", choices=["question_first", "shared_prefix"],
                    help="judge prompt layout (judge.layout): the question first, or the responses first")
     p.add_argument("--seed", type=int, default=0, help="seeds the principle draws and which side is shown first")
-    p.add_argument("--out", help="also write the report as JSON to this file")
+    p.add_argument("--out", help="also write the report as JSON to this file (an existing file only if it is an "
+                   "earlier judge-eval report, or with --force)")
+    p.add_argument("--force", action="store_true", help="overwrite --out FILE whatever it holds")
     p.set_defaults(func=_cmd_judge_eval)

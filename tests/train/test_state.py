@@ -93,7 +93,7 @@ def test_a_state_from_other_settings_is_refused_and_restart_discards_it(tiny_mod
 
 def test_a_state_records_everything_it_resumes_from(tiny_model, make_cfg, pairs_dir):
     s = train_run(make_cfg(tiny_model, pairs_dir, **{**COMMON, "max_steps": 2}))
-    state = Path(s["log_dir"]) / "state" / "step-00000002"
+    assert sorted(p.name for p in state.iterdir()) == ["cai-pipeline.json", "metrics.jsonl", "state.json", "trainer.pt",
     assert sorted(p.name for p in state.iterdir()) == ["metrics.jsonl", "state.json", "trainer.pt",
                                                        "weights.safetensors"]
     info = json.loads((state / "state.json").read_text())
