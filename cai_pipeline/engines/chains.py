@@ -13,6 +13,7 @@ completions. Written once, a chain runs two ways:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -88,4 +89,40 @@ def run_chains(engine: Engine, chains: list[Callable[[Gen], Awaitable[T]]], *, m
 
         return await asyncio.gather(*(one(chain) for chain in chains))
 
-    return asyncio.run(main())
+    return run_until_done(main())
+
+
+def run_until_done(coro: Awaitable[T]) -> T:
+    """Run `coro` on a new event loop, as asyncio.run does, but without its Ctrl-C handler. asyncio.run turns the
+    first SIGINT into a cancellation that lands only when the loop next switches tasks — after the engine step or
+    the round-batched `generate` it is in, and on vLLM the chains' requests went on generating besides. Here
+    SIGINT raises KeyboardInterrupt at once, wherever the loop is; every chain is then cancelled (an engine
+    withdraws its requests: VLLMEngine.agenerate) and the loop closed before it propagates."""
+    loop = asyncio.new_event_loop()
+    main = loop.create_task(coro)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            _cancel_all(loop, main)
+        finally:
+            loop.close()
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop, main: asyncio.Task) -> None:
+    """Cancel every task left on `loop` and let each finish, then mark what they raised as retrieved (it is
+    being raised by the caller). A task that awaited the one an interrupt hit raises it again; a few passes."""
+    tasks = asyncio.all_tasks(loop) | {main}
+    for task in tasks:
+        task.cancel()
+    for _ in range(3):
+        left = [t for t in tasks if not t.done()]
+        if not left:
+            break
+        with contextlib.suppress(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()
+    with contextlib.suppress(KeyboardInterrupt):
+        loop.run_until_complete(loop.shutdown_asyncgens())
