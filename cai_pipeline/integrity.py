@@ -101,12 +101,14 @@ def redo_damaged_shards(store: RunStore, planned: set[str], *, full: bool = Fals
              if {d.stage, *downstream(d.stage), "export"} & planned]
     redo = {(stage, d.shard) for d in found for stage in (d.stage, *downstream(d.stage))
             if store.has_shard(stage, d.shard) or stage == d.stage}
-    missing = sorted({stage for stage, _ in redo} - planned, key=stage_list.names().index)
+    order = stage_list.names()
+    missing = sorted({stage for stage, _ in redo} - planned, key=order.index)
     if missing:
         d = found[0]
-        raise UserError(f"{d.path}: damaged ({d.problem}); this run does not run {', '.join(missing)}, which must "
-                        f"make it again: run every stage (`cai run CONFIG`), or add --stages "
-                        f"{','.join(missing)} — nothing was changed")
+        wanted = ",".join(sorted({*planned, *missing}, key=order.index))
+        raise UserError(f"{d.path}: damaged ({d.problem}); redoing it takes {', '.join(missing)}, which this run "
+                        f"does not run: run every stage (`cai run CONFIG`) or --stages {wanted} — nothing was "
+                        "changed")
     removed: set[tuple[str, int]] = set()
     for d in found:
         if (d.stage, d.shard) in removed:

@@ -455,8 +455,11 @@ def read_parquet(path: Path) -> list[dict]:
 
 
 def damaged_file(path: Path, e: BaseException) -> UserError:
-    return UserError(f"{path}: cannot be read ({_short(e)}); if a run wrote it, running the same command again "
-                     "redoes a damaged shard or dataset (`cai verify RUN` lists every damaged file)")
+    # pyarrow's message names the file again and says what it could not do: keep the first thing it found
+    text = str(e).replace(f"'{path}'", "").replace(str(path), "").replace("Could not open Parquet input source :", "")
+    reason = _short(Exception(text.strip().split(". ")[0]))
+    return UserError(f"{path}: cannot be read ({reason}); if a run made it, run that run's `cai run` (or `cai "
+                     "iterate`) command again to redo it (`cai verify RUN` lists every damaged file)")
 
 
 # ---------------------------------------------------------------------------------------------------------
