@@ -21,6 +21,7 @@ import cai_pipeline.engines
 from cai_pipeline.cli import main
 from tests.conftest import REPO, one_line
 from tests.echo_engine import EchoEngine
+from tests.train.conftest import tiny_model  # noqa: F401 - the fixture
 
 CONFIG = str(REPO / "configs" / "demo.yaml")
 BASE = ["prompts.limit=4", "shard_size=2", "sample.max_tokens=8", "revise.max_tokens=8", "revise.rounds=1",
@@ -165,3 +166,17 @@ def test_readers_name_a_damaged_shard_and_the_fix(run, capsys):
     for argv in (["report", str(run)], ["show", str(run), "x"], ["compare", str(run), str(run)]):
         line = one_line(capsys, main(argv), "revise/part-00000.parquet", "command again to redo it")
         assert "ArrowInvalid" not in line
+
+
+def test_a_damaged_checkpoint_is_trained_again(run, tiny_model, capsys):  # noqa: F811
+    args = ["train", CONFIG, f"out_dir={run}", *BASE, f"train.model={tiny_model}", "train.loss=sft",
+            "train.max_steps=1", "train.batch_size=1", "train.precision=fp32", "train.plots=false",
+            "train.max_length=64", "train.max_prompt_length=32"]
+    assert main(args) == 0, capsys.readouterr().err
+    weights = run / "checkpoint" / "model.safetensors"
+    whole = weights.read_bytes()
+    truncate(weights, 1000)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "checkpoint/model.safetensors is damaged" in capsys.readouterr().err
+    assert weights.read_bytes() == whole  # the same step from the same start, fp32 on one process

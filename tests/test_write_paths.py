@@ -132,6 +132,17 @@ def test_atomic_folder_refuses_a_folder_without_our_marker(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left aside
 
 
+def test_the_embedded_model_is_converted_only_into_a_folder_of_ours(tmp_path, monkeypatch):
+    from cai_pipeline.models import embedded_dir, prepare_embedded
+
+    monkeypatch.setenv("CAI_HOME", str(tmp_path))
+    (embedded_dir() / "notes.txt").parent.mkdir(parents=True)
+    (embedded_dir() / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="notes.txt.*move it away"):  # at once, not after the conversion
+        prepare_embedded(force=True)
+    assert tree(embedded_dir()) == {"notes.txt": b"mine"}
+
+
 def test_clearing_training_states_removes_only_states(tmp_path):
     from cai_pipeline.store import TrainLayout
     from cai_pipeline.train.state import TrainStates

@@ -99,6 +99,7 @@ def run_until_done(coro: Awaitable[T]) -> T:
     SIGINT raises KeyboardInterrupt at once, wherever the loop is; every chain is then cancelled (an engine
     withdraws its requests: VLLMEngine.agenerate) and the loop closed before it propagates."""
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # as asyncio.run: code that asks for "the" loop gets this one
     main = loop.create_task(coro)
     try:
         return loop.run_until_complete(main)
@@ -106,6 +107,7 @@ def run_until_done(coro: Awaitable[T]) -> T:
         try:
             _cancel_all(loop, main)
         finally:
+            asyncio.set_event_loop(None)
             loop.close()
 
 
@@ -126,3 +128,4 @@ def _cancel_all(loop: asyncio.AbstractEventLoop, main: asyncio.Task) -> None:
             task.exception()
     with contextlib.suppress(KeyboardInterrupt):
         loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
