@@ -100,6 +100,7 @@ def run_until_done(coro: Awaitable[T]) -> T:
     withdraws its requests: VLLMEngine.agenerate) and the loop closed before it propagates."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)  # as asyncio.run: code that asks for "the" loop gets this one
+    loop.set_exception_handler(_quiet_interrupts)
     main = loop.create_task(coro)
     try:
         return loop.run_until_complete(main)
@@ -109,6 +110,13 @@ def run_until_done(coro: Awaitable[T]) -> T:
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+
+
+def _quiet_interrupts(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """A task an interrupt passed through says "exception never retrieved" when it is collected: the caller is
+    raising that interrupt already, so say nothing of it; report anything else as asyncio would."""
+    if not isinstance(context.get("exception"), KeyboardInterrupt):
+        loop.default_exception_handler(context)
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop, main: asyncio.Task) -> None:
