@@ -197,3 +197,25 @@ def test_judge_eval_out_and_constitution_import_output(tmp_path, capsys):
     assert notes.read_text() == "{}"
     one_line(capsys, main(["constitution", "import", "--format", "hf-recipe", str(data), "-o", str(tmp_path),
                            "--force"]), "-o", "is a folder")
+
+
+def test_every_row_of_the_write_path_table_names_a_test_that_exists():
+    """docs/reliability.md's table: each row names its test(s), and each named test is there."""
+    import re
+
+    text = (REPO / "docs" / "reliability.md").read_text()
+    table = text.split("## What is written, replaced or deleted")[1].split("\n## ")[0]
+    rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| path")]
+    assert len(rows) >= 20
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        if cells[0].startswith("`bench/`"):
+            continue
+        named = re.findall(r"`((?:tests/)?[\w/]*test_\w+\.py)?(?:::(\w+))?`", cells[3])
+        assert named, f"no test for {cells[0]}"
+        file = None
+        for path, name in named:
+            if path:  # `file.py` or `file.py::name`; a bare `::name` is another test of the file before it
+                file = REPO / path if (REPO / path).is_file() else REPO / "tests" / path
+            assert file is not None and file.is_file(), f"{path} (row {cells[0]})"
+            assert not name or f"def {name}(" in file.read_text(), f"{file.name}::{name} (row {cells[0]})"
