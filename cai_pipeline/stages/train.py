@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from cai_pipeline.errors import UserError
 from cai_pipeline.fingerprint import run_fingerprint
 from cai_pipeline.models import resolve_model
 from cai_pipeline.stages.base import RunContext
-from cai_pipeline.store import RunLayout
+from cai_pipeline.store import RunLayout, RunStore, folder_is_ours, mark_folder, replace_problem
 from cai_pipeline.train.job import TrainJob
 
 SETTINGS = ("train",)
@@ -95,22 +96,20 @@ def _within(path: Path, folder: Path) -> bool:
 
 
 def _models_read(cfg) -> list[tuple[str, Path]]:
-    """(config key, local folder) of every model the run reads (a hub id or served name is a path that does
-    not exist here: it can only clash with a folder of that very name)."""
+    """(config key, local folder) of every model the run reads that is a folder here (a hub id or a served
+    name is not one of ours to overwrite)."""
     from cai_pipeline.models import EMBEDDED, embedded_dir
 
     a = cfg.audit
     named = [("model", cfg.model), ("judge.model", cfg.judge.model), ("train.model", cfg.train.model),
              ("train.reference_model", cfg.train.reference_model), ("audit.model", a.model),
              ("audit.baseline", a.baseline), ("audit.judge.model", a.judge.model)]
-    return [(key, (embedded_dir() if name == EMBEDDED else Path(name).expanduser()).resolve())
-            for key, name in named if name]
+    folders = [(key, embedded_dir() if name == EMBEDDED else Path(name).expanduser()) for key, name in named if name]
+    return [(key, folder.resolve()) for key, folder in folders if folder.is_dir()]
 
 
-def _target_problem(key: str, target: Path, own: Path, cfg, owned: list[str]) -> str | None:
-    """Why training may not write the folder `target` (config key `key`; `own`: its default in the run)."""
-    from cai_pipeline.store import RunStore, replace_problem
-
+def _target_problem(target: Path, own: Path, cfg, owned: list[str]) -> str | None:
+    """Why training may not write the folder `target` (`own`: the run's own folder for it, its default)."""
     run = Path(cfg.out_dir).resolve()
     if _within(run, target):
         return f"{target} is the run folder {run}, or holds it: writing there would replace the run"
@@ -132,8 +131,6 @@ def check(assets, planned: set[str], models: bool = True, *, owned: list[str] = 
     a folder holding a checkpoint we wrote (our marker) — never the run folder, a folder holding it, one of
     the run's own entries, a model the run reads or the training data; the log folder (train.log_dir) alike.
     `owned`: the run folder's entries the run writes (stages.owned_entries() with the layout's fixed ones)."""
-    from cai_pipeline.errors import UserError
-
     cfg, layout = assets.cfg, RunLayout(assets.cfg.out_dir)
     owned = [*owned, *RunLayout.FIXED]
     out = checkpoint_path(cfg, layout).expanduser().resolve()
@@ -143,7 +140,7 @@ def check(assets, planned: set[str], models: bool = True, *, owned: list[str] = 
     for key, target, own, fix in (
             ("train.out_dir", out, layout.checkpoint.resolve(), "leave it unset (the run's checkpoint/)"),
             ("train.log_dir", log, layout.train_dir.resolve(), "leave it unset (the run's train/)")):
-        problem = _target_problem(key, target, own, cfg, owned)
+        problem = _target_problem(target, own, cfg, owned)
         if problem:
             raise UserError(f"{key}: {problem}; {fix} or name a new or empty folder — nothing was changed")
     if _within(out, log) or _within(log, out):
@@ -157,8 +154,6 @@ def check(assets, planned: set[str], models: bool = True, *, owned: list[str] = 
 def adopt_own_checkpoint(cfg, layout: RunLayout) -> None:
     """A checkpoint in the run's own checkpoint/ written before checkpoints carried our marker is ours (the
     run's manifest vouches for the entry): mark it, so a retraining may replace it (store.atomic_folder)."""
-    from cai_pipeline.store import RunStore, folder_is_ours, mark_folder
-
     out = checkpoint_path(cfg, layout)
     if out == layout.checkpoint and out.is_dir() and not folder_is_ours(out) and RunStore(layout.root).is_run():
         mark_folder(out)
