@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cai_pipeline import stages as stage_list
+from cai_pipeline.errors import UserError
 from cai_pipeline.store import RunStore, file_problem
 
 
@@ -93,8 +94,6 @@ def redo_damaged_shards(store: RunStore, planned: set[str], *, full: bool = Fals
     """Remove each damaged shard's data part, and the data parts of the same index downstream, so this run makes
     them again; one line per damaged shard. A run that would not redo them (a stage is not in `planned`) is
     refused first, with nothing removed. Returns what was found."""
-    from cai_pipeline.errors import UserError
-
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     # a damage matters to this run when it runs the damaged stage, one made from it, or the export
     found = [d for d in damaged_shards(store, full=full)

@@ -180,3 +180,12 @@ def test_a_damaged_checkpoint_is_trained_again(run, tiny_model, capsys):  # noqa
     assert main(args) == 0
     assert "checkpoint/model.safetensors is damaged" in capsys.readouterr().err
     assert weights.read_bytes() == whole  # the same step from the same start, fp32 on one process
+
+
+def test_verify_reads_the_rounds_of_an_iterate_folder(whole, tmp_path, capsys):
+    top = tmp_path / "it"
+    shutil.copytree(whole, top / "rounds" / "00-sl")
+    (top / "manifest.json").write_text(json.dumps({"package": "cai-pipeline", "kind": "iterate", "stages": {}}))
+    flip_a_byte(top / "rounds" / "00-sl" / "judge" / "part-00001.parquet")
+    assert main(["verify", str(top)]) == 1
+    assert "rounds/00-sl/judge/part-00001.parquet" in capsys.readouterr().out
