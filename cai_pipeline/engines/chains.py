@@ -55,7 +55,8 @@ class RoundBatcher:
                 self.calls += 1
                 results = self.engine.generate([batch[i][0] for i in idx], params)
                 for i, comps in zip(idx, results, strict=True):
-                    batch[i][2].set_result(comps)
+                    if not batch[i][2].done():  # a row cancelled meanwhile takes no result
+                        batch[i][2].set_result(comps)
         except Exception as e:  # every waiting chain must hear of it, or gather would wait forever
             for _, _, future in batch:
                 if not future.done():
