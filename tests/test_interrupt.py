@@ -67,7 +67,8 @@ def interrupt_in(stage: str, args: list[str], out: Path) -> None:
     proc, deadline = start(args, out, hold=stage), time.monotonic() + 600
     while not marker.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
             raise AssertionError(f"{stage} was never reached (exit {proc.returncode}):\n{log_tail(out)}")
         time.sleep(0.05)
     sent = time.monotonic()
