@@ -41,7 +41,8 @@ TINY = [*GENERATE, "train.max_steps=2", "train.save_every=1", "train.batch_size=
 
 def iterate_args(out: Path, model: str) -> list[str]:
     return ["iterate", str(REPO / "configs" / "cai-paper.yaml"), f"out_dir={out}", f"model={model}",
-            "prompts.limit=4", "iterate.rounds=1", "iterate.audit_base=false", "revise.mode=rounds", *TINY]
+            "prompts.limit=4", "iterate.rounds=1", "iterate.audit_base=false", "revise.mode=rounds", *TINY,
+            "audit.principles=[violence]", "--no-report"]
 
 
 def start(args: list[str], out: Path, hold: str = "") -> subprocess.Popen:
