@@ -17,14 +17,7 @@ from rich.table import Table
 
 from cai_pipeline.audit.summary import AuditSummary, Score, read_summary
 from cai_pipeline.errors import UserError
-from cai_pipeline.store import RunStore
-
-
-def open_run(path: str) -> RunStore:
-    store = RunStore(path)
-    if store.read_manifest() is None:
-        raise UserError(f"{path}: not a run folder (no manifest.json); give the out_dir of a `cai run`")
-    return store
+from cai_pipeline.store import RunStore, open_run
 
 
 def _rate(hits: int, total: int) -> str:

@@ -291,9 +291,10 @@ def dump_constitution(c: Constitution, path: str | Path) -> Path:
     data = c.model_dump(mode="json", exclude_none=True)
     header = f"# {c.name} (version {c.version}). Check edits with: cai constitution validate {Path(path).name}\n"
     body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+    from cai_pipeline.store import atomic_write_text
+
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(header + body, encoding="utf-8")
+    atomic_write_text(out, header + body)  # a crash leaves the old file or the new one, never half of one
     return out
 
 

@@ -42,6 +42,15 @@ def prepare_embedded(force: bool = False) -> Path:
     out = embedded_dir()
     if (out / "model.safetensors").exists() and not force:
         return out
+    from cai_pipeline.store import mark_folder, replace_problem
+
+    problem = replace_problem(out)  # now, not after the conversion, what atomic_folder would refuse to replace
+    if problem and (out / "model.safetensors").exists() and (out / "config.json").exists():
+        mark_folder(out)  # our cache, converted before folders carried our marker
+        problem = None
+    if problem:
+        raise UserError(f"{out}: {problem}; it is where the embedded model is converted to: move it away (or set "
+                        "CAI_HOME to another folder)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -31,7 +31,7 @@ from cai_pipeline.fingerprint import (
 )
 from cai_pipeline.judge_roles import run_warnings
 from cai_pipeline.stages.base import RunContext, Stage
-from cai_pipeline.store import PACKAGE, RunStore, atomic_write_text
+from cai_pipeline.store import PACKAGE, RunStore, atomic_write_text, file_digest
 
 
 def shard_count(stage: Stage, store: RunStore, assets: Assets) -> int:
@@ -121,13 +121,19 @@ def run_sharded(stage: Stage, store: RunStore, assets: Assets, executor, manifes
 
 
 def run_whole(stage: Stage, ctx: RunContext) -> str:
+    from cai_pipeline.integrity import output_damage
+
     manifest = ctx.manifest
     fingerprint = run_fingerprint(ctx.cfg, stage.settings, stage.identity(ctx) if stage.identity else {})
     entry = manifest["stages"].get(stage.name, {})
     outputs_exist = all(p.exists() for p in (stage.outputs(ctx) if stage.outputs else []))
-    if entry.get("fingerprint") == fingerprint and outputs_exist and not ctx.redo:
+    # An output that is not what was written (truncated, cut off) is never taken for a finished stage.
+    damage = output_damage(ctx.store, stage.name, entry) if outputs_exist else None
+    if damage:
+        print(f"warning: {damage.path} is damaged ({damage.problem}); running {stage.name} again", file=sys.stderr)
+    elif entry.get("fingerprint") == fingerprint and outputs_exist and not ctx.redo:
         return "already done"
-    if outputs_exist and entry.get("fingerprint") and stage.on_change == "refuse" and not ctx.redo:
+    if outputs_exist and not damage and entry.get("fingerprint") and stage.on_change == "refuse" and not ctx.redo:
         changed = changed_keys(entry["fingerprint"], fingerprint)
         raise UserError(f"{stage.name}: its outputs in {ctx.store.root} were made with other settings or inputs "
                         f"({first_keys(changed)}); `cai {stage.name} CONFIG --restart` redoes only this stage, "
@@ -136,10 +142,24 @@ def run_whole(stage: Stage, ctx: RunContext) -> str:
     ctx.fingerprint = fingerprint  # e.g. the trainer stores it in its resumable states
     summary = stage.run(ctx)
     manifest["stages"][stage.name] = {"fingerprint": fingerprint, "seconds": round(time.perf_counter() - start, 2),
-                                      "summary": summary}
+                                      "summary": summary, "files": output_records(ctx.store, stage.outputs(ctx)
+                                                                                  if stage.outputs else [])}
     stamp_updated(manifest)
     ctx.store.write_manifest(manifest)
     return "ran"
+
+
+def output_records(store: RunStore, paths) -> dict[str, dict]:
+    """Size and sha256 of each output a run-scope stage left, by path (relative to the run folder where it lies
+    inside), so a later run tells a damaged output from a finished one (integrity.output_damage)."""
+    root = store.root.resolve()
+    records = {}
+    for path in paths:
+        if path.is_file():
+            resolved = path.resolve()
+            name = str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+            records[name] = file_digest(path)
+    return records
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -260,6 +280,10 @@ def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Asse
     prints = shard_fingerprints(cfg, assets.hashes, stage_list.STAGES)
     manifest = store.read_manifest()
     check_resume(store, manifest, prints)
+    if manifest:
+        from cai_pipeline.integrity import redo_damaged_shards
+
+        redo_damaged_shards(store, {s.name for s in plan})  # a damaged shard is made again, never read
     manifest = manifest or new_manifest(cfg, assets, prints)
     manifest.update(fingerprints=prints, config=cfg.model_dump())
     # per judging stage, the self-judging warning of its latest run (None: its judge is another model)

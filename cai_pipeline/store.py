@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
@@ -32,6 +34,10 @@ from cai_pipeline.errors import UserError
 from cai_pipeline.records import RejectRecord, to_table
 
 PACKAGE = "cai-pipeline"  # the manifest's "package": what marks a folder as one of our runs
+# Written into every folder atomic_folder makes (checkpoints, training states, the converted model) and into a
+# training's log folder: the only thing that lets us replace or write into an existing folder that is not
+# empty. A folder without it may be a user's, a base model, or a run: never ours to replace.
+MARKER = "cai-pipeline.json"
 
 
 class RunLayout:
@@ -305,23 +311,101 @@ def _write_and_rename(path: Path, write) -> None:
         raise
 
 
+def folder_is_ours(path: Path) -> bool:
+    """The folder holds our marker (MARKER): cai-pipeline wrote it and may replace or write into it."""
+    try:
+        return json.loads((Path(path) / MARKER).read_text()).get("package") == PACKAGE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def mark_folder(path: Path) -> None:
+    """Put our marker in a folder we write into (a training's log folder), so a later run may write there again."""
+    if not folder_is_ours(path):
+        atomic_write_json(Path(path) / MARKER, _marker())
+
+
+def _marker() -> dict:
+    from cai_pipeline import __version__
+
+    return {"package": PACKAGE, "version": __version__,
+            "note": "written by cai-pipeline: this folder is one it made, and may replace"}
+
+
+def replace_problem(path: Path) -> str | None:
+    """Why we may not write a folder at `path` (None: a new path, an empty folder, or one holding our marker)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        return "is a file, not a folder"
+    if folder_is_ours(path):
+        return None
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return None
+    listed = ", ".join(entries[:4]) + (" …" if len(entries) > 4 else "")
+    return f"holds files cai-pipeline did not write ({listed}; no {MARKER})"
+
+
 def atomic_folder(path: Path, write: Callable[[Path], Any]) -> Path:
     """Call `write(tmp_folder)`, then swap it in for `path`: a crash never leaves half a folder where a reader
-    (an engine loading a checkpoint) would find it. The old folder is removed only once the new one is whole."""
+    (an engine loading a checkpoint) would find it. The old folder is removed only once the new one is whole,
+    and only if it is ours (replace_problem): callers check first, with the config key to name; this is the
+    guard that holds whoever calls. The new folder carries our marker."""
+    path = Path(path)
+    problem = replace_problem(path)
+    if problem:
+        raise UserError(f"{path}: not replaced: it {problem}; move it away, or write to a new or empty folder "
+                        "— nothing was changed")
     tmp = path.with_name(f".{path.name}.tmp")
     old = path.with_name(f".{path.name}.old")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_aside(old)
         tmp.mkdir(parents=True)
         write(tmp)
-        if path.exists():
+        (tmp / MARKER).write_text(json.dumps(_marker(), indent=2) + "\n")
+        if path.exists() or path.is_symlink():
             path.rename(old)
         tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_aside(old)
     except OSError as e:
         raise _disk_error(path, e) from None
     return path
+
+
+def _remove_aside(old: Path) -> None:
+    """Remove a folder atomic_folder moved aside (a symlink is unlinked: its target was never ours)."""
+    if old.is_symlink():
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_file(path: Path, key: str, *, ours: Callable[[Path], bool] | None = None, what: str = "",
+                      force: bool = False) -> None:
+    """A file a user named for us to write (`cai report -o`, `judge-eval --out`, `constitution import -o`): a new
+    path, or a file of the kind we write (`ours`, e.g. a report carrying our generator tag, described by `what`);
+    anything else only with --force, and a folder never."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{key}: {path} is a folder; name a file to write — nothing was changed")
+    if not path.exists() and not path.is_symlink():
+        return
+    if not force and not (ours is not None and path.is_file() and ours(path)):
+        mine = f" and is not {what}" if what else ""
+        raise UserError(f"{key}: {path} already exists{mine}; choose another path, or pass --force to overwrite it "
+                        "— nothing was changed")
+
+
+def file_starts_with(path: Path, needle: bytes, size: int = 4096) -> bool:
+    """`needle` appears in the first `size` bytes (our generator tag near the top of a file we wrote)."""
+    try:
+        with open(path, "rb") as f:
+            return needle in f.read(size)
+    except OSError:
+        return False
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -332,20 +416,81 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _write_table(table, path: Path) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parquet, and what a written file was: its size and content hash, to tell a damaged file from a whole one
+
+
+def parquet_bytes(rows: list[dict], model: type[BaseModel]) -> bytes:
+    """A Parquet file's bytes, made in memory so its size and hash are known before it is written."""
+    table, sink = to_table(rows, model), pa.BufferOutputStream()
     if table.num_rows:
-        pq.write_table(table, path)
+        pq.write_table(table, sink)
     else:  # no row group at all: `datasets` reads a row group of 0 rows as "batch size 0" and fails
-        pq.ParquetWriter(path, table.schema).close()
+        pq.ParquetWriter(sink, table.schema).close()
+    return sink.getvalue().to_pybytes()
 
 
-def write_parquet(path: Path, rows: list[dict], model: type[BaseModel]) -> None:
-    table = to_table(rows, model)
-    atomic_write(path, lambda tmp: _write_table(table, tmp))
+def digest(data: bytes) -> dict:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def file_digest(path: Path) -> dict:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": h.hexdigest()}
+
+
+def file_problem(path: Path, record: dict | None, *, full: bool = False) -> str | None:
+    """What is wrong with a file we wrote, or None: missing, not the size recorded when it was written, a
+    Parquet file whose footer does not read (the cheap checks: a stat and the file's last bytes), and with
+    `full` a content hash other than the recorded one (reads the whole file)."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if isinstance(record, dict) and record.get("bytes") is not None and size != record["bytes"]:
+        return f"{size} bytes where {record['bytes']} were written"
+    if path.suffix == ".parquet":
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowException, OSError) as e:
+            return f"not a whole Parquet file: {_short(e)}"
+    if full and isinstance(record, dict) and record.get("sha256") and file_digest(path)["sha256"] != record["sha256"]:
+        return "its content is not what was written (sha256 differs)"
+    return None
+
+
+def _short(e: BaseException) -> str:
+    return " ".join(str(e).split())[:120]
+
+
+def write_parquet(path: Path, rows: list[dict], model: type[BaseModel]) -> dict:
+    """Write rows as a Parquet file, atomically; returns its size and content hash."""
+    data = parquet_bytes(rows, model)
+    atomic_write_bytes(path, data)
+    return digest(data)
 
 
 def read_parquet(path: Path) -> list[dict]:
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise damaged_file(path, e) from None
+
+
+def damaged_file(path: Path, e: BaseException) -> UserError:
+    # pyarrow's message names the file again and says what it could not do: keep the first thing it found
+    text = str(e).replace(f"'{path}'", "").replace(str(path), "").replace("Could not open Parquet input source :", "")
+    reason = _short(Exception(text.strip().split(". ")[0]))
+    return UserError(f"{path}: cannot be read ({reason}); if a run made it, run that run's `cai run` (or `cai "
+                     "iterate`) command again to redo it (`cai verify RUN` lists every damaged file)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -360,9 +505,10 @@ class RunStore:
     def check_writable(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
+            # a fresh name of our own (never a file of the user's that happens to be called so)
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
         except OSError as e:
             raise UserError(f"out_dir: cannot write to {self.root} ({e.strerror}); choose a writable folder") from None
 
@@ -401,14 +547,23 @@ class RunStore:
         return sorted(int(p.name[5:10]) for p in folder.glob("part-*.parquet"))
 
     def write_shard(self, stage: str, index: int, rows: list[dict], model: type[BaseModel],
-                    rejects: list[dict], stats: dict[str, Any]) -> None:
-        write_parquet(self.layout.rejects(stage, index), rejects, RejectRecord)
+                    rejects: list[dict], stats: dict[str, Any]) -> dict[str, Any]:
+        """Write one finished shard; returns its stats as written: with the size and sha256 of its data and
+        rejects parts (`files`), which the stats file holds so a damaged part is told from a whole one."""
+        data, rejected = parquet_bytes(rows, model), parquet_bytes(rejects, RejectRecord)
+        stats = {**stats, "files": {"data": digest(data), "rejects": digest(rejected)}}
+        atomic_write_bytes(self.layout.rejects(stage, index), rejected)
         atomic_write_json(self.layout.stats(stage, index), stats)
-        write_parquet(self.layout.shard(stage, index), rows, model)  # last: marks the shard done
+        atomic_write_bytes(self.layout.shard(stage, index), data)  # last: marks the shard done
+        return stats
 
     def shard_rows(self, stage: str, index: int) -> int:
         """Rows in a finished shard, from its Parquet footer (no data is read)."""
-        return pq.ParquetFile(self.layout.shard(stage, index)).metadata.num_rows
+        path = self.layout.shard(stage, index)
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowException, OSError) as e:
+            raise damaged_file(path, e) from None
 
     def read_shard(self, stage: str, index: int) -> list[dict]:
         return read_parquet(self.layout.shard(stage, index))
@@ -417,9 +572,14 @@ class RunStore:
         return [row for i in self.shard_indices(stage) for row in self.read_shard(stage, i)]
 
     def read_stats(self, stage: str, index: int) -> dict:
-        """One finished shard's stats ({} where a shard has none)."""
+        """One finished shard's stats ({} where a shard has none, or its file is damaged: the run's integrity
+        check redoes such a shard before anything reads it)."""
         path = self.layout.stats(stage, index)
-        return json.loads(path.read_text()) if path.exists() else {}
+        try:
+            stats = json.loads(path.read_text()) if path.exists() else {}
+        except (ValueError, OSError):
+            return {}
+        return stats if isinstance(stats, dict) else {}
 
     def shard_stats(self, stage: str) -> list[dict]:
         """The stats of every finished shard (a shard without its stats file counts as empty)."""
@@ -439,11 +599,19 @@ class RunStore:
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
+            manifest = json.loads(path.read_text())
+        except (ValueError, OSError):  # not JSON, not UTF-8, unreadable
+            manifest = None
+        if not isinstance(manifest, dict):  # `[]`, `3`, `"x"`: no run's record either
             raise UserError(f"{path}: damaged manifest, so nothing says this folder is a cai-pipeline run and "
                             "--restart will not clear it; move the folder aside and run again, or choose another "
                             "out_dir") from None
+        return manifest
+
+    def is_run(self) -> bool:
+        """The folder carries this project's manifest (a `{}` or another tool's manifest.json does not count)."""
+        manifest = self.read_manifest() if self.root.is_dir() else None
+        return manifest is not None and manifest.get("package") == PACKAGE
 
     def write_manifest(self, manifest: dict) -> None:
         atomic_write_json(self.layout.manifest, manifest)
@@ -452,18 +620,23 @@ class RunStore:
     def foreign_entries(self) -> list[str]:
         """Entries of a folder that is not (yet) one of our runs: anything but our lock file. [] when the folder
         is empty, missing, or carries this project's manifest."""
-        if not self.root.is_dir():
+        if not self.root.is_dir() or self.is_run():
             return []
-        manifest = self.read_manifest()
-        if manifest is not None and manifest.get("package") == PACKAGE:
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.name not in (".lock", ".write-test"))
+        return sorted(p.name for p in self.root.iterdir() if not (p.name == ".lock" and self._our_lock(p)))
+
+    @staticmethod
+    def _our_lock(path: Path) -> bool:
+        """A `.lock` a run of ours left (empty, or `pid N`): the lock truncates it, so a user's must not pass."""
+        try:
+            text = path.read_text() if path.is_file() and path.stat().st_size < 64 else None
+        except (OSError, UnicodeDecodeError):
+            return False
+        return text is not None and (not text.strip() or text.startswith("pid "))
 
     def clear(self, stage_entries: Iterable[str]) -> list[str]:
         """For --restart: remove the entries the layout owns (the stages' own: stages.owned_entries()), in a
         folder that carries our manifest. Anything else in the folder stays. Returns the names removed."""
-        manifest = self.read_manifest()
-        if manifest is None or manifest.get("package") != PACKAGE:
+        if not self.is_run():
             raise UserError(f"--restart: {self.root} has no cai-pipeline manifest.json, so nothing in it is ours "
                             "to delete; choose a new out_dir")
         removed = []
@@ -476,3 +649,11 @@ class RunStore:
                 continue
             removed.append(path.name)
         return removed
+
+
+def open_run(path: str | Path) -> RunStore:
+    """An existing run folder (or `cai iterate` folder) to read; one line when it is not one of ours."""
+    store = RunStore(path)
+    if not store.is_run():
+        raise UserError(f"{path}: not a run folder (no cai-pipeline manifest.json); give the out_dir of a `cai run`")
+    return store

@@ -302,18 +302,20 @@ def test_full_disk_injected_at_a_write(tmp_path, capsys, echo, monkeypatch):
     same command resumes once there is space."""
     import cai_pipeline.store as store
 
-    real, calls = store.pq.write_table, []
+    real = store.atomic_write
 
-    def write_table(table, where, *a, **k):
-        calls.append(where)
-        if "part-00002" in str(where) and "rejects" not in str(where):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(table, where, *a, **k)
+    def no_space(tmp):
+        tmp.write_bytes(b"half a shard")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store.pq, "write_table", write_table)
+    def atomic_write(path, write):  # the data part of shard 2 (its rejects and stats are written before it)
+        hit = path.name == "part-00002.parquet" and "rejects" not in str(path)
+        return real(path, no_space if hit else write)
+
+    monkeypatch.setattr(store, "atomic_write", atomic_write)
     one_line(capsys, cai(tmp_path, "prompts.limit=6"), "No space left on device", "part-00002")
     assert len(rows(tmp_path / "run" / "sample")) == 8 and not list((tmp_path / "run").rglob("*.tmp"))
-    monkeypatch.setattr(store.pq, "write_table", real)
+    monkeypatch.setattr(store, "atomic_write", real)
     assert cai(tmp_path, "prompts.limit=6") == 0
     assert len(rows(tmp_path / "run" / "sample")) == 12
 

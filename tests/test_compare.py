@@ -16,7 +16,8 @@ PROMPT = [{"role": "user", "content": "How do I get back at my [noisy] neighbour
 
 def make_run(root, final: str, weight: float, cleaned: bool):
     store = RunStore(root)
-    store.write_manifest({"model": "embedded", "seed": 0, "constitution_sha256": f"{weight:064.1f}",
+    store.write_manifest({"package": "cai-pipeline", "model": "embedded", "seed": 0,
+                          "constitution_sha256": f"{weight:064.1f}",
                           "stages": {"revise": {"in": 1, "out": 1, "rejected": {}}}})
     rounds = [{"principle_id": "violence", "critique": "c", "revision": final, "cleaned": cleaned, "kept_previous": None,
                "truncated": False}]
@@ -44,4 +45,5 @@ def test_compare_two_runs(tmp_path, capsys, monkeypatch):
 
 def test_compare_needs_run_folders(tmp_path, capsys):
     assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
-    assert "not a run folder (no manifest.json)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not a run folder" in err and "manifest.json" in err

@@ -17,7 +17,7 @@ FLOORS = [
     ("definitions", ("constitution", "templates", "inputs", "models", "importers", "constitution_diff",
                      "judge_roles")),
     ("engines and trainer", ("engines", "train", "judging")),
-    ("stages", ("stages", "audit", "assets", "card")),
+    ("stages", ("stages", "audit", "assets", "card", "integrity")),
     ("executors", ("executors",)),
     # what reads a run folder: a run ends by writing its report, so these sit below the pipeline
     ("readers", ("report", "compare", "judge_eval", "judge_check", "agreement")),

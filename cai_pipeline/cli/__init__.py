@@ -23,6 +23,7 @@ from cai_pipeline.cli import (
     report,
     run,
     train,
+    verify,
 )
 from cai_pipeline.cli.common import IntermixedParser
 from cai_pipeline.errors import UserError
@@ -45,6 +46,7 @@ examples:
   cai compare outputs/cai-paper                       the rounds of a `cai iterate` run side by side
   cai report outputs/demo                             (re)write outputs/demo/report.html: open it in a browser
   cai show outputs/demo 3f2a                          one prompt's trace in the terminal (a prompt_id prefix)
+  cai verify outputs/demo                             every file of the run as it was written (sha256)?
 
 Options and key=value overrides go in any order. A run writes everything to its out_dir: sample/ revise/
 pairs/ judge/ shards, datasets/ (sft, preferences, a dataset card), rejects/ (every dropped row with its
@@ -53,7 +55,8 @@ README).
 """
 
 # In the order `cai --help` lists them.
-COMMANDS = (run, models, config, compare, constitution, judge_eval, judge_check, train, report, audit, iterate)
+COMMANDS = (run, models, config, compare, constitution, judge_eval, judge_check, train, report, audit, iterate,
+            verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from cai_pipeline.constitution import dump_constitution, load_constitution, validate_file
 from cai_pipeline.constitution_diff import diff_constitutions, excerpt
-from cai_pipeline.errors import UserError
 from cai_pipeline.importers import import_cai_paper, import_hf_recipe
+from cai_pipeline.store import check_output_file
 
 _IMPORTERS = {"cai-paper": import_cai_paper, "hf-recipe": import_hf_recipe}
 
@@ -33,8 +33,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise UserError(f"{out}: already exists; choose another -o path or pass --force to overwrite it")
+    check_output_file(out, "-o", force=args.force)  # an existing file only with --force; a folder never
     constitution = _IMPORTERS[args.format](args.source)
     dump_constitution(constitution, out)
     problems = validate_file(out)

@@ -56,10 +56,13 @@ def _from_data(args: argparse.Namespace):
     from cai_pipeline.constitution import load_constitution
     from cai_pipeline.engines import make_engine
     from cai_pipeline.judge_check.inputs import data_pairs
-    from cai_pipeline.store import JudgeCheckLayout
+    from cai_pipeline.store import JudgeCheckLayout, replace_problem
 
     if not args.out:
         raise UserError("--out: required with --data: the folder to write summary.json, README.md and shifts.png to")
+    problem = replace_problem(Path(args.out).expanduser())  # a new or empty folder, or an earlier check's
+    if problem:
+        raise UserError(f"--out: {args.out} {problem}; choose a new or empty folder")
     if args.overrides:
         raise UserError(f"{args.overrides[0]}: key=value overrides go with a run config; with --data use the options "
                         "(--model, --engine, --base-url, --constitution, ...)")
@@ -79,6 +82,7 @@ def _cmd_judge_check(args: argparse.Namespace) -> int:
     from cai_pipeline.judge_check.files import write_check
     from cai_pipeline.judge_check.inputs import attach_other
     from cai_pipeline.judge_check.profile import Options, run_check
+    from cai_pipeline.store import mark_folder
     from cai_pipeline.templates import TemplateSet
 
     quiet_libraries()
@@ -101,6 +105,7 @@ def _cmd_judge_check(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     write_check(job["out"], summary)
+    mark_folder(job["out"].root)  # ours now: a later check may write here again
     _print(summary, job["out"])
     return 0
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cai_pipeline.errors import UserError
 from cai_pipeline.judge_eval import evaluate_labelled, format_table, read_labelled
+from cai_pipeline.store import atomic_write_text, check_output_file
 
 
 def _cmd_review(args: argparse.Namespace) -> int:
@@ -22,7 +23,7 @@ def _cmd_review(args: argparse.Namespace) -> int:
 
 def _write(args: argparse.Namespace, report: dict) -> None:
     if args.out:
-        Path(args.out).expanduser().write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(Path(args.out).expanduser(), json.dumps({"generator": GENERATOR, **report}, indent=2) + "\n")
         print(f"report written to {args.out}")
     if args.plot:
         from cai_pipeline.agreement import reliability_plot
@@ -37,6 +38,9 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     for flag, option in (("--out", args.out), ("--plot", args.plot)):
         if option and not Path(option).expanduser().resolve().parent.is_dir():
             raise UserError(f"{flag}: the folder of {option} does not exist; create it or choose another path")
+    if args.out:  # before a model loads: never over a file that is not an earlier judge-eval report of ours
+        check_output_file(Path(args.out).expanduser(), "--out", ours=_is_ours, what="a judge-eval report",
+                          force=args.force)
     if is_review_file(Path(args.data).expanduser()):
         return _cmd_review(args)
     return _cmd_labelled(args)
@@ -70,6 +74,16 @@ def _cmd_labelled(args: argparse.Namespace) -> int:
     return 0
 
 
+GENERATOR = "cai-pipeline judge-eval"  # in every report --out writes: what may be overwritten without --force
+
+
+def _is_ours(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -98,6 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", default="question_first", choices=["question_first", "shared_prefix"],
                    help="judge prompt layout (judge.layout): the question first, or the responses first")
     p.add_argument("--seed", type=int, default=0, help="seeds the principle draws and which side is shown first")
-    p.add_argument("--out", help="also write the report as JSON to this file")
+    p.add_argument("--out", help="also write the report as JSON to this file (an existing file only if it is an "
+                   "earlier judge-eval report, or with --force)")
     p.add_argument("--plot", help="also write the reliability plot (the judge's p against people's choices) as PNG")
+    p.add_argument("--force", action="store_true", help="overwrite --out FILE whatever it holds")
     p.set_defaults(func=_cmd_judge_eval)

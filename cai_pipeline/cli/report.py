@@ -9,7 +9,7 @@ from pathlib import Path
 def _cmd_report(args: argparse.Namespace) -> int:
     from cai_pipeline.report import write_report
 
-    path = write_report(args.run, args.out)
+    path = write_report(args.run, args.out, force=args.force)
     print(f"report: {path} (open it in a browser: it is one file and loads nothing from anywhere)")
     if args.review_files:
         _review_files(args.run, Path(args.review_files).expanduser())
@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "samples through critiques, revisions and verdicts to its dataset row or reject. `cai run` "
                        "writes it at the end of every run.")
     p.add_argument("run", help="a run folder (out_dir)")
-    p.add_argument("-o", "--out", help="write here instead of RUN/report.html")
+    p.add_argument("-o", "--out", help="write here instead of RUN/report.html (an existing file only if it is a "
+                   "report of ours, or with --force)")
+    p.add_argument("--force", action="store_true", help="overwrite -o FILE even if it is not a report of ours")
     p.add_argument("--review-files", metavar="DIR", help="also write the Review tab's verdicts for Label Studio "
                    "(tasks.json, config.xml) and Argilla (records.jsonl) into DIR")
     p.set_defaults(func=_cmd_report)

@@ -13,6 +13,7 @@ completions. Written once, a chain runs two ways:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -54,7 +55,8 @@ class RoundBatcher:
                 self.calls += 1
                 results = self.engine.generate([batch[i][0] for i in idx], params)
                 for i, comps in zip(idx, results, strict=True):
-                    batch[i][2].set_result(comps)
+                    if not batch[i][2].done():  # a row cancelled meanwhile takes no result
+                        batch[i][2].set_result(comps)
         except Exception as e:  # every waiting chain must hear of it, or gather would wait forever
             for _, _, future in batch:
                 if not future.done():
@@ -88,4 +90,51 @@ def run_chains(engine: Engine, chains: list[Callable[[Gen], Awaitable[T]]], *, m
 
         return await asyncio.gather(*(one(chain) for chain in chains))
 
-    return asyncio.run(main())
+    return run_until_done(main())
+
+
+def run_until_done(coro: Awaitable[T]) -> T:
+    """Run `coro` on a new event loop, as asyncio.run does, but without its Ctrl-C handler. asyncio.run turns the
+    first SIGINT into a cancellation that lands only when the loop next switches tasks — after the engine step or
+    the round-batched `generate` it is in, and on vLLM the chains' requests went on generating besides. Here
+    SIGINT raises KeyboardInterrupt at once, wherever the loop is; every chain is then cancelled (an engine
+    withdraws its requests: VLLMEngine.agenerate) and the loop closed before it propagates."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # as asyncio.run: code that asks for "the" loop gets this one
+    loop.set_exception_handler(_quiet_interrupts)
+    main = loop.create_task(coro)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            _cancel_all(loop, main)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _quiet_interrupts(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """A task an interrupt passed through says "exception never retrieved" when it is collected: the caller is
+    raising that interrupt already, so say nothing of it; report anything else as asyncio would."""
+    if not isinstance(context.get("exception"), KeyboardInterrupt):
+        loop.default_exception_handler(context)
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop, main: asyncio.Task) -> None:
+    """Cancel every task left on `loop` and let each finish, then mark what they raised as retrieved (it is
+    being raised by the caller). A task that awaited the one an interrupt hit raises it again; a few passes."""
+    tasks = asyncio.all_tasks(loop) | {main}
+    for task in tasks:
+        task.cancel()
+    for _ in range(3):
+        left = [t for t in tasks if not t.done()]
+        if not left:
+            break
+        with contextlib.suppress(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()
+    with contextlib.suppress(KeyboardInterrupt):
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())

@@ -184,7 +184,20 @@ class VLLMEngine:
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = (future, params.n)
         self.llm.llm_engine.add_request(rid, req[0], req[1])
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The row's chain was cancelled (Ctrl-C): withdraw its request, or the engine would go on generating
+            # it, and the pump would hand its result to a future nobody waits for.
+            self._withdraw(rid)
+            raise
+
+    def _withdraw(self, rid: str) -> None:
+        if self._pending.pop(rid, None) is not None and self.llm is not None:
+            try:
+                self.llm.llm_engine.abort_request([rid])
+            except Exception:  # an engine interrupted mid-step may refuse; the process is stopping anyway
+                pass
 
     async def _step_while_pending(self) -> None:
         engine = self.llm.llm_engine
@@ -195,12 +208,13 @@ class VLLMEngine:
                 if not self._pending:
                     return
                 for output in engine.step():
-                    if output.finished:
-                        future, n = self._pending.pop(output.request_id)
-                        future.set_result(self._completions(output, n))
+                    entry = self._pending.pop(output.request_id, None) if output.finished else None
+                    if entry is not None and not entry[0].done():  # a cancelled row's future takes nothing
+                        entry[0].set_result(self._completions(output, entry[1]))
         except Exception as e:  # fail every waiting row rather than leave them waiting forever
             for future, _ in self._pending.values():
-                future.set_exception(e)
+                if not future.done():
+                    future.set_exception(e)
             self._pending.clear()
 
     def choice_logprobs(self, convs: list[list[Message]], choices: list[str]) -> list[dict[str, float]]:

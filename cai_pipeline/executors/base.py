@@ -71,5 +71,4 @@ def run_shard(stage: Stage, store: RunStore, shard: int, assets: Assets, engine,
     seconds = time.perf_counter() - start
     tokens = (engine.stats.output_tokens - tokens_before) if engine else 0
     stats = shard_stats(result, len(data[stage.inputs_for(assets.cfg)[0]]), seconds, tokens)
-    store.write_shard(stage.name, shard, result.rows, stage.record, result.rejects, stats)
-    return stats
+    return store.write_shard(stage.name, shard, result.rows, stage.record, result.rejects, stats)

@@ -17,15 +17,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from cai_pipeline.report.build import build_document, open_run
-from cai_pipeline.report.page import render
-from cai_pipeline.store import atomic_write_text
+from cai_pipeline.report.page import GENERATOR, render
+from cai_pipeline.store import atomic_write_text, check_output_file, file_starts_with
 
-__all__ = ["build_document", "write_report"]
+__all__ = ["build_document", "is_report", "write_report"]
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the report of the run folder `run_dir` (atomically) and return its path."""
+def is_report(path: Path) -> bool:
+    """A report this project wrote: its page carries our generator tag near the top."""
+    return file_starts_with(path, GENERATOR.encode())
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, *, force: bool = False) -> Path:
+    """Write the report of the run folder `run_dir` (atomically) and return its path. An existing file there is
+    replaced only if it is a report of ours, or with `force`."""
     target = Path(out) if out else open_run(run_dir).layout.report
+    check_output_file(target, "-o" if out else "report", ours=is_report, what="a report cai-pipeline wrote",
+                      force=force)
     doc, traces = build_document(run_dir)
     atomic_write_text(target, render(doc, traces))
     return target

@@ -19,18 +19,10 @@ from cai_pipeline.judging import order_average, picks_same_position
 from cai_pipeline.report.review import review_items, scored_pairs
 from cai_pipeline.report.traces import Principles, RunRows, build_traces, read_rows
 from cai_pipeline.rng import stable_id
-from cai_pipeline.store import PACKAGE, RunStore, TrainLayout
+from cai_pipeline.store import RunStore, TrainLayout, open_run
 
 SCHEMA = 1
 PREVIEW = 100  # characters of a prompt shown in the trace list
-
-
-def open_run(path: str | Path) -> RunStore:
-    store = RunStore(path)
-    manifest = store.read_manifest() if store.root.is_dir() else None
-    if manifest is None or manifest.get("package") != PACKAGE:
-        raise UserError(f"{path}: not a run folder (no cai-pipeline manifest.json); give the out_dir of a `cai run`")
-    return store
 
 
 def build_document(path: str | Path) -> tuple[dict, list[dict]]:

@@ -21,6 +21,8 @@ ASSETS = Path(__file__).parent
 BLOCK = 256  # traces per embedded block: opening a trace parses its block only
 _ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 _SLOT = re.compile(r"<!--CAI:(\w+)-->")
+# In template.html's head: what tells a report of ours from any other file (`cai report -o` overwrites only these).
+GENERATOR = '<meta name="generator" content="cai-pipeline">'
 
 
 def _finite(obj):

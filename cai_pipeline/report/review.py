@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from cai_pipeline.errors import UserError
 from cai_pipeline.judging import order_average
 from cai_pipeline.rng import rng_for, stable_id
-from cai_pipeline.store import atomic_write_text
+from cai_pipeline.store import atomic_write_text, mark_folder, replace_problem
 
 FORMAT = "cai-review/1"
 SAMPLE = 60  # verdicts in a run's review: about an hour's labelling, enough for a κ interval of ±0.2 or so
@@ -211,6 +211,10 @@ def write_review_files(folder: Path, items: list[dict], run: str, judge: str) ->
              folder / "argilla" / "records.jsonl": "".join(json.dumps(r) + "\n" for r in records),
              folder / "argilla" / "README.md": ARGILLA_README,
              folder / "judge.jsonl": "".join(json.dumps(r) + "\n" for r in judge_rows)}
+    problem = replace_problem(folder)  # a new or empty folder, or one we wrote before: never someone's files
+    if problem:
+        raise UserError(f"--review-files: {folder} {problem}; choose a new or empty folder")
     for path, text in files.items():
         atomic_write_text(path, text)
+    mark_folder(folder)
     return list(files)

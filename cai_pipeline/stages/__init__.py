@@ -35,7 +35,7 @@ STAGES: tuple[Stage, ...] = (
           owns=("datasets",), identity=export.identity, outputs=export.outputs, summary_line=export.summary_line),
     Stage("train", ("export",), None, None, train.SETTINGS, train.run, "run", rounds=(SL, RL),
           owns=("checkpoint", "train"), identity=train.identity, outputs=train.outputs, on_change="refuse",
-          summary_line=train.summary_line),
+          check=lambda *args, **kw: train.check(*args, **kw, owned=owned_entries()), summary_line=train.summary_line),
     # Its engines (model, baseline, judge: one at a time) come from the executor's pool by name, not by role.
     Stage("audit", ("train",), None, None, ("seed", "audit"), audit.run, "run", rounds=(SL, RL), owns=("audit",),
           identity=audit.identity, outputs=audit.outputs, check=audit.check, summary_line=audit.summary_line),

@@ -7,13 +7,14 @@ and is skipped when the shards and its settings are what they were when it last 
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from collections import Counter
 
 from cai_pipeline.records import PreferenceRecord, SFTRecord, make_reject
 from cai_pipeline.rng import derive_seed
 from cai_pipeline.stages.base import RunContext
-from cai_pipeline.store import RunLayout, atomic_write_text, write_parquet
+from cai_pipeline.store import RunLayout, atomic_write_text, file_digest, write_parquet
 
 INPUTS = ("sample", "revise", "pairs", "judge")
 
@@ -115,15 +116,27 @@ def truncation_stats(sft: list[dict], prefs: list[dict]) -> dict:
 
 
 def identity(ctx: RunContext) -> dict:
-    """What export reads: each input stage's fingerprint and finished-shard totals."""
-    stages = ctx.manifest.get("stages", {})
-    return {name: {"fingerprint": ctx.manifest.get("fingerprints", {}).get(name),
-                   **{k: stages.get(name, {}).get(k) for k in ("shards_done", "out")}}
-            for name in INPUTS if ctx.store.shard_indices(name)}
+    """What export reads: each input stage's fingerprint and the content of its finished shards (the sha256 of
+    each data part, recorded when it was written), so a shard redone with other content makes export run again."""
+    store = ctx.store
+    out = {}
+    for name in INPUTS:
+        indices = store.shard_indices(name)
+        if not indices:
+            continue
+        h = hashlib.sha256()
+        for i in indices:
+            recorded = ((store.read_stats(name, i).get("files") or {}).get("data") or {}).get("sha256")
+            h.update(f"{i} {recorded or file_digest(store.layout.shard(name, i))['sha256']}\n".encode())
+        out[name] = {"fingerprint": ctx.manifest.get("fingerprints", {}).get(name), "shards": len(indices),
+                     "sha256": h.hexdigest()}
+    return out
 
 
 def outputs(ctx: RunContext) -> list:
-    return [ctx.store.layout.card]
+    layout = ctx.store.layout
+    return [layout.card, *(layout.split_file(name, split) for name in ("sft", "preferences")
+                           for split in ("train", "test"))]
 
 
 def run(ctx: RunContext) -> dict:

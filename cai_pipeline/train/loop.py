@@ -30,7 +30,7 @@ from accelerate.utils import gather_object
 
 from cai_pipeline.errors import UserError
 from cai_pipeline.records import RejectRecord
-from cai_pipeline.store import TrainLayout, atomic_write_json, atomic_write_text, write_parquet
+from cai_pipeline.store import TrainLayout, atomic_write_json, atomic_write_text, mark_folder, write_parquet
 from cai_pipeline.train.batches import StepPlan, epoch_order, shard_batches
 from cai_pipeline.train.config import TrainConfig
 from cai_pipeline.train.data import collate_pairs, end_token_ids, find_splits, tokenize_rows
@@ -58,6 +58,7 @@ def train_here(job: TrainJob) -> dict:
     data = load_data(job.data, data_files, tokenizer, lm, cfg)
     states = TrainStates(files, cfg.keep_states)
     if accelerator.is_main_process:
+        mark_folder(files.log_dir)  # ours from now on: a later training may write here again
         write_parquet(files.rejects, data.rejects, RejectRecord)
         if job.restart:
             states.clear()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cai_pipeline.store import atomic_write
+
 GROUPS = {
     "loss": ["loss"],
     "rewards": ["rewards/chosen", "rewards/rejected", "rewards/margins"],
@@ -47,7 +49,7 @@ def plot_metrics(metrics_path: Path, out_dir: Path) -> list[Path]:
             ax.legend(fontsize=7)
             fig.tight_layout()
             path = out_dir / f"{name}.png"
-            fig.savefig(path, dpi=100)
+            atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=100))
             written.append(path)
         plt.close(fig)
     return written

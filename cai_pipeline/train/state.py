@@ -15,9 +15,11 @@ of rank 0 writes; every process reads. A state made with other settings is refus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,20 +97,32 @@ class TrainStates:
         self.layout, self.keep = layout, keep
 
     def steps(self) -> list[int]:
-        """Steps of the whole states on disk, oldest first (a folder without state.json is not one)."""
+        """Steps of the whole states on disk, oldest first (a folder without our state.json is not one)."""
         folder = self.layout.states
         if not folder.is_dir():
             return []
-        return sorted(int(p.name[5:]) for p in folder.glob("step-*") if (p / "state.json").exists())
+        return sorted(int(p.name[5:]) for p in folder.glob("step-*") if _STATE.fullmatch(p.name) and _is_state(p))
 
     def tidy(self) -> None:
-        """Remove what a killed save or prune left behind (hidden temporary folders)."""
+        """Remove what a killed save or prune left behind: the hidden folders atomic_folder and prune name
+        (`.step-00000004.tmp`, `.old`, `.deleting`), and nothing else — train.log_dir may be a user's folder."""
         if self.layout.states.is_dir():
-            for p in self.layout.states.glob(".*"):
-                shutil.rmtree(p, ignore_errors=True)
+            for p in self.layout.states.iterdir():
+                if _LEFTOVER.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
 
     def clear(self) -> None:
-        shutil.rmtree(self.layout.states, ignore_errors=True)
+        """Remove every state (a state folder is ours: our marker, or a state.json of ours), what saves left
+        behind, then the states folder if that left it empty. Anything else in it stays."""
+        folder = self.layout.states
+        if not folder.is_dir() or folder.is_symlink():
+            return
+        self.tidy()
+        for p in folder.glob("step-*"):
+            if _STATE.fullmatch(p.name) and p.is_dir() and not p.is_symlink() and _is_state(p):
+                shutil.rmtree(p, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
 
     def save(self, step: int, *, lm, optimizer, scheduler, rng: list[dict], order: np.ndarray, refs: dict,
              metrics: list[str], info: dict) -> Path:
@@ -149,6 +163,19 @@ class TrainStates:
             check_compatible(path, info, fingerprint, world)
             return Saved(path, info, trainer, metrics)
         return None
+
+
+_STATE = re.compile(r"step-\d{8}")
+_LEFTOVER = re.compile(r"\.step-\d{8}\.(tmp|old|deleting)")
+
+
+def _is_state(path: Path) -> bool:
+    if store.folder_is_ours(path):
+        return True
+    try:  # a state written before states carried the marker
+        return "format" in json.loads((path / "state.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def check_compatible(path: Path, info: dict, fingerprint: dict, world: int) -> None:

@@ -79,3 +79,18 @@ def test_mistakes_are_one_line(args, needles, capsys):
 def test_a_run_without_pairs_says_what_to_run(tmp_path, capsys):
     code = cli.main(["judge-check", str(REPO / "configs" / "demo.yaml"), f"out_dir={tmp_path / 'none'}"])
     one_line(capsys, code, "no pairs in the run folder", "cai run")
+
+
+def test_the_data_forms_out_folder_is_never_someone_elses(tmp_path, capsys):
+    """--out names a folder we write README.md, summary.json and shifts.png into: one with files of the user's
+    is refused before any model loads (--model names none that exists), and left as it was."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p.prompt[0]["content"], "chosen": p.a, "rejected": p.b}) + "\n"
+                            for p in make_pairs(2)))
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "README.md").write_text("my project")
+    code = cli.main(["judge-check", "--data", str(data), "--model", str(tmp_path / "none"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out" in err and "did not write" in err and len(err.strip().splitlines()) == 1
+    assert (out / "README.md").read_text() == "my project"

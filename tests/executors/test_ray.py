@@ -40,6 +40,7 @@ from cai_pipeline.config import load_config
 from cai_pipeline.errors import UserError
 from cai_pipeline.executors.ray import RayExecutor
 from cai_pipeline.pipeline import run_pipeline
+from cai_pipeline.store import file_digest
 from tests.conftest import REPO, missing
 
 pytestmark = pytest.mark.model
@@ -261,9 +262,12 @@ def test_shards_that_fail_for_good_are_named_and_the_next_run_does_only_them(rel
     shutil.copytree(reference, out)
     for folder in ("revise", "stats/revise", "rejects/revise"):
         shutil.rmtree(out / folder)
-    broken = out / "sample" / "part-00002.parquet"
-    good = broken.read_bytes()
-    pq.write_table(pa.table({"junk": [1, 2]}), broken)  # Parquet, but not a sample shard
+    broken, stats = out / "sample" / "part-00002.parquet", out / "stats" / "sample" / "part-00002.json"
+    good, good_stats = broken.read_bytes(), stats.read_text()
+    pq.write_table(pa.table({"junk": [1, 2]}), broken)  # Parquet, but not a sample shard ...
+    recorded = json.loads(good_stats)
+    recorded["files"]["data"] = file_digest(broken)  # ... recorded as written: not damaged, just wrong for revise
+    stats.write_text(json.dumps(recorded))
     cfg = config(out, prompts, "executor.kind=ray", "executor.shard_retries=1", "stages=[revise]")
     # Kill an actor that has been running a shard for a while before any shard finished: shard 0 or 1 (the
     # broken shard 2 fails in milliseconds), so that one is retried on the restarted actor.
@@ -277,6 +281,7 @@ def test_shards_that_fail_for_good_are_named_and_the_next_run_does_only_them(rel
     assert sorted(contents(out, "revise")) == ["revise/part-00000.parquet", "revise/part-00001.parquet"]
 
     broken.write_bytes(good)
+    stats.write_text(good_stats)
     manifest = run_pipeline(config(out, prompts, "executor.kind=ray", "stages=[revise]"))
     assert manifest["last_run"]["revise"] == "resumed (2 of 3 shards were done)"
     assert_same(contents(out, "revise"), contents(reference, "revise"))

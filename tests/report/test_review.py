@@ -153,3 +153,19 @@ def test_the_judge_check_section(browser, report_run, tmp_path):  # noqa: F811
         page.clean()
     finally:
         page.close()
+
+
+def test_review_files_go_only_into_a_new_empty_or_earlier_review_folder(report_run, tmp_path, capsys):
+    """--review-files names a folder we fill with files of fixed names (README.md among them): a folder of
+    the user's is refused, nothing in it touched; our own earlier folder is written again."""
+    from tests.conftest import one_line
+
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "judge.jsonl").write_text("the user's file")
+    one_line(capsys, cli.main(["report", str(report_run), "-o", str(tmp_path / "r.html"), "--review-files",
+                               str(mine)]), "--review-files", "did not write")
+    assert [p.name for p in mine.iterdir()] == ["judge.jsonl"] and (mine / "judge.jsonl").read_text() == "the user's file"
+    ours = tmp_path / "review"
+    for _ in range(2):  # the second time into a folder that is ours
+        assert cli.main(["report", str(report_run), "-o", str(tmp_path / "r.html"), "--review-files", str(ours)]) == 0

@@ -94,8 +94,8 @@ def test_a_state_from_other_settings_is_refused_and_restart_discards_it(tiny_mod
 def test_a_state_records_everything_it_resumes_from(tiny_model, make_cfg, pairs_dir):
     s = train_run(make_cfg(tiny_model, pairs_dir, **{**COMMON, "max_steps": 2}))
     state = Path(s["log_dir"]) / "state" / "step-00000002"
-    assert sorted(p.name for p in state.iterdir()) == ["metrics.jsonl", "state.json", "trainer.pt",
-                                                       "weights.safetensors"]
+    assert sorted(p.name for p in state.iterdir()) == ["cai-pipeline.json", "metrics.jsonl", "state.json",
+                                                       "trainer.pt", "weights.safetensors"]
     info = json.loads((state / "state.json").read_text())
     assert info["step"] == 2 and info["world"] == 1 and info["epoch"] == 0 and info["position"] == 2
     assert info["fingerprint"]["settings"]["train"]["lr"] == 1e-3 and "data_sha256" in info["fingerprint"]["inputs"]
