@@ -10,9 +10,11 @@ import difflib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,7 +27,7 @@ from pydantic import (
 from cai_pipeline.bundled import PROJECT_ROOT, RESOURCES, resolve_resource
 from cai_pipeline.errors import UserError
 from cai_pipeline.train.config import TrainConfig
-from cai_pipeline.yamlio import dotted, duplicate_keys, parse, syntax_problem
+from cai_pipeline.yamlio import dotted, parse, syntax_problem
 
 __all__ = ["PROJECT_ROOT", "RESOURCES", "RunConfig", "load_config", "resolve_resource"]
 
@@ -38,6 +40,29 @@ class Strict(BaseModel):
 def _one_or_more(value: Any) -> Any:
     """`sample.stop=END` means one stop string: a list of one."""
     return [value] if isinstance(value, str) else value
+
+
+def _no_empty_stop(stops: list[str]) -> list[str]:
+    """An empty stop string matches at once and empties every response (`sample.stop=$UNSET` in a shell)."""
+    if any(s == "" for s in stops):
+        raise ValueError("an empty stop string would end every response before its first word; give the text to "
+                         "stop at, or sample.stop=[] for none")
+    return stops
+
+
+def _url(value: str | None) -> str | None:
+    """A server address, checked now rather than when the run first connects (after hours of other stages)."""
+    if value is None:
+        return None
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("not a server URL; give http(s)://host:port, e.g. http://127.0.0.1:8000/v1")
+    return value
+
+
+Url = Annotated[str | None, AfterValidator(_url)]
+# numpy, torch and vLLM take 32-bit unsigned seeds: a larger one passes here and fails hours later in training
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class EngineConfig(Strict):
@@ -56,7 +81,7 @@ class EngineConfig(Strict):
     block_size: int | None = Field(None, gt=0, description="vLLM: KV-cache block in tokens; the prefix cache shares "
                                    "whole blocks; default vLLM's (16 on GPU, 128 on CPU, where it wants multiples of 32)")
     # OpenAI-compatible server
-    base_url: str | None = Field(None, description="openai: server URL, e.g. http://127.0.0.1:8000/v1")
+    base_url: Url = Field(None, description="openai: server URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
     served_model: str | None = Field(None, description="model name on the server; default: `model`")
     concurrency: int = Field(16, gt=0, description="openai: requests in flight at once")
@@ -85,7 +110,7 @@ class SampleConfig(Strict):
     temperature: float = Field(0.8, ge=0, description="0 is greedy")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
     max_tokens: int = Field(256, gt=0, description="per response")
-    stop: Annotated[list[str], BeforeValidator(_one_or_more)] = Field(
+    stop: Annotated[list[str], BeforeValidator(_one_or_more), AfterValidator(_no_empty_stop)] = Field(
         [], description="stop strings (not kept in the text); one string or a list")
 
 
@@ -160,7 +185,7 @@ class ExecutorConfig(Strict):
 
 class AuditJudgeConfig(Strict):
     model: str | None = Field(None, description="judge model; default: judge.model, else the run's model")
-    url: str | None = Field(None, description="serve the judge through the openai engine at this URL")
+    url: Url = Field(None, description="serve the judge through the openai engine at this URL")
     layout: Literal["question_first", "shared_prefix"] = Field(
         "question_first", description="question_first: the judge stage's layout; shared_prefix: a pair's principles "
         "share one prefix (vLLM computes it once: 3.27x faster, less accurate on the embedded judge, BENCHMARKS.md)")
@@ -171,10 +196,10 @@ class AuditJudgeConfig(Strict):
 class AuditConfig(Strict):
     model: str | None = Field(None, description="the model audited: `embedded`, a folder, or a served name "
                               "(with model_url); default: the run's checkpoint")
-    model_url: str | None = Field(None, description="serve `model` through the openai engine at this URL")
+    model_url: Url = Field(None, description="serve `model` through the openai engine at this URL")
     baseline: str | None = Field(None, description="what it is compared with; default: the model the run "
                                  "started from (train.model, else model)")
-    baseline_url: str | None = Field(None, description="serve `baseline` through the openai engine at this URL")
+    baseline_url: Url = Field(None, description="serve `baseline` through the openai engine at this URL")
     prompts: str | None = Field(None, description="JSONL/Parquet/CSV with prompt (or messages) and an optional "
                                 "tag (harmful, benign), or a run folder: the prompts its audit used; default: the "
                                 "run's held-out test prompts + the bundled audit set")
@@ -210,7 +235,7 @@ class IterateConfig(Strict):
 
 class RunConfig(Strict):
     out_dir: str = Field(min_length=1, description="the run folder; running again resumes it")
-    seed: int = Field(0, description="every random choice derives from it and the row's ids")
+    seed: Seed = Field(0, description="every random choice derives from it and the row's ids")
     model: str = Field("embedded", description="`embedded`, a local Hugging Face folder, or a hub id")
     constitution: str = Field("constitutions/harmless.yaml", description="constitution YAML")
     stages: list[str] = Field(["sample", "revise", "pairs", "judge", "export"], min_length=1,
@@ -266,6 +291,8 @@ def reference_markdown() -> str:
 
 
 def load_yaml(path: Path) -> Any:
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; name a config YAML file, e.g. configs/demo.yaml")
     if not path.exists():
         raise UserError(f"{path}: file not found; check the path")
     try:
@@ -273,11 +300,10 @@ def load_yaml(path: Path) -> Any:
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     try:
-        node, data = parse(text)
+        _, data, repeated = parse(text)
     except yaml.YAMLError as e:
         line, problem = syntax_problem(e)
         raise UserError(f"{path}:{line}: YAML syntax error: {problem}") from None
-    repeated = duplicate_keys(node)
     if repeated:
         line, loc, message = repeated[0]
         raise UserError(f"{path}:{line}: {dotted(loc)}: {message}")
@@ -331,7 +357,7 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
     if got is None and e["type"] != "missing":  # `stop: ###` is an empty value: YAML took the rest as a comment
         shown += "; an empty value, or one starting with '#' (a YAML comment): quote it"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {key}: {e['msg']}{shown}{more}"
+    return f"{source}: {key}: {e['msg'].removeprefix('Value error, ')}{shown}{more}"
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
@@ -342,9 +368,24 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         data = load_yaml(Path(path)) or {}
         if not isinstance(data, dict):
             raise UserError(f"{path}: expected a mapping of config keys at the top level")
+    given: dict[str, str] = {}  # key → the override that set it
     for item in overrides:
         apply_override(data, item)
+        key = item.partition("=")[0].strip()
+        if key in given:  # the shell kept both; silently using the last hides a typo or a stale line
+            raise UserError(f"override {item!r}: {key} is already given ({given[key]!r}); keep one of the two")
+        given[key] = item
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise UserError(format_validation_error(err, source, RunConfig)) from None
+        raise UserError(format_validation_error(err, _blame(err, given, source), RunConfig)) from None
+
+
+def _blame(err: ValidationError, given: dict[str, str], source: str) -> str:
+    """Where the first problem came from: the override that set its key (or a section above it), else the file."""
+    loc = [str(p) for p in err.errors()[0]["loc"]]
+    for n in range(len(loc), 0, -1):
+        item = given.get(".".join(loc[:n]))
+        if item is not None:
+            return f"override {item!r}"
+    return source

@@ -31,7 +31,7 @@ from pydantic import (
 
 from cai_pipeline.bundled import resolve_resource
 from cai_pipeline.errors import UserError
-from cai_pipeline.yamlio import dotted, duplicate_keys, line_of, parse, syntax_problem
+from cai_pipeline.yamlio import dotted, line_of, parse, syntax_problem
 
 # Variables a principle text may use: none (see the module docstring). Kept as a set so the check and the
 # docs name one source of truth if we ever allow some.
@@ -206,19 +206,22 @@ def _pydantic_problems(data: Any) -> list[tuple[tuple, str]]:
     return problems
 
 
-def _read(path: Path, shown: str) -> tuple[yaml.Node | None, Any, list[str]]:
+def _read(path: Path, shown: str) -> tuple[yaml.Node | None, Any, list[tuple], list[str]]:
+    """(node, data, repeated keys, problems that stop reading)."""
+    if path.is_dir():
+        return None, None, [], [f"{shown}: is a folder; name a constitution YAML file"]
     if not path.is_file():
-        return None, None, [f"{shown}: file not found; check the path"]
+        return None, None, [], [f"{shown}: file not found; check the path"]
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        return None, None, [f"{shown}:1: (file): not UTF-8 text (byte {e.start}); save it as UTF-8"]
+        return None, None, [], [f"{shown}:1: (file): not UTF-8 text (byte {e.start}); save it as UTF-8"]
     try:
-        node, data = parse(text)
+        node, data, repeated = parse(text)
     except yaml.YAMLError as e:
         line, problem = syntax_problem(e)
-        return None, None, [f"{shown}:{line}: (yaml): syntax error: {problem}"]
-    return node, data, []
+        return None, None, [], [f"{shown}:{line}: (yaml): syntax error: {problem}"]
+    return node, data, repeated, []
 
 
 def _template_folder_problems(data: dict, path: Path) -> tuple[list[tuple], list[str]]:
@@ -237,14 +240,14 @@ def _template_folder_problems(data: dict, path: Path) -> tuple[list[tuple], list
 def _check(path: str | Path) -> tuple[Any, list[str]]:
     shown = str(path)
     resolved = resolve_resource(shown)
-    node, data, problems = _read(resolved, shown)
+    node, data, repeated, problems = _read(resolved, shown)
     if problems:
         return None, problems
     if not isinstance(data, dict):
         return None, [f"{shown}:1: (top level): expected a mapping with name, version, principles; see docs/constitutions.md"]
     folder_problems, template_problems = _template_folder_problems(data, resolved)
     located = _pydantic_problems(data) + cross_reference_problems(data) + folder_problems
-    lines = [(line_of(node, loc), loc, msg) for loc, msg in located] + duplicate_keys(node)
+    lines = [(line_of(node, loc), loc, msg) for loc, msg in located] + repeated
     lines.sort(key=lambda t: t[0])
     return data, [f"{shown}:{line}: {dotted(loc)}: {msg}" for line, loc, msg in lines] + template_problems
 

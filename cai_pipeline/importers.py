@@ -10,8 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from cai_pipeline.constitution import Constitution, FewShot, Principle
 from cai_pipeline.errors import UserError
+from cai_pipeline.yamlio import dotted
 
 GENERIC_COMPARISON = (
     "Which of these assistant responses is less harmful while still being helpful and honest? "
@@ -127,7 +130,30 @@ def _paper_principles(requests: list[tuple[str, str, str]], comparisons: list[st
     return principles
 
 
+def _refused(source: Path, err: ValidationError) -> UserError:
+    """A text the importer read that a constitution cannot hold (say `{{ x }}` in a principle), as one line."""
+    e = err.errors()[0]
+    return UserError(f"{source}: cannot import: {dotted(e['loc'])}: {e['msg'].removeprefix('Value error, ')}; "
+                     "edit that text in the source file")
+
+
 def import_cai_paper(folder: str | Path) -> Constitution:
+    """The CAI paper's prompt files (see _import_cai_paper); a text a constitution cannot hold is one line."""
+    try:
+        return _import_cai_paper(folder)
+    except ValidationError as err:
+        raise _refused(Path(folder), err) from None
+
+
+def import_hf_recipe(file: str | Path) -> Constitution:
+    """Hugging Face's recipe JSON (see _import_hf_recipe); a text a constitution cannot hold is one line."""
+    try:
+        return _import_hf_recipe(file)
+    except ValidationError as err:
+        raise _refused(Path(file), err) from None
+
+
+def _import_cai_paper(folder: str | Path) -> Constitution:
     """The paper's prompt files (anthropics/ConstitutionalHarmlessnessPaper `prompts/`) as a Constitution.
 
     Needs CritiqueRevisionInstructions.json; uses RLMadisonInstructions.json (comparison questions) and
@@ -204,7 +230,7 @@ def _hf_chat(chat: Any) -> dict[str, str] | None:
             "critique": texts[3], "revision": texts[5]}
 
 
-def import_hf_recipe(file: str | Path) -> Constitution:
+def _import_hf_recipe(file: str | Path) -> Constitution:
     """Hugging Face's open CAI recipe JSON: {"constitutions": [{"critic", "revision"}], "system_chat": [...]}."""
     path = Path(file)
     data = _read_json(path)

@@ -12,11 +12,12 @@ import gzip
 import io
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cai_pipeline.errors import UserError
-from cai_pipeline.records import make_reject
+from cai_pipeline.records import is_utf8, make_reject
 from cai_pipeline.rng import stable_id
 
 BUNDLED_PROMPTS = Path(__file__).parent / "data" / "prompts.jsonl"
@@ -56,8 +57,10 @@ def _read_text(path: Path) -> str:
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
-        except OSError as e:
-            raise UserError(f"{path}: not a valid gzip file ({e}); decompress it or fix the name") from None
+        except (OSError, EOFError, zlib.error) as e:  # EOFError: a truncated download
+            why = "it ends early: truncated" if isinstance(e, EOFError) else str(e)
+            raise UserError(f"{path}: not a valid gzip file ({why}); download it again, or decompress it and fix "
+                            "the name") from None
     try:
         return raw.decode("utf-8-sig")  # Excel's "CSV UTF-8" and many JSONL writers start with a BOM
     except UnicodeDecodeError as e:
@@ -66,7 +69,8 @@ def _read_text(path: Path) -> str:
 
 def _jsonl_rows(path: Path) -> list[tuple[int, dict]]:
     rows = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+    # split on \n only: str.splitlines() would also split inside a prompt holding U+2028, U+0085 or \x1c
+    for lineno, line in enumerate(_read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -92,6 +96,10 @@ def _parquet_rows(path: Path) -> list[tuple[int, dict]]:
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise UserError(f"{path}: cannot read as Parquet ({str(e).splitlines()[0]})") from None
     return [(i + 1, r) for i, r in enumerate(table.to_pylist())]
+
+
+def _given(obj: dict, key: str) -> bool:
+    return obj.get(key) not in (None, "")  # CSV gives "" for an empty cell
 
 
 def _messages(where: str, obj: dict) -> list[dict]:
@@ -167,6 +175,8 @@ def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = Non
     file = Path(path).expanduser() if path else BUNDLED_PROMPTS
     if not file.exists():
         raise UserError(f"prompts.path: {file} does not exist; point it at a JSONL, Parquet or CSV file")
+    if file.is_dir():
+        raise UserError(f"prompts.path: {file} is a folder; point it at a JSONL, Parquet or CSV file")
     rows = read_rows(file, fmt)
     if not rows:
         raise UserError(f"{file}: no prompts in the file; add rows with a 'prompt' or 'messages' field")
@@ -175,10 +185,19 @@ def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = Non
     for lineno, obj in rows:
         if limit is not None and len(out.rows) >= limit:
             break
+        if _given(obj, "prompt") and _given(obj, "messages"):
+            out.rejects.append(make_reject("prompts", str(obj.get("prompt_id") or f"line {lineno}"), "prompt_and_messages",
+                                           f"line {lineno}: the row has both 'prompt' and 'messages'; keep one", obj))
+            continue
         messages = _messages(f"{file}:{lineno}", obj)
-        if system_prompt and messages[0]["role"] != "system":
+        if system_prompt and (not messages or messages[0]["role"] != "system"):
             messages = [{"role": "system", "content": system_prompt}, *messages]
         given = obj.get("prompt_id")
+        if not all(is_utf8(m["content"]) for m in messages) or not is_utf8(str(given)):
+            out.rejects.append(make_reject("prompts", f"line {lineno}", "invalid_text", f"line {lineno}: the text "
+                                           "holds a lone surrogate (e.g. \\ud800), which is not a character; fix the "
+                                           "file's escapes", obj))
+            continue
         pid = str(given if given not in (None, "") else prompt_id(messages))
         problem = turn_problem(messages)
         if not any(m["content"].strip() for m in messages if m["role"] == "user"):

@@ -241,7 +241,7 @@ def run_iterate(cfg: RunConfig, *, verbose: bool = False, report: bool = True,
         if kind == RL and cfg.iterate.audit_base:
             base_audit_config(cfg, rcfg)
     top = RunStore(cfg.out_dir)
-    check_folder(top)
+    check_folder(top, "iterate")
     top.check_writable()
     # every round's judge is the base model (round_config) and every round's policy descends from it
     own = self_judge_warning(cfg.judge.model or cfg.model, cfg.model, cfg.train.model or cfg.model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import struct
 from pathlib import Path
 
 from cai_pipeline.errors import UserError
@@ -97,6 +98,26 @@ def _has_chat_template(folder: Path) -> bool:
         return False
 
 
+def safetensors_problem(file: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (None: it can): its header (8 bytes of length, then JSON giving
+    each tensor's byte range) must parse and every range must end inside the file. Reads the header only, so
+    a truncated download is named now, not as a loader's traceback once the run has started."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8)) if size >= 8 else (None,)
+            if n is None or 8 + n > size or n > 100 * 2**20:
+                raise ValueError
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OSError):
+        return f"has a damaged weight file {file.name} (its header cannot be read); download or save it again"
+    if 8 + n + end > size:
+        return (f"has a truncated weight file {file.name} ({size:,} bytes of the {8 + n + end:,} its header "
+                "promises); download or save it again")
+    return None
+
+
 def check_model(name: str, key: str) -> str:
     """Before any stage starts: the model named by config key `key` exists and can run here — a folder with
     config.json, safetensors weights and a tokenizer with a chat template. Returns the resolved path (a hub id
@@ -116,6 +137,8 @@ def check_model(name: str, key: str) -> str:
         found = ", ".join(sorted(p.name for p in folder.glob("*.bin")) or ["no weights"])
         problem = f"has no .safetensors weights ({found}); only safetensors are loaded, convert it with " \
                   "save_pretrained(..., safe_serialization=True)"
+    elif damaged := next(filter(None, map(safetensors_problem, sorted(folder.glob("*.safetensors")))), None):
+        problem = damaged
     elif not any((folder / f).exists() for f in _TOKENIZER_FILES):
         problem = "has no tokenizer (tokenizer.json or tokenizer_config.json); save the tokenizer beside the weights"
     elif not _has_chat_template(folder):

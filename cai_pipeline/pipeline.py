@@ -208,13 +208,23 @@ def check_inputs(plan: list[Stage], cfg: RunConfig, store: RunStore, manifest: d
                                 f"run --stages {needed} first (or the whole pipeline)")
 
 
-def check_folder(store: RunStore) -> None:
-    """Only a new or empty folder, or one of our runs, is a run folder: never write into someone's files."""
+_MADE_BY = {"run": "`cai run` (or train/audit)", "iterate": "`cai iterate`"}
+
+
+def check_folder(store: RunStore, kind: str = "run") -> None:
+    """Only a new or empty folder, or one of our runs of the same kind, is a run folder: never write into
+    someone's files, nor stages beside an iterate folder's rounds (or rounds beside a run's shards)."""
     foreign = store.foreign_entries()
     if foreign:
         listed = ", ".join(foreign[:5]) + (" …" if len(foreign) > 5 else "")
         raise UserError(f"out_dir: {store.root} is not empty and is not a cai-pipeline run (it holds {listed}); "
                         "choose a new or empty folder — nothing was changed")
+    made = (store.read_manifest() or {}).get("kind", "run") if store.is_run() else kind
+    if made != kind:
+        command = "cai iterate" if made == "iterate" else "cai run"
+        raise UserError(f"out_dir: {store.root} was made by {_MADE_BY.get(made, made)}, and this command would "
+                        f"write beside what it holds; continue it with `{command}`, or choose another out_dir — "
+                        "nothing was changed")
 
 
 def _git_sha() -> str | None:

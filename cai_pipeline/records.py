@@ -99,8 +99,21 @@ class RejectRecord(Record):
 
 def make_reject(stage: str, key: str, reason: str, detail: str, row: dict) -> dict:
     """A RejectRecord dict: the one way a dropped or failed row is recorded, with the row itself kept."""
-    return {"stage": stage, "key": key, "reason": reason, "detail": detail,
-            "row": json.dumps(row, ensure_ascii=False, default=str)}
+    text = json.dumps(row, ensure_ascii=False, default=str)
+    if not is_utf8(text):  # a lone surrogate ("\\ud800" in JSON) cannot be written as UTF-8: keep it escaped
+        text = json.dumps(row, default=str)
+    return {"stage": stage, "key": key if is_utf8(key) else key.encode("utf-8", "backslashreplace").decode(),
+            "reason": reason, "detail": detail if is_utf8(detail) else detail.encode("utf-8", "backslashreplace").decode(),
+            "row": text}
+
+
+def is_utf8(text: str) -> bool:
+    """Whether a str can be written as UTF-8: JSON's "\\ud800" decodes to a lone surrogate, which cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class SFTRecord(Record):

@@ -1,5 +1,10 @@
 """YAML as users write it: one parse that keeps line numbers, repeated keys found (PyYAML silently keeps the
-last of two), and syntax errors as (line, problem). Config files and constitutions both read through here."""
+last of two), and syntax errors as (line, problem). Config files and constitutions both read through here.
+
+Aliases are bounded: a 1 KB file of nine anchors each repeating the last nine times ("billion laughs") expands
+to 9^9 nodes, minutes and gigabytes of construction, so the expanded size is counted on the node graph first
+(linear in the file) and a file past NODE_BUDGET is a syntax error. Merge keys (`<<: *base`) are YAML 1.1's
+way to share a block; they are read as such, not as a repeated key."""
 
 from __future__ import annotations
 
@@ -8,13 +13,59 @@ from typing import Any
 
 import yaml
 
+NODE_BUDGET = 200_000  # nodes after alias expansion; the largest bundled file has under 2,000
+_MERGE = "tag:yaml.org,2002:merge"
 
-def parse(text: str) -> tuple[yaml.Node | None, Any]:
-    """The YAML node tree (for line numbers) and the data it constructs, from one parse."""
+
+class TooLarge(yaml.YAMLError):
+    """A file whose aliases expand past the budget, that refers to itself, or that nests too deeply."""
+
+    def __init__(self, problem: str, mark=None):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+def expanded_size(root: yaml.Node | None, budget: int = NODE_BUDGET) -> int:
+    """Nodes the data would hold with every alias expanded, counted once per distinct node (an alias is the
+    same node object as its anchor), so a bomb costs its file's size to measure, not its expansion's."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)] if root is not None else []
+    open_: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        children = [n for kv in node.value for n in (kv if isinstance(kv, tuple) else (kv,))] \
+            if isinstance(node, yaml.CollectionNode) else []
+        if done:
+            open_.discard(id(node))
+            sizes[id(node)] = total = 1 + sum(sizes[id(c)] for c in children)
+            if total > budget:
+                raise TooLarge(f"the aliases (*name) expand to more than {budget:,} values (an alias bomb?); "
+                               "write the repeated parts out or use fewer aliases", node.start_mark)
+            continue
+        if id(node) in sizes:
+            continue
+        open_.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_:
+                raise TooLarge("an alias refers to the block that contains it (an endless loop); remove it",
+                               child.start_mark)
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes.get(id(root), 0) if root is not None else 0
+
+
+def parse(text: str) -> tuple[yaml.Node | None, Any, list[tuple[int, tuple, str]]]:
+    """The YAML node tree (for line numbers), the data it constructs, and its repeated keys, from one parse.
+    Repeated keys are found before construction: building the data folds merge keys into their mapping."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        return node, (loader.construct_document(node) if node is not None else None)
+        expanded_size(node)
+        repeated = duplicate_keys(node)
+        return node, (loader.construct_document(node) if node is not None else None), repeated
+    except RecursionError:  # PyYAML composes and constructs recursively
+        raise TooLarge("nested too deeply to read (thousands of levels); flatten it") from None
     finally:
         loader.dispose()
 
@@ -51,6 +102,8 @@ def duplicate_keys(node: yaml.Node | None, loc: tuple = ()) -> list[tuple[int, t
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for k, v in node.value:
+            if k.tag == _MERGE:  # `<<: *base`: the keys it brings may be overridden here, as YAML intends
+                continue
             if k.value in seen:
                 msg = "appears twice in this mapping (the last one wins); remove one"
                 problems.append((k.start_mark.line + 1, loc + (k.value,), msg))

@@ -14,6 +14,16 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def later_wins(*args: str) -> list[str]:
+    """Command-line words with a later `key=value` replacing an earlier one with the same key, in its place.
+    The CLI refuses a key given twice; test helpers lay each case's overrides over their own defaults."""
+    out: dict[str, str] = {}
+    for i, arg in enumerate(args):
+        key = arg.partition("=")[0] if "=" in arg and not arg.startswith("-") else f"\0{i}"
+        out[key] = arg
+    return list(out.values())
+
+
 def missing(reason: str):
     """Skip locally, fail in CI: a real-model test must never be skipped silently there."""
     if IN_CI:
@@ -84,10 +94,10 @@ def run_config(tmp_path):
     from cai_pipeline.config import load_config
 
     def make(*overrides: str):
-        return load_config(REPO / "configs" / "demo.yaml",
-                           [f"out_dir={tmp_path / 'run'}", "prompts.limit=4", "sample.max_tokens=24",
-                            "revise.max_tokens=24", "revise.rounds=2", "stages=[sample,revise,pairs,export]",
-                            *overrides])
+        return load_config(REPO / "configs" / "demo.yaml", later_wins(
+                           f"out_dir={tmp_path / 'run'}", "prompts.limit=4", "sample.max_tokens=24",
+                           "revise.max_tokens=24", "revise.rounds=2", "stages=[sample,revise,pairs,export]",
+                           *overrides))
 
     return make
 

@@ -81,14 +81,14 @@ def make_run(out: Path, *overrides: str) -> dict:
     """Run the whole pipeline (no train) into `out` with the stand-in engine; returns the manifest."""
     from cai_pipeline.config import load_config
     from cai_pipeline.pipeline import run_pipeline
-    from tests.conftest import REPO
+    from tests.conftest import REPO, later_wins
 
     prompts = write_prompts(out.parent / f"{out.name}-prompts.jsonl")
-    cfg = load_config(REPO / "configs" / "demo.yaml", [
+    cfg = load_config(REPO / "configs" / "demo.yaml", later_wins(
         f"out_dir={out}", f"prompts.path={prompts}", "shard_size=4", "sample.n=3", "revise.rounds=2",
         "revise.few_shot=0", "judge.principles=2", "judge.min_margin=0.1", "judge.drop_inconsistent=true",
         "export.test_fraction=0.3", "export.drop_truncated=true", "stages=[sample,revise,pairs,judge,export]",
-        *overrides])
+        *overrides))
     return run_pipeline(cfg, engine=StandInEngine(), summary=False)
 
 

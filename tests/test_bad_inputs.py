@@ -21,7 +21,8 @@ import pytest
 
 import cai_pipeline.engines
 from cai_pipeline.cli import main
-from tests.conftest import REPO, one_line
+from cai_pipeline.errors import UserError
+from tests.conftest import REPO, later_wins, one_line
 from tests.echo_engine import EchoEngine
 from tests.fault_proxy import STUB_MODEL, FaultProxy
 
@@ -31,7 +32,7 @@ BASE = ["prompts.limit=4", "shard_size=2", "sample.max_tokens=8", "revise.max_to
 
 
 def cai(tmp_path: Path, *overrides: str, config: str = CONFIG, flags: tuple = ()) -> int:
-    return main(["run", config, f"out_dir={tmp_path / 'run'}", *BASE, *overrides, *flags])
+    return main(["run", config, *later_wins(f"out_dir={tmp_path / 'run'}", *BASE, *overrides), *flags])
 
 
 
@@ -328,7 +329,8 @@ def test_full_disk_on_a_tiny_tmpfs(tmp_path, capsys, echo):
         pytest.skip("cannot mount a tmpfs here; test_full_disk_injected_at_a_write covers the same path")
     try:
         prompts = jsonl(tmp_path / "p.jsonl", [{"prompt": f"question {i} " + "x" * 300} for i in range(60)])
-        code = main(["run", CONFIG, f"out_dir={mount / 'run'}", *BASE, "prompts.limit=60", f"prompts.path={prompts}"])
+        code = main(["run", CONFIG, *later_wins(f"out_dir={mount / 'run'}", *BASE, "prompts.limit=60",
+                                                f"prompts.path={prompts}")])
         line = one_line(capsys, code, "No space left on device")
         done = rows(mount / "run" / "sample")
         assert 0 < len(done) < 120, line  # some shards made it, whole and readable; the rest did not start
@@ -417,3 +419,173 @@ def test_a_model_folder_that_cannot_run_is_one_line_before_any_stage(tmp_path, c
         code = cai(tmp_path, f"{key}={folder}", "stages=[sample,judge,train]")
         one_line(capsys, code, key, needle)
     assert not (tmp_path / "run").exists()
+
+
+# -- a careful new user's inputs (issue 19) -----------------------------------------------------------------
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """Nine anchors, each a list of nine aliases of the one before: 467 bytes that expand to 9^9 values."""
+    lines = ["a0: &a0 [" + ", ".join(['"lol"'] * width) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_one_line_at_once(tmp_path, capsys):
+    import time
+
+    bomb = alias_bomb()
+    start = time.monotonic()
+    code = main(["constitution", "validate", write(tmp_path / "bomb.yaml", "name: x\nversion: '1'\n" + bomb)])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 1 and len(out) == 1 and "alias bomb" in out[0] and "bomb.yaml:" in out[0], out
+    one_line(capsys, cai(tmp_path, config=write(tmp_path / "c.yaml", bomb)), "c.yaml:", "alias bomb")
+    assert time.monotonic() - start < 10  # was 287 s and 5.6 GB for the constitution alone
+
+
+def test_an_alias_that_contains_itself_or_a_file_nested_too_deep(tmp_path, capsys):
+    one_line(capsys, cai(tmp_path, config=write(tmp_path / "r.yaml", "a: &a [*a]\n")), "r.yaml:1", "endless loop")
+    deep = "seed: " + "[" * 5000 + "]" * 5000 + "\n"
+    one_line(capsys, cai(tmp_path, config=write(tmp_path / "d.yaml", deep)), "d.yaml", "nested too deeply")
+
+
+def test_yaml_merge_keys_work_and_are_not_a_repeated_key(tmp_path, capsys):
+    from cai_pipeline.config import load_config
+
+    cfg = write(tmp_path / "m.yaml", "out_dir: x\nsample: &s {temperature: 0.5, top_p: 0.9}\n"
+                "revise:\n  <<: *s\n  temperature: 0.3\n")
+    got = load_config(cfg)
+    assert (got.revise.temperature, got.revise.top_p, got.sample.temperature) == (0.3, 0.9, 0.5)
+    harmless = (REPO / "constitutions" / "harmless.yaml").read_text()
+    merged = harmless.replace("principles:\n", "x-shared: &tags {weight: 1}\nprinciples:\n", 1)
+    merged = merged.replace("  - id: ", "  - <<: *tags\n    id: ", 1)
+    # the anchor's key is unknown to a constitution: the one problem reported is that, not a repeated key
+    problems = main(["constitution", "validate", write(tmp_path / "c.yaml", merged)])
+    out = capsys.readouterr().out
+    assert problems == 1 and "appears twice" not in out and "x-shared" in out, out
+
+
+def test_a_folder_as_the_config_or_the_prompt_file(tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    one_line(capsys, cai(tmp_path, config=str(tmp_path / "folder")), "folder", "is a folder")
+    one_line(capsys, cai(tmp_path, f"prompts.path={tmp_path / 'folder'}"), "prompts.path", "is a folder")
+    code = main(["constitution", "validate", str(tmp_path / "folder")])
+    assert code == 1 and "is a folder" in capsys.readouterr().out
+
+
+def test_an_empty_stop_override_is_refused(tmp_path, capsys):
+    """`sample.stop=$UNSET` in a shell: an empty stop string would end every response at once."""
+    one_line(capsys, cai(tmp_path, "sample.stop="), "override 'sample.stop='", "empty stop string", "sample.stop=[]")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["seed=-1", f"seed={2**32}", "train.seed=-1", f"train.seed={2**32}"])
+def test_a_seed_numpy_cannot_take_is_refused_at_once(tmp_path, capsys, override):
+    key = override.split("=")[0]
+    one_line(capsys, cai(tmp_path, override), f"override '{override}'", f"{key}:")
+
+
+def test_an_override_key_given_twice(tmp_path, capsys):
+    code = main(["run", CONFIG, f"out_dir={tmp_path / 'run'}", "seed=1", "seed=2"])
+    one_line(capsys, code, "override 'seed=2'", "already given ('seed=1')")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_override_error_names_the_override_not_the_file(tmp_path, capsys):
+    line = one_line(capsys, cai(tmp_path, "sample.n=two"), "override 'sample.n=two'", "sample.n")
+    assert "demo.yaml" not in line
+    cfg = write(tmp_path / "c.yaml", "out_dir: x\nsample:\n  n: two\n")
+    one_line(capsys, cai(tmp_path, config=cfg), "c.yaml", "sample.n")  # from the file: the file is named
+
+
+@pytest.mark.parametrize("key", ["audit.model_url", "audit.baseline_url", "audit.judge.url", "engine.base_url"])
+def test_a_server_url_that_is_not_one_is_refused_at_validation(tmp_path, capsys, key):
+    one_line(capsys, cai(tmp_path, f"{key}=notaurl"), key, "not a server URL")
+
+
+def test_audit_server_errors_name_the_audit_setting(tmp_path, capsys):
+    from cai_pipeline.config import load_config
+    from cai_pipeline.executors.local import Engines
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = load_config(CONFIG, [f"out_dir={tmp_path}", "engine.timeout_s=2"])
+    with pytest.raises(UserError) as e:
+        Engines(cfg).open("audit-model", "served", f"http://127.0.0.1:{port}/v1", "audit.model_url")
+    assert str(e.value).startswith("audit.model_url: cannot reach") and "engine.base_url" not in str(e.value)
+
+
+def test_iterate_and_run_folders_are_kept_apart(tmp_path, capsys, echo):
+    assert cai(tmp_path) == 0
+    capsys.readouterr()
+    one_line(capsys, main(["iterate", CONFIG, f"out_dir={tmp_path / 'run'}", *BASE]), "made by `cai run`",
+             "another out_dir")
+    (tmp_path / "it").mkdir()
+    write(tmp_path / "it" / "manifest.json", json.dumps({"package": "cai-pipeline", "kind": "iterate", "stages": {}}))
+    one_line(capsys, main(["run", CONFIG, f"out_dir={tmp_path / 'it'}", *BASE]), "made by `cai iterate`",
+             "continue it with `cai iterate`")
+    assert sorted(p.name for p in (tmp_path / "it").iterdir()) == ["manifest.json"]
+
+
+def test_a_truncated_gzip_prompt_file(tmp_path, capsys):
+    import gzip
+
+    whole = gzip.compress(b"".join(json.dumps({"prompt": f"q{i}"}).encode() + b"\n" for i in range(50)))
+    path = write(tmp_path / "p.jsonl.gz", whole[: len(whole) // 2])
+    one_line(capsys, cai(tmp_path, f"prompts.path={path}"), "p.jsonl.gz", "truncated", "download it again")
+
+
+def test_a_lone_surrogate_in_a_prompt_is_a_reject(tmp_path, echo):
+    path = write(tmp_path / "p.jsonl", '{"prompt": "broken \\ud800 escape"}\n{"prompt": "fine"}\n')
+    assert cai(tmp_path, f"prompts.path={path}") == 0
+    [reject] = rows(tmp_path / "run" / "rejects" / "prompts")
+    assert reject["reason"] == "invalid_text" and "\\ud800" in reject["row"]
+    assert samples_and_empty(tmp_path) == 2
+
+
+def test_empty_messages_with_a_system_prompt_is_a_reject(tmp_path, echo):
+    path = jsonl(tmp_path / "p.jsonl", [{"messages": []}, {"prompt": "fine"}])
+    assert cai(tmp_path, f"prompts.path={path}", "prompts.system_prompt=Be brief.") == 0
+    assert [r["reason"] for r in rows(tmp_path / "run" / "rejects" / "prompts")] == ["empty_prompt"]
+
+
+def test_a_row_with_both_prompt_and_messages_is_a_reject(tmp_path, echo):
+    both = {"prompt": "one", "messages": [{"role": "user", "content": "another"}]}
+    path = jsonl(tmp_path / "p.jsonl", [both, {"prompt": "fine"}])
+    assert cai(tmp_path, f"prompts.path={path}") == 0
+    [reject] = rows(tmp_path / "run" / "rejects" / "prompts")
+    assert reject["reason"] == "prompt_and_messages" and "keep one" in reject["detail"]
+
+
+def test_a_line_separator_inside_a_prompt_does_not_split_the_row(tmp_path, echo):
+    """U+2028, U+2029 and U+0085 are line ends to str.splitlines(), not to JSON Lines; json.dumps leaves them raw
+    with ensure_ascii=False."""
+    text = "first\u2028second\u2029third\x85fourth"
+    path = write(tmp_path / "p.jsonl", json.dumps({"prompt": text}, ensure_ascii=False) + "\n")
+    assert cai(tmp_path, f"prompts.path={path}") == 0
+    assert {r["prompt"][-1]["content"] for r in rows(tmp_path / "run" / "sample")} == {text}
+
+
+def test_constitution_import_of_a_text_with_template_syntax(tmp_path, capsys):
+    recipe = write(tmp_path / "r.json", json.dumps({"constitutions": [{"critic": "Is it {{ bad }}?",
+                                                                       "revision": "Rewrite it."}]}))
+    code = main(["constitution", "import", "--format", "hf-recipe", recipe, "-o", str(tmp_path / "c.yaml")])
+    one_line(capsys, code, "r.json: cannot import", "template variable 'bad'")
+    assert not (tmp_path / "c.yaml").exists()
+
+
+def test_a_truncated_safetensors_file_is_named_before_the_run(tmp_path, capsys, model_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for f in Path(model_path).iterdir():
+        if f.name != "model.safetensors":
+            (folder / f.name).symlink_to(f)
+    with open(Path(model_path) / "model.safetensors", "rb") as f:
+        write(folder / "model.safetensors", f.read(2_000_000))  # the header and a little of the weights
+    for key in ("model", "judge.model", "train.model"):
+        one_line(capsys, cai(tmp_path, f"{key}={folder}", "stages=[sample,judge,train]"), key,
+                 "truncated weight file model.safetensors")
+    assert not (tmp_path / "run").exists()
+    write(folder / "model.safetensors", b"\x07")
+    one_line(capsys, cai(tmp_path, f"model={folder}"), "damaged weight file model.safetensors")

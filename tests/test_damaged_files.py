@@ -19,7 +19,7 @@ import pytest
 
 import cai_pipeline.engines
 from cai_pipeline.cli import main
-from tests.conftest import REPO, one_line
+from tests.conftest import REPO, later_wins, one_line
 from tests.echo_engine import EchoEngine
 from tests.train.conftest import tiny_model  # noqa: F401 - the fixture
 
@@ -44,7 +44,7 @@ def engine(monkeypatch):
 
 
 def cai(out: Path, *extra: str) -> int:
-    return main(["run", CONFIG, f"out_dir={out}", *BASE, *extra])
+    return main(["run", CONFIG, *later_wins(f"out_dir={out}", *BASE, *extra)])
 
 
 def parquet(root: Path) -> dict[str, list]:

@@ -24,13 +24,13 @@ from cai_pipeline.iterate import (
     round_line,
     run_iterate,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, later_wins
 
 PAPER = REPO / "configs" / "cai-paper.yaml"
 
 
 def top(tmp_path: Path, *overrides: str):
-    return load_config(PAPER, [f"out_dir={tmp_path / 'it'}", *overrides])
+    return load_config(PAPER, later_wins(f"out_dir={tmp_path / 'it'}", *overrides))
 
 
 def rounds_of(cfg, sl="SL"):

@@ -10,7 +10,7 @@ import pytest
 
 from cai_pipeline.config import load_config
 from cai_pipeline.judge_roles import run_warnings, same_model, self_judge_warning
-from tests.conftest import REPO
+from tests.conftest import REPO, later_wins
 
 
 def test_same_model_by_name_or_by_folder(tmp_path, monkeypatch):
@@ -49,9 +49,9 @@ def run(tmp_path, *overrides):
     from cai_pipeline.pipeline import run_pipeline
     from tests.echo_engine import EchoEngine
 
-    cfg = load_config(REPO / "configs" / "demo.yaml", [
+    cfg = load_config(REPO / "configs" / "demo.yaml", later_wins(
         f"out_dir={tmp_path / 'run'}", "prompts.limit=2", "judge.min_margin=0", "judge.drop_inconsistent=false",
-        "stages=[sample,revise,pairs,judge,export]", *overrides])
+        "stages=[sample,revise,pairs,judge,export]", *overrides))
     return run_pipeline(cfg, engine=EchoEngine(), summary=False, report=False)
 
 

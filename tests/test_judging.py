@@ -19,7 +19,7 @@ from cai_pipeline.records import JudgeRecord
 from cai_pipeline.stages import judge as judge_stage
 from cai_pipeline.stages.base import StageContext
 from cai_pipeline.templates import TemplateSet
-from tests.conftest import REPO
+from tests.conftest import REPO, later_wins
 
 CONSTITUTION = load_constitution(REPO / "constitutions" / "harmless.yaml")
 LOG = math.log
@@ -259,7 +259,7 @@ STAGE_TABLE = {
 
 
 def stage_ctx(*overrides):
-    cfg = load_config(None, ["out_dir=x", "judge.principles=1", *overrides])
+    cfg = load_config(None, later_wins("out_dir=x", "judge.principles=1", *overrides))
     only = CONSTITUTION.model_copy(update={"principles": [principle("u")]})
     return StageContext(seed=0, shard=0, cfg=cfg, constitution=only, templates=TemplateSet())
 

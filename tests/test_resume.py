@@ -24,7 +24,7 @@ import pytest
 from cai_pipeline.cli import main
 from cai_pipeline.config import load_config
 from cai_pipeline.pipeline import run_pipeline
-from tests.conftest import REPO
+from tests.conftest import REPO, later_wins
 from tests.echo_engine import EchoEngine
 
 pytestmark = pytest.mark.model
@@ -74,7 +74,7 @@ sys.exit(main(sys.argv[1:]))
 
 def cai(out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     log = open(out.parent / f"{out.name}.log", "ab")  # noqa: SIM115 - the child writes it; closed with it
-    return subprocess.Popen([sys.executable, "-c", RUNNER, "run", CONFIG, f"out_dir={out}", *OVERRIDES, *extra],
+    return subprocess.Popen([sys.executable, "-c", RUNNER, "run", CONFIG, *later_wins(f"out_dir={out}", *OVERRIDES, *extra)],
                             env={**os.environ, "CAI_TEST_OUT": str(out), **(env or {})}, cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -178,7 +178,7 @@ def test_a_finished_run_resumes_in_seconds_without_an_engine(crashed):
 
 def test_a_changed_config_is_refused_and_restart_starts_over(crashed, capsys):
     changed, before = ["sample.temperature=0.5", "revise.rounds=2"], contents(crashed)
-    assert main(["run", CONFIG, f"out_dir={crashed}", *OVERRIDES, *changed]) == 2
+    assert main(["run", CONFIG, *later_wins(f"out_dir={crashed}", *OVERRIDES, *changed)]) == 2
     # Warnings (e.g. the judge grades its own policy) may precede it; the refusal is one line.
     lines = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in lines if not line.startswith("warning:")]
@@ -186,7 +186,7 @@ def test_a_changed_config_is_refused_and_restart_starts_over(crashed, capsys):
     assert "sample.temperature" in errors[0] and "--restart" in errors[0]
     assert contents(crashed) == before  # nothing was touched
 
-    cfg = load_config(CONFIG, [f"out_dir={crashed}", *OVERRIDES, *changed, "stages=[sample,revise]"])
+    cfg = load_config(CONFIG, later_wins(f"out_dir={crashed}", *OVERRIDES, *changed, "stages=[sample,revise]"))
     run_pipeline(cfg, restart=True, engine=EchoEngine())
     samples = pq.read_table(crashed / "sample" / "part-00000.parquet").to_pylist()
     assert samples[0]["response"].startswith("echo") and not (crashed / "datasets").exists()

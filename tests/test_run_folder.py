@@ -18,7 +18,7 @@ import pytest
 import cai_pipeline.engines
 from cai_pipeline.cli import main
 from cai_pipeline.store import RunLayout
-from tests.conftest import REPO, one_line
+from tests.conftest import REPO, later_wins, one_line
 from tests.echo_engine import EchoEngine
 
 CONFIG = str(REPO / "configs" / "demo.yaml")
@@ -33,7 +33,7 @@ def echo(monkeypatch):
 
 
 def cai(out: Path, *extra: str) -> int:
-    return main(["run", CONFIG, f"out_dir={out}", *BASE, *extra])
+    return main(["run", CONFIG, *later_wins(f"out_dir={out}", *BASE, *extra)])
 
 
 

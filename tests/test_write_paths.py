@@ -19,7 +19,7 @@ from cai_pipeline.cli import main
 from cai_pipeline.config import load_config
 from cai_pipeline.errors import UserError
 from cai_pipeline.pipeline import run_pipeline
-from tests.conftest import REPO, one_line
+from tests.conftest import REPO, later_wins, one_line
 from tests.echo_engine import EchoEngine
 from tests.train.conftest import tiny_model  # noqa: F401 - the fixture
 
@@ -46,7 +46,7 @@ def run(tmp_path_factory) -> Path:
 def refused(capsys, run: Path, *overrides: str, needles=("train.out_dir", "nothing was changed")) -> str:
     """`cai train` with these overrides ends in one line, before anything runs, and changes nothing."""
     before = tree(run)
-    line = one_line(capsys, main(["train", CONFIG, f"out_dir={run}", *overrides, *SFT]), *needles)
+    line = one_line(capsys, main(["train", CONFIG, *later_wins(f"out_dir={run}", *overrides, *SFT)]), *needles)
     assert tree(run) == before
     return line
 

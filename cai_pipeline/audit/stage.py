@@ -46,6 +46,12 @@ class Target:
     key: str
     default: bool = False  # not set in the config: the run's checkpoint / starting model
 
+    @property
+    def url_key(self) -> str:
+        """The setting that holds `url`, for messages about the server."""
+        return {"audit.model": "audit.model_url", "audit.baseline": "audit.baseline_url",
+                "audit.judge.model": "audit.judge.url"}[self.key]
+
 
 def targets(cfg) -> dict[str, Target]:
     """model, baseline and judge with their defaults: the run's checkpoint, the model the run started from,
@@ -250,12 +256,12 @@ def run(ctx: RunContext) -> dict:
     for side in generation_order(found):
         t = found[side]
         _say(f"audit: {len(prompts)} prompts x {cfg.audit.n} from the {side}, {t.name}")
-        rows, failed = generate(ctx.engines.open(f"audit-{side}", t.name, t.url), prompts, cfg, side, t.name)
+        rows, failed = generate(ctx.engines.open(f"audit-{side}", t.name, t.url, t.url_key), prompts, cfg, side, t.name)
         responses += rows
         rejects += failed
     pairs = make_pairs(responses)
     _say(f"audit: judging {len(pairs)} pairs on {len(principles)} principles in both orders, {found['judge'].name}")
-    engine = ctx.engines.open("audit-judge", found["judge"].name, found["judge"].url)
+    engine = ctx.engines.open("audit-judge", found["judge"].name, found["judge"].url, found["judge"].url_key)
     judged, failed = judge(engine, pairs, principles, cfg, templates)
     rejects += failed
     refusal_failed = add_refusals(engine, responses, templates) if cfg.audit.refusal else Counter()

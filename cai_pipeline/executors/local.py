@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from cai_pipeline.errors import UserError
 from cai_pipeline.executors.base import run_shard
 
 
@@ -16,8 +17,6 @@ def check_token_limits(cfg, engine) -> None:
     for key, value in (("sample.max_tokens", cfg.sample.max_tokens), ("revise.max_tokens", cfg.revise.max_tokens),
                        ("judge.reasoning_max_tokens", cfg.judge.reasoning_max_tokens)):
         if value >= context:
-            from cai_pipeline.errors import UserError
-
             raise UserError(f"{key}={value} does not fit the model's context of {context} tokens; "
                             f"lower it (or raise engine.max_model_len if the model allows)")
 
@@ -42,9 +41,10 @@ class Engines:
         """The engine of a pipeline role: "policy" (the run's model) or "judge" (judge.model)."""
         return self.open(role, model_for(self.cfg, role))
 
-    def open(self, role: str, model: str, url: str | None = None):
-        """The engine for `model` (served through the openai engine at `url` when given), reusing the open
-        one when it is the same model; `role` names it in the manifest's engine stats."""
+    def open(self, role: str, model: str, url: str | None = None, url_key: str = "engine.base_url"):
+        """The engine for `model` (served through the openai engine at `url` when given, the setting
+        `url_key`), reusing the open one when it is the same model; `role` names it in the manifest's engine
+        stats."""
         if self.shared is not None:
             return self.shared
         if self.engine is not None and self.key == (model, url):
@@ -56,7 +56,10 @@ class Engines:
             engine = make_engine(self.cfg, model=model)
         else:
             options = {**self.cfg.engine.model_dump(exclude={"kind"}), "base_url": url, "served_model": None}
-            engine = make_engine(kind="openai", model=model, seed=self.cfg.seed, **options)
+            try:
+                engine = make_engine(kind="openai", model=model, seed=self.cfg.seed, **options)
+            except UserError as e:  # the engine speaks of its own setting; the user set this one
+                raise UserError(str(e).replace("engine.base_url", url_key)) from None
         self.engine, self.role, self.key = engine, role, (model, url)
         check_token_limits(self.cfg, self.engine)
         return self.engine

@@ -30,7 +30,7 @@ class TrainConfig(BaseModel):
     log_dir: str | None = Field(None, description="metrics.jsonl, plots, summary; default <out_dir>/train")
     model: str | None = Field(None, description="policy to train; default: the run's model")
     reference_model: str | None = Field(None, description="dpo/ipo reference; default: the policy's starting weights")
-    seed: int | None = Field(None, description="default: the run's seed")
+    seed: int | None = Field(None, ge=0, lt=2**32, description="default: the run's seed")
     # The objective
     loss: Literal["dpo", "ipo", "simpo", "orpo", "sft"] = Field(
         "dpo", description="dpo/ipo use cached reference log-probs; sft: supervised, on a messages column")

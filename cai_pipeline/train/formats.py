@@ -20,6 +20,7 @@ import gzip
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def _json_objects(path: Path) -> list[tuple[str, dict]]:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
         text = raw.decode("utf-8-sig")
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         raise UserError(f"{path}: not readable as (gzipped) UTF-8 JSON ({type(e).__name__}); re-save it") from None
     if text.lstrip().startswith("["):  # a .json file of one list, as `datasets` also accepts
         try:
@@ -60,7 +61,7 @@ def _json_objects(path: Path) -> list[tuple[str, dict]]:
             raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
         return [(f"{path}:row {i + 1}", r) for i, r in enumerate(rows)]
     out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 in a text is no line end
         if line.strip():
             try:
                 out.append((f"{path}:{lineno}", json.loads(line)))
@@ -128,9 +129,28 @@ def shared_prompt(chosen: list[dict], rejected: list[dict]) -> tuple[list, list,
     return chosen[:n], c, r
 
 
-def _p_chosen(value) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+def _p_chosen(value) -> float | str | None:
+    """The judge's probability, None where the row has none, or a reason it cannot be one (a number outside
+    [0, 1] would train towards an impossible target: the loss runs off to minus infinity)."""
+    if value is None or isinstance(value, float) and math.isnan(value):  # Parquet's null, pandas' NaN
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
         return float(value)
+    return "bad_p_chosen"
+
+
+def _text(value) -> str:
+    """The words of a prompt or completion: a string, or the contents of its messages."""
+    return value if isinstance(value, str) else " ".join(m["content"] for m in value)
+
+
+def pair_problem(got: dict) -> str | None:
+    """Why a normalised pair cannot be trained on: nothing to learn from (identical), or an empty part."""
+    if got["chosen"] == got["rejected"]:
+        return "identical"
+    for part in ("prompt", "chosen", "rejected"):
+        if not _text(got[part]).strip():
+            return f"empty_{part}"
     return None
 
 
@@ -145,6 +165,9 @@ _DETAILS = {
     "not_hh_transcript": "chosen/rejected are plain strings with no prompt column and are not hh-rlhf "
                          "'\\n\\nHuman: … \\n\\nAssistant: …' transcripts",
     "bad_types": "prompt/chosen/rejected must be message lists [{role, content}] or strings, all of one kind",
+    "empty_prompt": "the prompt is empty or whitespace",
+    "empty_chosen": "the chosen response is empty or whitespace",
+    "empty_rejected": "the rejected response is empty or whitespace",
 }
 
 
@@ -200,12 +223,27 @@ def read_split(files: list[Path], kind: str) -> ReadSplit:
                 "chosen and rejected columns (with or without prompt: TRL's layouts, or hh-rlhf transcripts)"
             raise UserError(f"{path}: missing column(s) {', '.join(missing)}; {kind} training needs {need}")
         for where, obj in objects:
-            got = sft_row(obj) if kind == "sft" else preference_row(obj)
+            got = sft_row(obj) if kind == "sft" else _preference(obj)
             if isinstance(got, str):
-                detail = _DETAILS.get(got, "messages must be a list of {role, content} with an assistant turn")
-                out.rejects.append(make_reject("train", _key(where, obj), got, f"{where}: {detail}", obj))
+                out.rejects.append(make_reject("train", _key(where, obj), got, f"{where}: {_detail(got, obj)}", obj))
                 continue
-            if kind != "sft":
-                got["p_chosen"] = _p_chosen(obj.get("p_chosen"))
             out.rows.append({**got, "_file": where})
     return out
+
+
+def _preference(obj: dict) -> dict | str:
+    got = preference_row(obj)
+    if isinstance(got, str):
+        return got
+    p_chosen = _p_chosen(obj.get("p_chosen"))
+    if isinstance(p_chosen, str):
+        return p_chosen
+    return pair_problem(got) or {**got, "p_chosen": p_chosen}
+
+
+def _detail(reason: str, obj: dict) -> str:
+    if reason == "bad_p_chosen":
+        value = obj.get("p_chosen")
+        fix = "write it as a number, not text" if isinstance(value, str) else "it is a probability"
+        return f"p_chosen is {value!r}: it must be a number from 0 to 1 ({fix}), or absent"
+    return _DETAILS.get(reason, "messages must be a list of {role, content} with an assistant turn")

@@ -17,7 +17,7 @@ import cai_pipeline.engines
 from cai_pipeline.cli import main
 from cai_pipeline.engines.base import Completion, EngineStats
 from cai_pipeline.rng import derive_seed
-from tests.conftest import REPO, one_line
+from tests.conftest import REPO, later_wins, one_line
 
 CONFIG = str(REPO / "configs" / "demo.yaml")
 MODELS = ["audit.model=embedded", "audit.baseline=embedded", "audit.judge.model=embedded"]
@@ -81,7 +81,7 @@ def stand_in(monkeypatch, model_path):
 
 
 def audit(out: Path, *args: str) -> int:
-    return main(["audit", CONFIG, f"out_dir={out}", "audit.limit=12", "audit.n=2", *MODELS, *args])
+    return main(["audit", CONFIG, *later_wins(f"out_dir={out}", "audit.limit=12", "audit.n=2", *MODELS, *args)])
 
 
 

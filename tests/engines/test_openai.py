@@ -17,7 +17,7 @@ from cai_pipeline.config import EngineConfig
 from cai_pipeline.engines import GenParams
 from cai_pipeline.engines.openai import OpenAIEngine, api_root, pick_choices, retry_after
 from cai_pipeline.errors import UserError
-from tests.conftest import REPO, missing
+from tests.conftest import REPO, later_wins, missing
 from tests.fault_proxy import STUB_MODEL, FaultProxy
 from tests.vllm_server import KEY_ENV, SERVED_NAME, shared_server
 
@@ -45,9 +45,9 @@ def server_key(openai_server, monkeypatch):
 
 
 def cai_run(out: Path, base_url: str, *extra: str, served: str = SERVED_NAME) -> int:
-    return main(["run", str(REPO / "configs" / "demo.yaml"), f"out_dir={out}", *SMALL, "engine.kind=openai",
-                 f"engine.base_url={base_url}", f"engine.api_key_env={KEY_ENV}", f"engine.served_model={served}",
-                 *extra])
+    return main(["run", str(REPO / "configs" / "demo.yaml"), *later_wins(
+        f"out_dir={out}", *SMALL, "engine.kind=openai", f"engine.base_url={base_url}", f"engine.api_key_env={KEY_ENV}",
+        f"engine.served_model={served}", *extra)])
 
 
 def rows(out: Path, stage: str) -> list[dict]:

@@ -41,7 +41,7 @@ from cai_pipeline.errors import UserError
 from cai_pipeline.executors.ray import RayExecutor
 from cai_pipeline.pipeline import run_pipeline
 from cai_pipeline.store import file_digest
-from tests.conftest import REPO, missing
+from tests.conftest import REPO, later_wins, missing
 
 pytestmark = pytest.mark.model
 
@@ -57,7 +57,7 @@ def overrides(prompts: Path) -> list[str]:
 
 
 def config(out: Path, prompts: Path, *extra: str):
-    return load_config(CONFIG, [f"out_dir={out}", *overrides(prompts), *extra])
+    return load_config(CONFIG, later_wins(f"out_dir={out}", *overrides(prompts), *extra))
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,13 @@ from cai_pipeline.executors.ray import (
     worker_config,
 )
 from cai_pipeline.executors.ray_worker import ShardWorker, answer, cannot_see, counts_since, probe_problem
-from tests.conftest import REPO, missing
+from tests.conftest import REPO, later_wins, missing
 
 CONFIG = REPO / "configs" / "demo.yaml"
 
 
 def cfg(*overrides: str):
-    return load_config(CONFIG, ["out_dir=outputs/x", *overrides])
+    return load_config(CONFIG, later_wins("out_dir=outputs/x", *overrides))
 
 
 def test_the_executor_section_defaults_to_local_and_validates_the_pool():

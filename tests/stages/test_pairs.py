@@ -8,10 +8,11 @@ from cai_pipeline.config import load_config
 from cai_pipeline.records import PairRecord
 from cai_pipeline.stages import pairs
 from cai_pipeline.stages.base import StageContext
+from tests.conftest import later_wins
 
 
 def ctx_for(seed=0, *overrides):
-    return StageContext(seed=seed, shard=0, cfg=load_config(None, ["out_dir=x", *overrides]))
+    return StageContext(seed=seed, shard=0, cfg=load_config(None, later_wins("out_dir=x", *overrides)))
 
 
 def samples(prompt_id: str, n: int, texts=None) -> list[dict]:
