@@ -175,3 +175,48 @@ def test_hh_rlhf_and_ultrafeedback_files_train_as_they_are(tiny_model, make_cfg,
     assert sorted(zip(rejects["key"], rejects["reason"])) == [("uf-other-prompt", "prompt_not_shared"),
                                                               ("uf-wrong-prompt", "prompt_mismatch")]
     assert (rejects["stage"] == "train").all() and rejects["detail"].str.contains("train-00000-of-00001").all()
+
+
+@pytest.mark.parametrize("row, reason", [
+    pytest.param({**NORMAL, "p_chosen": 3.0}, "bad_p_chosen", id="p_chosen-above-1"),
+    pytest.param({**NORMAL, "p_chosen": -0.2}, "bad_p_chosen", id="p_chosen-below-0"),
+    pytest.param({**NORMAL, "p_chosen": "0.7"}, "bad_p_chosen", id="p_chosen-as-text"),
+    pytest.param({**NORMAL, "p_chosen": True}, "bad_p_chosen", id="p_chosen-a-bool"),
+    pytest.param({"prompt": [USER], "chosen": [CHOSEN], "rejected": [CHOSEN]}, "identical", id="explicit-identical"),
+    pytest.param({"prompt": "Q?", "chosen": "same", "rejected": "same"}, "identical", id="text-identical"),
+    pytest.param({"prompt": [USER], "chosen": [msg("assistant", " ")], "rejected": [REJECTED]}, "empty_chosen",
+                 id="empty-chosen"),
+    pytest.param({"prompt": [USER], "chosen": [CHOSEN], "rejected": [msg("assistant", "")]}, "empty_rejected",
+                 id="empty-rejected"),
+    pytest.param({"prompt": [msg("user", "  ")], "chosen": [CHOSEN], "rejected": [REJECTED]}, "empty_prompt",
+                 id="empty-prompt"),
+    pytest.param({"prompt": "", "chosen": "a", "rejected": "b"}, "empty_prompt", id="empty-text-prompt"),
+])
+def test_rows_that_would_train_on_nothing_or_an_impossible_target_are_rejects(row, reason, tmp_path):
+    """p_chosen 3.0 trained the loss to -36; "0.7" read as "no judge ran"; identical or empty texts teach nothing."""
+    rows, rejects = normalised([row, NORMAL], tmp_path)
+    assert rows == [NORMAL] and [r["reason"] for r in rejects] == [reason]
+    assert rejects[0]["detail"].startswith(str(tmp_path / "rows.jsonl") + ":1: ")
+    if reason == "bad_p_chosen":
+        assert "from 0 to 1" in rejects[0]["detail"]
+
+
+def test_p_chosen_in_range_or_absent_is_kept(tmp_path):
+    got = read_split([write_jsonl(tmp_path / "rows.jsonl", [{**NORMAL, "p_chosen": 0}, {**NORMAL, "p_chosen": 1},
+                                                              {**NORMAL, "p_chosen": None}, NORMAL])], "preference")
+    assert [r["p_chosen"] for r in got.rows] == [0.0, 1.0, None, None] and got.rejects == []
+
+
+def test_a_line_separator_inside_a_text_does_not_split_the_row(tmp_path):
+    text = "one\u2028two\u2029three\x85four"
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({**NORMAL, "chosen": [msg("assistant", text)]}, ensure_ascii=False) + "\n")
+    got = read_split([path], "preference")
+    assert got.rejects == [] and got.rows[0]["chosen"][0]["content"] == text
+
+
+def test_a_truncated_gzip_file_is_one_line(tmp_path):
+    whole = gzip.compress(b"".join(json.dumps(NORMAL).encode() + b"\n" for _ in range(50)))
+    (tmp_path / "rows.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match="rows.jsonl.gz: not readable"):
+        read_split([tmp_path / "rows.jsonl.gz"], "preference")
