@@ -105,6 +105,30 @@ class StageProgress:
             self.bar.stop()
 
 
+class TrainProgress:
+    """Training's progress: a plain line `train: step 12/200 (6%), loss 0.6931, 0.41 s/step, ETA …` every
+    PLAIN_INTERVAL_S seconds (every 2 s on a terminal) and at the last step, on stderr, from one process
+    only — so a log under nohup or a scheduler shows a long training is alive, as the stages' lines do."""
+
+    def __init__(self, total: int, done: int = 0, interval: float | None = None, show: bool = True):
+        self.total, self.first, self.show = total, done, show
+        self.interval = (2.0 if _interactive() else PLAIN_INTERVAL_S) if interval is None else interval
+        self.start = self.last = time.monotonic()
+
+    def step(self, step: int, loss: float) -> None:
+        now = time.monotonic()
+        if not self.show or (now - self.last < self.interval and step < self.total):
+            return
+        self.last, elapsed, new = now, now - self.start, step - self.first
+        parts = [f"train: step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%)", f"loss {loss:.4f}"]
+        if new > 0:
+            parts.append(f"{elapsed / new:.2f} s/step")
+            if step < self.total:
+                parts.append(f"ETA {_duration(elapsed / new * (self.total - step))}")
+        parts.append(f"{_duration(elapsed)} elapsed")
+        print(", ".join(parts), file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The summary
 

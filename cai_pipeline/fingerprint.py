@@ -77,5 +77,19 @@ def check_resume(store, manifest: dict | None, prints: dict[str, dict]) -> None:
         changed = changed_keys(old, new)
         if changed:
             raise UserError(
-                f"{store.root} was made with different settings for stage {name!r} ({first_keys(changed)}); "
-                "rerun with --restart to start over, or set out_dir to a new folder")
+                f"{store.root} was made with different settings for stage {name!r} ({was(changed, old, new)}); "
+                "give the run's values to go on with it, or set out_dir to a new folder (--restart would delete "
+                "every shard it made)")
+
+
+def _at(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def was(keys: list[str], old: dict, new: dict) -> str:
+    """`sample.n: 2 in the run, 3 now, …` for the first keys: what to set to go on with the run."""
+    shown = [f"{k}: {json.dumps(_at(old, k), default=str)} in the run, {json.dumps(_at(new, k), default=str)} now"
+             for k in keys[:3]]
+    return "; ".join(shown) + (f"; and {len(keys) - 3} more" if len(keys) > 3 else "")

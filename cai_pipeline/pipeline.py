@@ -137,7 +137,7 @@ def run_whole(stage: Stage, ctx: RunContext) -> str:
         changed = changed_keys(entry["fingerprint"], fingerprint)
         raise UserError(f"{stage.name}: its outputs in {ctx.store.root} were made with other settings or inputs "
                         f"({first_keys(changed)}); `cai {stage.name} CONFIG --restart` redoes only this stage, "
-                        "or set out_dir to a new folder")
+                        "replacing them, or set out_dir to a new folder")
     start = time.perf_counter()
     ctx.fingerprint = fingerprint  # e.g. the trainer stores it in its resumable states
     summary = stage.run(ctx)
@@ -227,6 +227,25 @@ def check_folder(store: RunStore, kind: str = "run") -> None:
                         "nothing was changed")
 
 
+def with_run_settings(cfg: RunConfig, keep: tuple[str, ...]) -> tuple[RunConfig, list[str]]:
+    """`cai train CONFIG out_dir=RUN`: the run's own config from its manifest, with only the sections `keep`
+    (and out_dir) from the command, so the data overrides the run was made with need not be repeated. Also the
+    top-level keys where the command differs from the run (what it would have read: model, seed).
+    A folder that is not a run, or a manifest this version cannot read, leaves cfg as it is."""
+    from pydantic import ValidationError
+
+    store = RunStore(cfg.out_dir)
+    manifest = store.read_manifest() if store.is_run() else None
+    if not manifest or manifest.get("kind", "run") != "run" or not isinstance(manifest.get("config"), dict):
+        return cfg, []
+    dump = cfg.model_dump()
+    try:
+        merged = RunConfig.model_validate({**manifest["config"], **{k: dump[k] for k in keep}, "out_dir": cfg.out_dir})
+    except ValidationError:
+        return cfg, []
+    return merged, [k for k in ("model", "seed") if dump[k] != manifest["config"].get(k)]
+
+
 def _git_sha() -> str | None:
     try:
         res = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
@@ -289,13 +308,21 @@ def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Asse
 
     prints = shard_fingerprints(cfg, assets.hashes, stage_list.STAGES)
     manifest = store.read_manifest()
-    check_resume(store, manifest, prints)
+    # Run-scope stages alone (`cai train`, `cai audit`) read the run's files, not its generation settings: the
+    # shards are not checked against this config, and their fingerprints and config stay the run's own.
+    reads_only = manifest is not None and not any(s.scope == "shard" for s in plan)
+    if not reads_only:
+        check_resume(store, manifest, prints)
     if manifest:
         from cai_pipeline.integrity import redo_damaged_shards
 
         redo_damaged_shards(store, {s.name for s in plan})  # a damaged shard is made again, never read
     manifest = manifest or new_manifest(cfg, assets, prints)
-    manifest.update(fingerprints=prints, config=cfg.model_dump())
+    if reads_only:
+        dump = cfg.model_dump()
+        manifest["config"] = {**manifest.get("config", {}), **{k: dump[k] for s in plan for k in s.settings}}
+    else:
+        manifest.update(fingerprints=prints, config=cfg.model_dump())
     # per judging stage, the self-judging warning of its latest run (None: its judge is another model)
     manifest["judge_warnings"] = {**manifest.get("judge_warnings", {}), **judge_warnings}
     check_inputs(plan, cfg, store, manifest)

@@ -36,12 +36,16 @@ def _print_summary(summary: dict) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cai_pipeline.pipeline import run_pipeline
+    from cai_pipeline.pipeline import run_pipeline, with_run_settings
 
     launch = [f"train.nproc={args.nproc}"] if args.nproc is not None else []
     if args.accelerate_config is not None:
         launch.append(f"train.accelerate_config={args.accelerate_config}")
-    cfg = load_run_config(args.config, [*args.overrides, *launch])
+    cfg, ignored = with_run_settings(load_run_config(args.config, [*args.overrides, *launch]), ("train",))
+    if ignored:  # training reads the run's datasets: their model and seed are the run's
+        shown = ", ".join(f"{k}={getattr(cfg, k)}" for k in ignored)
+        print(f"note: training uses the run's {shown} from its manifest, not the config's; set train.model or "
+              "train.seed to change them")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     manifest = run_pipeline(cfg, stages=["train"], redo=("train",) if args.restart else (), verbose=args.verbose,
                             summary=False, report=args.report)

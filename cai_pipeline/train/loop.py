@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 
+from cai_pipeline.console import TrainProgress
 from cai_pipeline.errors import UserError
 from cai_pipeline.records import RejectRecord
 from cai_pipeline.store import TrainLayout, atomic_write_json, atomic_write_text, mark_folder, write_parquet
@@ -181,6 +182,7 @@ def fit(run: TrainRun, saved: Saved | None) -> dict:
         progress["eval_before"] = evaluate(run)
         run.metrics.write_eval(0, progress["eval_before"])
     step, last = (saved.step, saved.info["last"]) if saved else (0, None)
+    shown = TrainProgress(run.total_steps, step, show=run.accelerator.is_main_process)
     while step < run.total_steps:
         start = time.perf_counter()
         row, tokens, examples = train_step(run, step)
@@ -190,7 +192,8 @@ def fit(run: TrainRun, saved: Saved | None) -> dict:
                         examples=progress["examples"] + examples)
         last = {"step": step, **row, "tokens/s": tokens / seconds}
         run.metrics.write(last)
-        log.info("step %d/%d loss %.4f", step, run.total_steps, last["loss"])
+        log.debug("step %d/%d loss %.4f", step, run.total_steps, last["loss"])
+        shown.step(step, last["loss"])
         if cfg.eval_every and step % cfg.eval_every == 0 and step < run.total_steps:
             run.metrics.write_eval(step, evaluate(run))
         due = cfg.save_every and (step % cfg.save_every == 0 or step == run.total_steps)
