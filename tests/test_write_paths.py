@@ -77,7 +77,12 @@ def test_a_checkpoint_never_replaces_a_model_the_run_reads(run, tmp_path, tiny_m
     base = tmp_path / "base"
     shutil.copytree(tiny_model, base)
     refused(capsys, run, f"train.model={base}", f"train.out_dir={base}", needles=("train.out_dir", "train.model"))
-    refused(capsys, run, f"judge.model={base}", f"train.out_dir={tmp_path}", needles=("train.out_dir", "judge.model"))
+    # `cai train` reads the run's own judge.model (from its manifest); `cai run` reads the config's
+    before = tree(run)
+    code = main(["run", CONFIG, *later_wins(f"out_dir={run}", *RUN, f"judge.model={base}", f"train.out_dir={tmp_path}",
+                                            "stages=[train]", *SFT)])
+    one_line(capsys, code, "train.out_dir", "judge.model")
+    assert tree(run) == before
     assert (base / "model.safetensors").exists()
 
 
