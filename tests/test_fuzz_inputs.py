@@ -94,9 +94,11 @@ def rejects_writable(rejects: list[dict]) -> None:
 
 # -- 1. prompt files ----------------------------------------------------------------------------------------
 
-prompt_rows = st.lists(st.dictionaries(
-    st.sampled_from(["prompt", "messages", "prompt_id", "chosen", "tag"]),
-    st.one_of(texts, messages, good_messages, json_values), max_size=3), max_size=5)
+prompt_rows = st.lists(st.one_of(
+    st.fixed_dictionaries({"prompt": texts}, optional={"prompt_id": maybe(texts)}),  # near valid: reach the checks
+    st.fixed_dictionaries({"messages": st.one_of(messages, good_messages)}, optional={"prompt_id": scalars}),
+    st.dictionaries(st.sampled_from(["prompt", "messages", "prompt_id", "chosen", "tag"]),
+                    st.one_of(texts, messages, good_messages, json_values), max_size=3)), max_size=5)
 prompt_files = st.tuples(prompt_rows, st.lists(st.sampled_from(ODD + ["[1]", "null", "{\"prompt\": 1"]), max_size=1),
                          st.sampled_from(["p.jsonl", "p.jsonl.gz", "p.json", "p.csv"]),
                          st.one_of(st.none(), st.floats(0, 1)), st.booleans(),
@@ -136,7 +138,21 @@ def test_any_prompt_file_ends_in_rows_rejects_or_one_line(spec):
 principle = st.dictionaries(
     st.sampled_from(["id", "critique", "revision", "comparison", "weight", "tags", "name", "extra"]),
     maybe(texts), max_size=6)
+HARMLESS = yaml.safe_load((Path(__file__).resolve().parent.parent / "constitutions" / "harmless.yaml").read_text())
+
+
+def edited(edits: list[tuple[int, str, object]]) -> dict:
+    """harmless.yaml with some principles' fields set to other values: a valid file, a few edits away."""
+    doc = json.loads(json.dumps(HARMLESS))
+    for index, key, value in edits:
+        doc["principles"][index % len(doc["principles"])][key] = value
+    return doc
+
+
+near_constitutions = st.lists(st.tuples(st.integers(0, 30), st.sampled_from(
+    ["id", "critique", "revision", "comparison", "weight", "tags", "extra"]), maybe(texts)), max_size=3).map(edited)
 constitution_docs = st.one_of(
+    near_constitutions,
     st.fixed_dictionaries({"name": maybe(texts), "version": maybe(texts),
                            "principles": st.one_of(st.lists(principle, max_size=3), json_values)},
                           optional={"few_shot": json_values, "templates": maybe(texts), "description": maybe(texts)}),
@@ -214,9 +230,17 @@ def test_any_config_and_overrides_load_or_are_one_line(spec):
 # -- 4. training data files ---------------------------------------------------------------------------------
 
 hh = st.builds(lambda a, b: f"\n\nHuman: {a}\n\nAssistant: {b}", texts, texts)
-train_rows = st.lists(st.dictionaries(
-    st.sampled_from(["prompt", "chosen", "rejected", "p_chosen", "messages", "pair_id"]),
-    st.one_of(texts, hh, messages, good_messages, st.floats(-1, 2), json_values), max_size=5), max_size=5)
+completion = st.builds(lambda t: [{"role": "assistant", "content": t}], texts)
+p_chosen = st.one_of(st.none(), st.floats(-1, 2), st.sampled_from(["0.7", True, 0, 1]))
+train_rows = st.lists(st.one_of(
+    st.fixed_dictionaries({"prompt": texts, "chosen": texts, "rejected": texts}, optional={"p_chosen": p_chosen}),
+    st.fixed_dictionaries({"prompt": st.one_of(texts, good_messages), "chosen": completion, "rejected": completion},
+                          optional={"p_chosen": p_chosen}),
+    st.fixed_dictionaries({"chosen": hh, "rejected": hh}),
+    st.fixed_dictionaries({"messages": st.one_of(messages, good_messages)}),
+    st.dictionaries(st.sampled_from(["prompt", "chosen", "rejected", "p_chosen", "messages", "pair_id"]),
+                    st.one_of(texts, hh, messages, good_messages, st.floats(-1, 2), json_values), max_size=5)),
+    max_size=5)
 train_files = st.tuples(train_rows, st.lists(st.sampled_from(ODD + ["[1]", "{\"chosen\": "]), max_size=1),
                         st.sampled_from(["d.jsonl", "d.jsonl.gz", "d.json"]), st.one_of(st.none(), st.floats(0, 1)),
                         st.booleans(), st.sampled_from(["preference", "sft"]), st.booleans())

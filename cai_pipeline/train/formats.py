@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from cai_pipeline.errors import UserError
-from cai_pipeline.records import make_reject
+from cai_pipeline.records import is_utf8, make_reject
 
 JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 SUFFIXES = (".parquet", *JSON_SUFFIXES)
@@ -166,6 +166,7 @@ _DETAILS = {
                          "'\\n\\nHuman: … \\n\\nAssistant: …' transcripts",
     "bad_types": "prompt/chosen/rejected must be message lists [{role, content}] or strings, all of one kind",
     "empty_prompt": "the prompt is empty or whitespace",
+    "invalid_text": "a text holds a lone surrogate (e.g. \\ud800), which is not a character; fix the file's escapes",
     "empty_chosen": "the chosen response is empty or whitespace",
     "empty_rejected": "the rejected response is empty or whitespace",
 }
@@ -224,11 +225,25 @@ def read_split(files: list[Path], kind: str) -> ReadSplit:
             raise UserError(f"{path}: missing column(s) {', '.join(missing)}; {kind} training needs {need}")
         for where, obj in objects:
             got = sft_row(obj) if kind == "sft" else _preference(obj)
+            if isinstance(got, dict) and not all(is_utf8(t) for t in _strings(got)):
+                got = "invalid_text"
             if isinstance(got, str):
                 out.rejects.append(make_reject("train", _key(where, obj), got, f"{where}: {_detail(got, obj)}", obj))
                 continue
             out.rows.append({**got, "_file": where})
     return out
+
+
+def _strings(value):
+    """Every str inside a row (message contents, texts)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
 
 
 def _preference(obj: dict) -> dict | str:

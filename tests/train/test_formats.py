@@ -191,6 +191,7 @@ def test_hh_rlhf_and_ultrafeedback_files_train_as_they_are(tiny_model, make_cfg,
     pytest.param({"prompt": [msg("user", "  ")], "chosen": [CHOSEN], "rejected": [REJECTED]}, "empty_prompt",
                  id="empty-prompt"),
     pytest.param({"prompt": "", "chosen": "a", "rejected": "b"}, "empty_prompt", id="empty-text-prompt"),
+    pytest.param({"prompt": "Q \ud800?", "chosen": "a", "rejected": "b"}, "invalid_text", id="lone-surrogate"),
 ])
 def test_rows_that_would_train_on_nothing_or_an_impossible_target_are_rejects(row, reason, tmp_path):
     """p_chosen 3.0 trained the loss to -36; "0.7" read as "no judge ran"; identical or empty texts teach nothing."""
