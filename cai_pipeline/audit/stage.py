@@ -379,6 +379,8 @@ def run(ctx: RunContext) -> dict:
     names.update(log_paths(cfg))
     summary = summarise(judged, responses, principles, cfg, counts, names)
     summary.settings.length_unit = length_unit(responses)
+    if not judged:
+        summary.axes_note = None  # no win rates, so no axes to split them into
     for key, value in compliance_summary(compliance, principles, cfg).items():
         setattr(summary, key, value)
     own = run_warnings(cfg, {"audit"})["audit"]  # the judge grading its own model: said where the numbers are
