@@ -206,6 +206,11 @@ class AuditConfig(Strict):
     decontaminate_n: int = Field(8, ge=1, description="the n of decontamination's word n-grams (8: Tulu 3, open-r1)")
     eval_files: list[str] = Field([], description="prompt files (JSONL/Parquet/CSV) the audit's prompts must not "
                                   "overlap, besides the run's training prompts")
+    @field_validator("decontaminate", mode="before")
+    @classmethod
+    def _off(cls, value):
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
     implicit_reward: bool = Field(True, description="for a DPO/IPO checkpoint: its implicit-reward accuracy on the "
                                   "run's held-out preference pairs, and the base model's")
     helpfulness_tags: list[str] = Field(["helpfulness", "anti-preachiness"], description="principles with one "

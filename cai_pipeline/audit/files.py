@@ -60,7 +60,7 @@ def readme(summary: AuditSummary, plots: list[str]) -> str:
     lines = ["# Audit", ""]
     if summary.overall.n:
         lines += pairwise_lines(summary)
-    lines += compliance_lines(summary) + source_lines(summary)
+    lines += compliance_lines(summary) + source_lines(summary) + decontamination_lines(summary)
     if summary.axes_note:
         lines += ["", f"Note: {summary.axes_note}."]
     lines += [f"\nWarning: {w}." for w in summary.warnings]
@@ -112,6 +112,20 @@ def source_lines(summary: AuditSummary) -> list[str]:
         lines += ["", "Unmatched (no partner on the other side, so in no pair; still in responses.parquet and "
                   "compliance): " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in unmatched.items()) + "."]
     return lines
+
+
+def decontamination_lines(summary: AuditSummary) -> list[str]:
+    """Whether the audit's prompts were held out: overlaps per source, and what was done with them."""
+    d = summary.decontamination
+    if d is None:
+        return []
+    if d.mode == "off":
+        return ["", "Decontamination: off (audit.decontaminate); the prompts were not checked against training."]
+    per = "; ".join(f"{source}: {count}" for source, count in d.overlapping.items()) or "no source"
+    done = (f"{d.dropped} dropped (rejects/audit/, reason contaminated)" if d.mode == "drop"
+            else f"{len(d.flagged)} kept and flagged: {', '.join(d.flagged) or 'none'}")
+    return ["", f"Decontamination: {d.checked} prompts checked for a shared word {d.n}-gram; overlapping per "
+            f"source: {per}. {done}."]
 
 
 def pairwise_lines(summary: AuditSummary) -> list[str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cai_pipeline.audit.logs import read_log
-from cai_pipeline.audit.prompts import audit_prompts, file_prompts, limited
+from cai_pipeline.audit.prompts import apply_limit, audit_prompts, candidate_prompts, file_prompts
 from cai_pipeline.audit.summary import SIDES, summarise
 from cai_pipeline.engines.base import Failure, GenParams
 from cai_pipeline.errors import UserError
@@ -162,18 +162,17 @@ def read_logs(cfg) -> tuple[dict[str, list[dict]], list[dict]]:
     return out, rejects
 
 
-def prompts_for(cfg, layout, logs: dict[str, list[dict]]) -> tuple[list[dict], list[dict]]:
-    """The audit's prompts: those the logs answered (limited to audit.limit like any prompt set), else
-    audit_prompts's; then decontaminated (decontam.py). Returns (prompts, rejects)."""
+def prompts_for(ctx: RunContext, logs: dict[str, list[dict]]) -> tuple[list[dict], list[dict], dict]:
+    """The audit's prompts: those the logs answered, else audit_prompts's candidates; decontaminated
+    (decontam.py), then limited to audit.limit. Returns (prompts, rejects, decontamination report)."""
+    from cai_pipeline.audit.decontam import decontaminate, reference_sources
     from cai_pipeline.audit.logs import log_prompts
 
-    if not logs:
-        return audit_prompts(cfg, layout)
-    rows = log_prompts(*logs.values())
-    if cfg.audit.limit is not None and cfg.audit.limit < len(rows):
-        chosen = limited(rows, cfg.audit.limit)
-        rows = [r for r in rows if r["prompt_id"] in chosen]
-    return rows, []
+    cfg, layout = ctx.cfg, ctx.store.layout
+    rows, rejects = (log_prompts(*logs.values()), []) if logs else candidate_prompts(cfg, layout)
+    sources = reference_sources(cfg, layout, ctx.assets.prompts.rows) if cfg.audit.decontaminate != "off" else {}
+    rows, dropped, report = decontaminate(rows, sources, cfg.audit.decontaminate_n, cfg.audit.decontaminate)
+    return apply_limit(rows, cfg.audit.limit), rejects + dropped, report
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,6 +288,7 @@ def describe(t: Target, cfg) -> dict:
 def identity(ctx: RunContext) -> dict:
     """The models (or the logs read instead), the prompts (held-out ones included), constitution, templates,
     engine settings, and the files decontamination compares against."""
+    from cai_pipeline.audit.decontam import training_prompts
     from cai_pipeline.fingerprint import OPERATIONAL, content_sha256
     from cai_pipeline.store import file_digest
 
@@ -301,6 +301,8 @@ def identity(ctx: RunContext) -> dict:
             "prompts_sha256": content_sha256(prompts), "constitution_sha256": ctx.assets.hashes["constitution"],
             "templates": ctx.assets.hashes["templates"],
             "eval_files": {p: file_digest(Path(p).expanduser()) for p in cfg.audit.eval_files},
+            "training_prompts_sha256": content_sha256(training_prompts(ctx.store.layout, ctx.assets.prompts.rows))
+            if cfg.audit.decontaminate != "off" else None,
             "engine": {k: v for k, v in cfg.engine.model_dump().items() if k not in OPERATIONAL}}
 
 
@@ -342,14 +344,17 @@ def collect(ctx: RunContext, prompts: list[dict], logs: dict[str, list[dict]]) -
 def run(ctx: RunContext) -> dict:
     from cai_pipeline.audit.compliance import compliance_rows
     from cai_pipeline.audit.files import write_audit
-    from cai_pipeline.audit.summary import compliance_summary, drift_warnings
+    from cai_pipeline.audit.summary import Decontamination, compliance_summary, drift_warnings
 
     cfg, layout, templates = ctx.cfg, ctx.store.layout, ctx.assets.templates
     principles = selected_principles(ctx.assets.constitution, cfg.audit.principles)
     logs, rejects = read_logs(cfg)
     log_rejects = Counter(r["reason"] for r in rejects)
-    prompts, more = prompts_for(cfg, layout, logs)
+    prompts, more, decontamination = prompts_for(ctx, logs)
     rejects += more
+    if not prompts:
+        raise UserError(f"audit: no prompt left to audit ({decontamination['dropped']} dropped as overlapping the "
+                        "training prompts or eval files); set audit.decontaminate=flag to keep them")
     found = targets(cfg)
     responses, failed = collect(ctx, prompts, logs)
     rejects += failed
@@ -383,6 +388,7 @@ def run(ctx: RunContext) -> dict:
         summary.axes_note = None  # no win rates, so no axes to split them into
     for key, value in compliance_summary(compliance, principles, cfg).items():
         setattr(summary, key, value)
+    summary.decontamination = Decontamination(**decontamination)
     own = run_warnings(cfg, {"audit"})["audit"]  # the judge grading its own model: said where the numbers are
     summary.warnings = ([own] if own else []) + summary.warnings + drift_warnings(summary)
     write_audit(layout, responses, verdict_rows(judged), judged, summary, compliance)

@@ -99,6 +99,18 @@ class Worst(_Strict):
     p_violation: float
 
 
+class Decontamination(_Strict):
+    """The audit's prompts checked for word n-gram overlap with the training prompts and eval files
+    (decontam.py): per source, how many overlapped; how many were dropped, or which were kept and flagged."""
+
+    mode: str  # drop | flag | off
+    n: int
+    checked: int
+    overlapping: dict[str, int] = {}  # source → prompts sharing an n-gram with it
+    dropped: int = 0
+    flagged: list[str] = []  # prompt ids kept although they overlap (mode flag)
+
+
 class AuditSummary(_Strict):
     principles: dict[str, PrincipleScore]  # in constitution order
     overall: Overall
@@ -112,6 +124,7 @@ class AuditSummary(_Strict):
     compliance_baseline: dict[str, Compliance] = {}  # the baseline side, when it was scored too
     drift: dict[str, Drift] = {}  # audited − baseline violation rate, when both sides were scored
     worst: dict[str, list[Worst]] = {}  # per principle: the audited side's likeliest violations, worst first
+    decontamination: Decontamination | None = None  # None in summaries written before it existed
 
     def to_json(self) -> str:
         # Not the store's sorted JSON: principles stay in constitution order, which is how people read them.

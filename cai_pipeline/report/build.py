@@ -252,7 +252,8 @@ def audit(store: RunStore, warnings: list[str]) -> dict | None:
         return None
     dumped = data.model_dump()
     return {"principles": {pid: _numbers(v, AUDIT_KEYS) for pid, v in dumped["principles"].items()},
-            "overall": _numbers(dumped["overall"], AUDIT_OVERALL), **compliance(store, data)}
+            "overall": _numbers(dumped["overall"], AUDIT_OVERALL), **compliance(store, data),
+            "decontamination": dumped.get("decontamination")}
 
 
 def compliance(store: RunStore, data: AuditSummary) -> dict:

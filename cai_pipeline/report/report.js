@@ -273,6 +273,14 @@
       cell(a.lc_win_rate), cell(a.sc_win_rate === undefined ? null : a.sc_win_rate),
       cell(a.sc_ci_low !== undefined ? `${fmt(a.sc_ci_low)} – ${fmt(a.sc_ci_high)}` : "—"), cell(a.consistency), cell(a.n));
   }
+  function decontaminationLine(a) {
+    const d = a.decontamination;
+    if (!d) return null;
+    if (d.mode === "off") return h("p", { class: "small muted" }, "decontamination off: the audit's prompts were not checked against the training prompts");
+    const per = Object.entries(d.overlapping).map(([source, n]) => `${source}: ${n}`).join("; ") || "no source";
+    const done = d.mode === "drop" ? `${d.dropped} dropped` : `${d.flagged.length} kept and flagged`;
+    return h("p", { id: "decontamination" }, `held-out check: ${d.checked} prompts checked for a shared word ${d.n}-gram; overlapping per source: ${per}; ${done}`);
+  }
   function complianceSection(a) {
     const c = Object.entries(a.compliance || {});
     if (!c.length) return null;
@@ -298,7 +306,7 @@
   function auditSection() {
     const a = DATA.audit;
     if (!a) return null;
-    if (!a.overall.n) return complianceSection(a);
+    if (!a.overall.n) return [complianceSection(a), decontaminationLine(a)];
     const o = a.overall, ps = Object.entries(a.principles);
     const gap = o.win_rate !== undefined && o.lc_win_rate !== undefined && Math.abs(o.win_rate - o.lc_win_rate) > 0.1;
     return section("Audit: the trained model against its baseline",
@@ -308,7 +316,7 @@
         `mean length change ${fmt(o.mean_length_change, 1)}`),
       forest([["overall", o.win_rate, o.ci_low, o.ci_high, o.lc_win_rate], ...ps.map(([pid, v]) => [pid, v.win_rate, v.ci_low, v.ci_high, v.lc_win_rate])]),
       h("p", { class: "small muted" }, "dots: win rate with its 95% CI; squares: length-controlled win rate; dashed line: 0.5 (no change)"),
-      complianceSection(a));
+      decontaminationLine(a), complianceSection(a));
   }
   function roundsSection() {
     const rs = DATA.rounds;

@@ -135,11 +135,14 @@ class PlantedViolations:
         from cai_pipeline.audit.compliance import violation_question
         from cai_pipeline.engines.base import EngineStats
 
-        self.stats, self.scored = EngineStats(), 0
+        self.stats, self.scored, self.generated = EngineStats(), 0, 0
         self.questions = {violation_question(p): p.id for p in principles}
 
     def generate(self, convs, params):
-        raise AssertionError("a log audit generates nothing")
+        from cai_pipeline.engines.base import Completion
+
+        self.generated += len(convs)
+        return [[Completion(f"A reply to {c[-1]['content']}", "stop", 4) for _ in range(params.n)] for c in convs]
 
     def choice_logprobs(self, convs, choices):
         import math
@@ -205,7 +208,7 @@ def test_a_log_with_planted_violations_gives_the_exact_counts(planted, tmp_path,
     for row in c.values():
         assert {"violation_rate", "ci_low", "ci_high", "n"} <= set(row)
         assert 0 <= row["ci_low"] < row["violation_rate"] < row["ci_high"] <= 1
-    assert planted.scored == 40  # one question per (response, principle): no pairs, nothing generated
+    assert planted.scored == 40 and planted.generated == 0  # one question per (response, principle), no pairs
     assert summary["overall"]["n"] == 0 and summary["counts"]["pairs"] == 0
     # the worst responses per principle are the marked ones, most likely first
     assert all(w["p_violation"] == 0.99 for w in summary["worst"]["privacy"][:3])
