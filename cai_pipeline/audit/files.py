@@ -60,7 +60,7 @@ def readme(summary: AuditSummary, plots: list[str]) -> str:
     lines = ["# Audit", ""]
     if summary.overall.n:
         lines += pairwise_lines(summary)
-    lines += compliance_lines(summary) + source_lines(summary) + decontamination_lines(summary)
+    lines += compliance_lines(summary) + implicit_lines(summary) + source_lines(summary) + decontamination_lines(summary)
     if summary.axes_note:
         lines += ["", f"Note: {summary.axes_note}."]
     lines += [f"\nWarning: {w}." for w in summary.warnings]
@@ -112,6 +112,21 @@ def source_lines(summary: AuditSummary) -> list[str]:
         lines += ["", "Unmatched (no partner on the other side, so in no pair; still in responses.parquet and "
                   "compliance): " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in unmatched.items()) + "."]
     return lines
+
+
+def implicit_lines(summary: AuditSummary) -> list[str]:
+    """The checkpoint's implicit-reward accuracy on held-out pairs, beside the base model's."""
+    r = summary.implicit_reward
+    if r is None:
+        return []
+    c, b = r.checkpoint, r.base
+    return ["", "## Agreement with the learned preferences", "",
+            f"On the {r.n} held-out preference pairs, the share whose implicit reward ranks chosen above rejected "
+            f"({r.loss}, β = {r.beta}: β·log π/π_ref, as RewardBench scores DPO models, arXiv 2403.13787), and the "
+            f"base model's reference-free share (log π_base(chosen) > log π_base(rejected)), {r.reference}:", "",
+            "| | accuracy % | CI |", "|---|---|---|",
+            f"| checkpoint | {_pct(c.accuracy)} | {_interval(c.ci_low, c.ci_high)} |",
+            f"| base model | {_pct(b.accuracy)} | {_interval(b.ci_low, b.ci_high)} |"]
 
 
 def decontamination_lines(summary: AuditSummary) -> list[str]:

@@ -344,7 +344,8 @@ def collect(ctx: RunContext, prompts: list[dict], logs: dict[str, list[dict]]) -
 def run(ctx: RunContext) -> dict:
     from cai_pipeline.audit.compliance import compliance_rows
     from cai_pipeline.audit.files import write_audit
-    from cai_pipeline.audit.summary import Decontamination, compliance_summary, drift_warnings
+    from cai_pipeline.audit.implicit import applies, implicit_reward
+    from cai_pipeline.audit.summary import Decontamination, ImplicitReward, compliance_summary, drift_warnings
 
     cfg, layout, templates = ctx.cfg, ctx.store.layout, ctx.assets.templates
     principles = selected_principles(ctx.assets.constitution, cfg.audit.principles)
@@ -389,6 +390,11 @@ def run(ctx: RunContext) -> dict:
     for key, value in compliance_summary(compliance, principles, cfg).items():
         setattr(summary, key, value)
     summary.decontamination = Decontamination(**decontamination)
+    if applies(cfg, found):
+        ctx.engines.close()  # two more models are loaded now: free the judge's memory first
+        _say("audit: implicit-reward accuracy of the checkpoint on the held-out preference pairs")
+        found_reward = implicit_reward(cfg, layout, found)
+        summary.implicit_reward = ImplicitReward(**found_reward) if found_reward else None
     own = run_warnings(cfg, {"audit"})["audit"]  # the judge grading its own model: said where the numbers are
     summary.warnings = ([own] if own else []) + summary.warnings + drift_warnings(summary)
     write_audit(layout, responses, verdict_rows(judged), judged, summary, compliance)

@@ -111,6 +111,25 @@ class Decontamination(_Strict):
     flagged: list[str] = []  # prompt ids kept although they overlap (mode flag)
 
 
+class Accuracy(_Strict):
+    accuracy: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class ImplicitReward(_Strict):
+    """A DPO/IPO checkpoint's agreement with the preferences it learned (audit/implicit.py): the share of held-out
+    pairs whose implicit reward β·log π/π_ref ranks chosen above rejected, and the base (reference) model's
+    reference-free share, each with a bootstrap interval over prompts."""
+
+    loss: str
+    beta: float
+    n: int  # held-out pairs
+    reference: str
+    checkpoint: Accuracy
+    base: Accuracy
+
+
 class AuditSummary(_Strict):
     principles: dict[str, PrincipleScore]  # in constitution order
     overall: Overall
@@ -125,6 +144,7 @@ class AuditSummary(_Strict):
     drift: dict[str, Drift] = {}  # audited − baseline violation rate, when both sides were scored
     worst: dict[str, list[Worst]] = {}  # per principle: the audited side's likeliest violations, worst first
     decontamination: Decontamination | None = None  # None in summaries written before it existed
+    implicit_reward: ImplicitReward | None = None  # a DPO/IPO checkpoint of this run only
 
     def to_json(self) -> str:
         # Not the store's sorted JSON: principles stay in constitution order, which is how people read them.

@@ -281,6 +281,12 @@
     const done = d.mode === "drop" ? `${d.dropped} dropped` : `${d.flagged.length} kept and flagged`;
     return h("p", { id: "decontamination" }, `held-out check: ${d.checked} prompts checked for a shared word ${d.n}-gram; overlapping per source: ${per}; ${done}`);
   }
+  function implicitLine(a) {
+    const r = a.implicit_reward;
+    if (!r) return null;
+    const acc = (x) => `${fmt(x.accuracy)} (${fmt(x.ci_low)} – ${fmt(x.ci_high)})`;
+    return h("p", { id: "implicit-reward" }, `implicit-reward accuracy on ${r.n} held-out pairs (${r.loss}, β ${fmt(r.beta)}): checkpoint ${acc(r.checkpoint)}; base model, reference-free ${acc(r.base)}`);
+  }
   function complianceSection(a) {
     const c = Object.entries(a.compliance || {});
     if (!c.length) return null;
@@ -316,7 +322,7 @@
         `mean length change ${fmt(o.mean_length_change, 1)}`),
       forest([["overall", o.win_rate, o.ci_low, o.ci_high, o.lc_win_rate], ...ps.map(([pid, v]) => [pid, v.win_rate, v.ci_low, v.ci_high, v.lc_win_rate])]),
       h("p", { class: "small muted" }, "dots: win rate with its 95% CI; squares: length-controlled win rate; dashed line: 0.5 (no change)"),
-      decontaminationLine(a), complianceSection(a));
+      implicitLine(a), decontaminationLine(a), complianceSection(a));
   }
   function roundsSection() {
     const rs = DATA.rounds;
