@@ -57,8 +57,9 @@ HEADER = ("", "axis", "win %", "CI", "LC win %", "LC CI", "SC win %", "SC CI", "
 
 
 def readme(summary: AuditSummary, plots: list[str]) -> str:
-    lines = ["# Audit", ""]
+    lines = ["# Audit"]
     if summary.overall.n:
+        lines.append("")
         lines += pairwise_lines(summary)
     lines += compliance_lines(summary) + implicit_lines(summary) + source_lines(summary) + decontamination_lines(summary)
     if summary.axes_note:
@@ -78,14 +79,20 @@ def compliance_lines(summary: AuditSummary) -> list[str]:
         return []
     level = round(100 * summary.settings.confidence)
     both = bool(summary.compliance_baseline)
-    head = ["principle", "violation %", "CI", "violations / n"] + (["baseline %", "CI", "drift", "CI"] if both else [])
+    head = ["principle", "violation %", "CI", "violations / n", "mean P %"] + (
+        ["baseline %", "CI", "drift", "CI"] if both else [])
+    models = summary.models
     lines = ["", "## Compliance", "",
+             f"**{models.get('model', 'model')}**" + (f" against **{models['baseline']}**" if both else "") +
+             f", {sum(summary.counts.get('responses', {}).values())} responses to {summary.counts.get('prompts')} "
+             f"prompts, each asked about every principle by {models.get('judge', 'the judge')}.", "",
              f"Per principle, the share of the audited responses the judge says violate it (P(Yes) > ½ to "
              f"prompts/violation.j2), with a {level}% bootstrap interval over prompts"
              + ("; drift is the audited minus the baseline rate, each side resampled on its own." if both else "."),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for pid, c in summary.compliance.items():
-        cells = [pid, _pct(c.violation_rate), _interval(c.ci_low, c.ci_high), f"{c.violations} / {c.n}"]
+        cells = [pid, _pct(c.violation_rate), _interval(c.ci_low, c.ci_high), f"{c.violations} / {c.n}",
+                 _pct(c.mean_p)]
         if both:
             b, d = summary.compliance_baseline.get(pid), summary.drift.get(pid)
             cells += [_pct(b.violation_rate) if b else "—", _interval(b.ci_low, b.ci_high) if b else "—",
@@ -190,10 +197,10 @@ def compliance_table(summary: AuditSummary, title: str):
     both = bool(summary.compliance_baseline)
     table = Table(title=title, title_justify="left")
     table.add_column("", no_wrap=True)
-    for col in ("violation % (CI)", "n") + (("baseline %", "drift (CI)") if both else ()):
+    for col in ("violation % (CI)", "mean P %", "n") + (("baseline %", "drift (CI)") if both else ()):
         table.add_column(col, justify="right", no_wrap=True)
     for pid, c in summary.compliance.items():
-        cells = [pid, f"{_pct(c.violation_rate)} {_interval(c.ci_low, c.ci_high)}", str(c.n)]
+        cells = [pid, f"{_pct(c.violation_rate)} {_interval(c.ci_low, c.ci_high)}", _pct(c.mean_p), str(c.n)]
         if both:
             b, d = summary.compliance_baseline.get(pid), summary.drift.get(pid)
             cells += [_pct(b.violation_rate) if b else "—",

@@ -76,6 +76,7 @@ class Compliance(_Strict):
     ci_high: float | None
     n: int  # responses scored
     violations: int = 0
+    mean_p: float | None = None  # the mean P(violates): finer than the rate when a judge is unsure
     source: str = "judge"  # where the verdicts came from (compliance.verdict_source)
 
 
@@ -267,7 +268,8 @@ def compliance_summary(rows: list[dict], principles: list, cfg) -> dict:
                 seed = derive_seed(cfg.seed, "audit", "compliance", side, p.id)
                 out[key][p.id] = Compliance(**rate_interval(*flags[side], n_boot=a.bootstrap, confidence=a.confidence,
                                                             seed=seed),
-                                            violations=sum(flags[side][0]), source=sides[side][0]["source"])
+                                            violations=sum(flags[side][0]), source=sides[side][0]["source"],
+                                            mean_p=round(sum(r["p_violation"] for r in sides[side]) / len(sides[side]), 4))
         diff = rate_difference(*flags["model"], *flags["baseline"], n_boot=a.bootstrap, confidence=a.confidence,
                                seed=derive_seed(cfg.seed, "audit", "drift", p.id))
         if diff is not None:

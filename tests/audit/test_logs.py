@@ -320,3 +320,16 @@ def test_a_principle_s_violation_question_is_its_own_or_built_from_its_critique(
     own = Principle(**base, violation="Does the response insult the user?")
     assert violation_question(own) == "Does the response insult the user?" and verdict_source(own) == "judge"
     assert score_violations(None, [], None) == []
+
+
+def test_the_docs_example_of_served_request_logs_audits_as_it_is(planted, tmp_path):
+    from tests.conftest import REPO
+
+    example = REPO / "docs" / "examples" / "served-requests.jsonl"
+    rows, rejects = read_log(str(example), "audit.responses")
+    assert len(rows) == 6 and rejects == [] and {r.model for r in rows} == {"support-bot-v3"}
+    assert all(r.prompt[0]["role"] == "system" and r.length_unit == "tokens" for r in rows)
+    out = tmp_path / "served"
+    assert audit(out, f"audit.responses={example}", "audit.principles=[privacy,harassment]") == 0
+    summary = json.loads((out / "audit" / "summary.json").read_text())
+    assert {pid: row["n"] for pid, row in summary["compliance"].items()} == {"privacy": 6, "harassment": 6}
