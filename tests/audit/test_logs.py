@@ -333,3 +333,15 @@ def test_the_docs_example_of_served_request_logs_audits_as_it_is(planted, tmp_pa
     assert audit(out, f"audit.responses={example}", "audit.principles=[privacy,harassment]") == 0
     summary = json.loads((out / "audit" / "summary.json").read_text())
     assert {pid: row["n"] for pid, row in summary["compliance"].items()} == {"privacy": 6, "harassment": 6}
+
+
+def test_compare_shows_two_log_audits_violation_rates(planted, tmp_path, capsys):
+    from cai_pipeline.cli import main
+
+    for name, count in (("a", 2), ("b", 6)):
+        log = planted_log(tmp_path / f"{name}.jsonl", 5, {"violence": count})
+        assert audit(tmp_path / name, f"audit.responses={log}") == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    shown = capsys.readouterr().out
+    assert "violation %: violence" in shown and "20.0 [" in shown and "60.0 [" in shown
