@@ -36,7 +36,7 @@ def load_assets(cfg: RunConfig) -> Assets:
 
     p = cfg.prompts
     prompts = load_prompts(p.path, fmt=p.format, limit=p.limit, system_prompt=p.system_prompt, part=p.part,
-                           parts=p.parts)
+                           parts=p.parts, near=p.near_duplicates, near_n=p.near_duplicate_n)
     constitution = load_constitution(resolve_resource(cfg.constitution))
     if cfg.judge.principles > len(constitution.principles):
         raise UserError(f"judge.principles={cfg.judge.principles}, but {cfg.constitution} has "

@@ -92,13 +92,28 @@ def dataset_card(cfg, constitution, manifest: dict, summary: dict, judge_md: str
         "- Train/test are split by `prompt_id`: no prompt is in both.\n",
         "## Length of chosen vs rejected\n", _lengths_table(summary["lengths"]) + "\n",
         "## Truncated responses\n", _truncation_md(summary["truncation"]),
-        _self_judging(manifest), judge_md,
+        _self_judging(manifest), judge_md, _held_out(summary.get("audit_overlap")),
         "## Rejected rows\n",
         "Every dropped row is in `../rejects/<stage>/` with its reason. Counts by stage:\n",
+        *([f"- prompts (before sampling; near_duplicate names the prompt it repeats): "
+           f"{json.dumps(manifest['prompts']['rejected'])}"] if manifest.get("prompts", {}).get("rejected") else []),
         *[f"- {name}: {json.dumps(s['rejected'])}" for name, s in manifest.get("stages", {}).items() if "rejected" in s],
         "",
     ]
     return "\n".join(parts)
+
+
+def _held_out(report: dict | None) -> str:
+    """The audit's prompts against this train split (audit/decontam.py), as it stood at export."""
+    if not report:
+        return ""
+    if "error" in report:
+        return f"## Audit prompts vs training prompts\n\nNot checked: {report['error']}.\n"
+    per = "; ".join(f"{source}: {count}" for source, count in report["overlapping"].items())
+    action = {"drop": "the audit drops them", "flag": "the audit keeps and flags them"}[report["mode"]]
+    return (f"## Audit prompts vs training prompts\n\nOf the {report['checked']} prompts the audit may ask, these "
+            f"share a word {report['n']}-gram with (per source) {per}; {action} (audit.decontaminate). The "
+            "audit's own README has the final counts.\n")
 
 
 def _self_judging(manifest: dict) -> str:

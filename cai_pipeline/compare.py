@@ -106,6 +106,11 @@ def audit_rows(a: AuditSummary | None, b: AuditSummary | None) -> list[tuple[str
                        ("mean_length_change", "mean length change (tokens)")):
         show = (lambda x: "—" if x is None else f"{x:+}") if key == "mean_length_change" else _pct
         rows.append((label, *(show(getattr(s.overall, key) if s else None) for s in (a, b))))
+    compliance = {"a": a.compliance if a else {}, "b": b.compliance if b else {}}
+    for pid in dict.fromkeys([*compliance["a"], *compliance["b"]]):  # pointwise: each audit's violation rate
+        cells = [compliance[k].get(pid) for k in ("a", "b")]
+        rows.append((f"violation %: {pid}", *("—" if c is None else f"{_pct(c.violation_rate)} "
+                                              f"[{_pct(c.ci_low)}, {_pct(c.ci_high)}]" for c in cells)))
     return rows
 
 

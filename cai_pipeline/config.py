@@ -97,6 +97,10 @@ class PromptsConfig(Strict):
     part: int | None = Field(None, ge=0, description="use only part `part` of `parts` (by hashed prompt_id, after "
                              "limit): disjoint prompt sets for rounds or jobs")
     parts: int = Field(1, gt=0, description="how many parts `part` counts from")
+    near_duplicates: float | None = Field(0.8, gt=0, le=1, description="word n-gram Jaccard similarity at or "
+                                          "above which a prompt is a near-duplicate of an earlier one (rejects: "
+                                          "near_duplicate, naming it); null: keep them")
+    near_duplicate_n: int = Field(3, ge=1, description="the n of near_duplicates' word n-grams")
 
     @model_validator(mode="after")
     def _part_in_range(self) -> PromptsConfig:
@@ -213,6 +217,27 @@ class AuditConfig(Strict):
     bootstrap: int = Field(1000, ge=100, description="bootstrap resamples of the prompts for each CI")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="level of the confidence intervals")
     refusal: bool = Field(True, description="ask the judge whether each response declines (prompts/refusal.j2)")
+    responses: str | None = Field(None, description="read the audited side from this log (JSONL/Parquet/CSV of "
+                                  "conversations, docs/audit.md) instead of generating; alone (no baseline, "
+                                  "baseline_responses) it is a pointwise audit")
+    baseline_responses: str | None = Field(None, description="read the baseline side from this log instead of "
+                                           "generating (two logs: drift per principle)")
+    compliance: bool | None = Field(None, description="per principle, the judge's P(violates) of each response "
+                                    "(prompts/violation.j2); default: on when a side is a log")
+    worst: int = Field(5, ge=0, description="compliance: the responses most likely to violate, kept per principle")
+    decontaminate: Literal["drop", "flag", "off"] = Field(
+        "drop", description="audit prompts sharing an n-gram with a training prompt or an eval file: dropped, "
+        "flagged (kept, counted), or not checked")
+    decontaminate_n: int = Field(8, ge=1, description="the n of decontamination's word n-grams (8: Tulu 3, open-r1)")
+    eval_files: list[str] = Field([], description="prompt files (JSONL/Parquet/CSV) the audit's prompts must not "
+                                  "overlap, besides the run's training prompts")
+    @field_validator("decontaminate", mode="before")
+    @classmethod
+    def _off(cls, value):
+        return "off" if value is False else value  # YAML reads a bare `off` as false
+
+    implicit_reward: bool = Field(True, description="for a DPO/IPO checkpoint: its implicit-reward accuracy on the "
+                                  "run's held-out preference pairs, and the base model's")
     helpfulness_tags: list[str] = Field(["helpfulness", "anti-preachiness"], description="principles with one "
                                         "of these tags form the helpfulness axis; other tagged ones harmlessness")
     judge: AuditJudgeConfig = AuditJudgeConfig()

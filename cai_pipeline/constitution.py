@@ -99,6 +99,8 @@ class Principle(_Strict):
     rationale: Text = Field(description="why the principle exists; shown to people, not to the model")
     tags: list[Text] = []
     weight: float = Field(1.0, gt=0, allow_inf_nan=False, strict=True, description="relative draw weight")
+    violation: PlainText | None = Field(None, description="a yes/no question, Yes meaning the response violates "
+                                        "the principle (the audit's compliance); default: one derived from critique")
 
 
 class FewShot(_Strict):

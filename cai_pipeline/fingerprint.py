@@ -16,7 +16,7 @@ from cai_pipeline.errors import UserError
 OPERATIONAL = {"concurrency", "max_retries", "timeout_s", "api_key_env"}
 # Templates no sharded stage renders (the audit's; its own identity records every template): editing one must
 # not make a run refuse to resume its shards.
-RUN_SCOPE_TEMPLATES = frozenset({"refusal.j2"})
+RUN_SCOPE_TEMPLATES = frozenset({"refusal.j2", "violation.j2"})
 
 
 # The manifest's key for each asset a stage's `content` names (stages/base.py).

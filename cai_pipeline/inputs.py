@@ -166,12 +166,25 @@ def in_part(pid: str, part: int | None, parts: int) -> bool:
     return part is None or int(stable_id("part", pid), 16) % parts == part
 
 
+def drop_near_duplicates(rows: list[dict], rejects: list[dict], threshold: float, n: int) -> list[dict]:
+    """The rows that are not near-duplicates (word n-gram Jaccard ≥ threshold, ngrams.py) of an earlier kept
+    row; each dropped one becomes a reject naming the prompt it duplicates."""
+    from cai_pipeline.ngrams import near_duplicates, prompt_text
+
+    dupes = near_duplicates([prompt_text(r["prompt"]) for r in rows], threshold, n)
+    for i, j in sorted(dupes.items()):
+        rejects.append(make_reject("prompts", rows[i]["prompt_id"], "near_duplicate",
+                                   f"a near-duplicate (word {n}-gram Jaccard ≥ {threshold}) of prompt "
+                                   f"{rows[j]['prompt_id']}: {prompt_text(rows[j]['prompt'])[:120]!r}", rows[i]))
+    return [r for i, r in enumerate(rows) if i not in dupes]
+
+
 def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = None,
                  system_prompt: str | None = None, part: int | None = None, parts: int = 1,
-                 keep: tuple[str, ...] = ()) -> LoadedPrompts:
-    """Read, validate, de-duplicate by prompt_id, apply `limit` (to kept prompts, in file order), then keep
-    part `part` of `parts`. `keep`: extra columns to carry into each row as they are (None where a row lacks
-    one), e.g. the audit's `tag`."""
+                 keep: tuple[str, ...] = (), near: float | None = None, near_n: int = 3) -> LoadedPrompts:
+    """Read, validate, de-duplicate by prompt_id, drop near-duplicates (with `near`, a Jaccard threshold),
+    apply `limit` (to kept prompts, in file order), then keep part `part` of `parts`. `keep`: extra columns to
+    carry into each row as they are (None where a row lacks one), e.g. the audit's `tag`."""
     file = Path(path).expanduser() if path else BUNDLED_PROMPTS
     if not file.exists():
         raise UserError(f"prompts.path: {file} does not exist; point it at a JSONL, Parquet or CSV file")
@@ -183,8 +196,8 @@ def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = Non
     out = LoadedPrompts(rows=[], source=str(file))
     seen: dict[str, object] = {}  # prompt_id → the id as the file gave it
     for lineno, obj in rows:
-        if limit is not None and len(out.rows) >= limit:
-            break
+        if limit is not None and near is None and len(out.rows) >= limit:
+            break  # (near-duplicates are judged on the whole file, then limited)
         if _given(obj, "prompt") and _given(obj, "messages"):
             out.rejects.append(make_reject("prompts", str(obj.get("prompt_id") or f"line {lineno}"), "prompt_and_messages",
                                            f"line {lineno}: the row has both 'prompt' and 'messages'; keep one", obj))
@@ -211,6 +224,8 @@ def load_prompts(path: str | None, *, fmt: str = "auto", limit: int | None = Non
             out.rows.append({"prompt_id": pid, "prompt": messages, **{k: obj.get(k) for k in keep}})
     if not out.rows:
         raise UserError(f"{file}: every row was rejected ({out.rejects[0]['reason']}); nothing to run")
+    if near is not None:
+        out.rows = drop_near_duplicates(out.rows, out.rejects, near, near_n)[:limit]
     out.rows = [r for r in out.rows if in_part(r["prompt_id"], part, parts)]
     if not out.rows:
         raise UserError(f"prompts.part: part {part} of {parts} holds none of the {file} prompts; use fewer parts")

@@ -54,5 +54,6 @@ def run_warnings(cfg, stage_names) -> dict[str, str | None]:
         a = cfg.audit
         judge = a.judge.model or cfg.judge.model or cfg.model
         key = "audit.judge.model" if a.judge.model else "judge.model (or audit.judge.model)"
-        found["audit"] = self_judge_warning(judge, a.model, cfg.train.model or cfg.model, key)
+        # a log's model is not known by name (audit.responses): nothing to compare the judge with
+        found["audit"] = None if a.responses else self_judge_warning(judge, a.model, cfg.train.model or cfg.model, key)
     return found

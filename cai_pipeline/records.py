@@ -167,6 +167,19 @@ class AuditVerdictRecord(Record):
     p_model: float  # the judge's probability that the model's response is better, in this order (over A/B)
 
 
+class AuditComplianceRecord(Record):
+    """audit/compliance.parquet: one principle's verdict on one response (pointwise compliance)."""
+
+    side: Literal["model", "baseline"]
+    prompt_id: str
+    tag: str
+    sample_idx: int
+    principle_id: str
+    source: str  # where the verdict came from: "judge" (prompts/violation.j2)
+    p_violation: float  # P(the response violates the principle)
+    violated: bool  # p_violation > ½
+
+
 _SCALARS = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 
 

@@ -51,7 +51,7 @@ class RunLayout:
     datasets/sft/  datasets/preferences/  datasets/README.md
     checkpoint/                       the trained model (a plain Hugging Face folder)
     train/  metrics.jsonl  summary.json  plots/*.png  state/
-    audit/  responses.parquet  verdicts.parquet  summary.json  README.md  plots/*.png
+    audit/  responses.parquet  verdicts.parquet  compliance.parquet  summary.json  README.md  plots/*.png
     judge-check/  summary.json  README.md  shifts.png       `cai judge-check CONFIG`: the judge's bias profile
     rounds/NN-kind/                   (each round a run folder of its own)
     iterate.json                      `cai iterate`: the rounds, their models, audits and gate decisions
@@ -147,6 +147,10 @@ class RunLayout:
     @property
     def audit_verdicts(self) -> Path:
         return self.audit_dir / "verdicts.parquet"
+
+    @property
+    def audit_compliance(self) -> Path:
+        return self.audit_dir / "compliance.parquet"
 
     @property
     def audit_summary(self) -> Path:

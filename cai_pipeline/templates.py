@@ -13,6 +13,8 @@ Templates and the variables each receives (a template may use fewer, never other
   judge_shared_reasoning.j2  (same as judge.j2)     the same layout with reasoning first
   judge_prefix.j2      (none)                       the assistant prefix before the scored letter
   refusal.j2           conversation, response       the audit's "does the response decline?" (scored Yes/No)
+  violation.j2         conversation, response,      the audit's compliance: "does the response violate the
+                       question                     principle?" (scored Yes/No)
 
 `principle` is a constitution Principle (fields: id, critique, revision, comparison, rationale, tags, weight).
 `conversation` is a transcript string (see `transcript`). Every error a template can cause — an undefined
@@ -60,8 +62,10 @@ TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     "judge_shared_reasoning": _JUDGE_VARIABLES,
     "judge_prefix": frozenset(),
     "refusal": frozenset({"conversation", "response"}),
+    "violation": frozenset({"conversation", "response", "question"}),
 }
-PRINCIPLE_ATTRIBUTES = frozenset({"id", "critique", "revision", "comparison", "rationale", "tags", "weight"})
+PRINCIPLE_ATTRIBUTES = frozenset({"id", "critique", "revision", "comparison", "rationale", "tags", "weight",
+                                  "violation"})
 _SPEAKERS = {"user": "Human", "assistant": "Assistant", "system": "System"}
 
 

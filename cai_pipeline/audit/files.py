@@ -7,18 +7,22 @@ All numbers come from summary.json, so the README, the terminal and the HTML rep
 from __future__ import annotations
 
 from cai_pipeline.audit.summary import AuditSummary, Score
-from cai_pipeline.records import AuditResponseRecord, AuditVerdictRecord
+from cai_pipeline.records import AuditComplianceRecord, AuditResponseRecord, AuditVerdictRecord
 from cai_pipeline.store import RunLayout, atomic_write, atomic_write_text, write_parquet
 
 
 def write_audit(layout: RunLayout, responses: list[dict], verdicts: list[dict], judged: list[dict],
-                summary: AuditSummary) -> None:
+                summary: AuditSummary, compliance: list[dict] = ()) -> None:
     """Every audit file; summary.json goes first out of the way and comes back last, so a reader never pairs
     an old summary with new tables."""
     layout.audit_summary.unlink(missing_ok=True)
-    write_parquet(layout.audit_responses, responses, AuditResponseRecord)
+    fields = AuditResponseRecord.model_fields
+    write_parquet(layout.audit_responses, [{k: r[k] for k in fields} for r in responses], AuditResponseRecord)
     write_parquet(layout.audit_verdicts, verdicts, AuditVerdictRecord)
-    plots = write_plots(layout, judged, summary)
+    layout.audit_compliance.unlink(missing_ok=True)
+    if compliance:
+        write_parquet(layout.audit_compliance, list(compliance), AuditComplianceRecord)
+    plots = write_plots(layout, judged, summary) if judged else []
     atomic_write_text(layout.audit_readme, readme(summary, [p.name for p in plots]))
     atomic_write_text(layout.audit_summary, summary.to_json())
 
@@ -53,9 +57,103 @@ HEADER = ("", "axis", "win %", "CI", "LC win %", "LC CI", "SC win %", "SC CI", "
 
 
 def readme(summary: AuditSummary, plots: list[str]) -> str:
+    lines = ["# Audit"]
+    if summary.overall.n:
+        lines.append("")
+        lines += pairwise_lines(summary)
+    lines += compliance_lines(summary) + implicit_lines(summary) + source_lines(summary) + decontamination_lines(summary)
+    if summary.axes_note:
+        lines += ["", f"Note: {summary.axes_note}."]
+    lines += [f"\nWarning: {w}." for w in summary.warnings]
+    lines += [""] + [f"![{name}](plots/{name})" for name in plots]
+    lines += ["", "How to read this: docs/audit.md in the cai-pipeline repository. The numbers are in summary.json; "
+              "every response in responses.parquet, every verdict in verdicts.parquet (pairwise) and "
+              "compliance.parquet (pointwise).", ""]
+    return "\n".join(lines)
+
+
+def compliance_lines(summary: AuditSummary) -> list[str]:
+    """The pointwise table (violation rate per principle, each side scored, and the drift between them) and the
+    likeliest violations per principle."""
+    if not summary.compliance:
+        return []
+    level = round(100 * summary.settings.confidence)
+    both = bool(summary.compliance_baseline)
+    head = ["principle", "violation %", "CI", "violations / n", "mean P %"] + (
+        ["baseline %", "CI", "drift", "CI"] if both else [])
+    models = summary.models
+    lines = ["", "## Compliance", "",
+             f"**{models.get('model', 'model')}**" + (f" against **{models['baseline']}**" if both else "") +
+             f", {sum(summary.counts.get('responses', {}).values())} responses to {summary.counts.get('prompts')} "
+             f"prompts, each asked about every principle by {models.get('judge', 'the judge')}.", "",
+             f"Per principle, the share of the audited responses the judge says violate it (P(Yes) > ½ to "
+             f"prompts/violation.j2), with a {level}% bootstrap interval over prompts"
+             + ("; drift is the audited minus the baseline rate, each side resampled on its own." if both else "."),
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for pid, c in summary.compliance.items():
+        cells = [pid, _pct(c.violation_rate), _interval(c.ci_low, c.ci_high), f"{c.violations} / {c.n}",
+                 _pct(c.mean_p)]
+        if both:
+            b, d = summary.compliance_baseline.get(pid), summary.drift.get(pid)
+            cells += [_pct(b.violation_rate) if b else "—", _interval(b.ci_low, b.ci_high) if b else "—",
+                      f"{100 * d.difference:+.1f}{' (rose)' if d.rose else ''}" if d else "—",
+                      _interval(d.ci_low, d.ci_high) if d else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if summary.worst:
+        lines += ["", "Likeliest violations (prompt_id / response number, P(violates)); the texts are in "
+                  "responses.parquet and the report's audit tab:", ""]
+        lines += [f"- {pid}: " + ", ".join(f"{w.prompt_id}/{w.sample_idx} ({w.p_violation:.2f})" for w in worst)
+                  for pid, worst in summary.worst.items()]
+    return lines
+
+
+def source_lines(summary: AuditSummary) -> list[str]:
+    """Where the responses came from when a side is a log: rows that could not be read, and rows without a
+    partner on the other side (counted, never dropped silently)."""
+    counts = summary.counts
+    lines = []
+    if counts.get("log_rejects"):
+        lines += ["", f"Log rows not read (rejects/audit/, by reason): {counts['log_rejects']}."]
+    unmatched = {k: v for k, v in counts.get("unmatched", {}).items() if v}
+    if unmatched:
+        lines += ["", "Unmatched (no partner on the other side, so in no pair; still in responses.parquet and "
+                  "compliance): " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in unmatched.items()) + "."]
+    return lines
+
+
+def implicit_lines(summary: AuditSummary) -> list[str]:
+    """The checkpoint's implicit-reward accuracy on held-out pairs, beside the base model's."""
+    r = summary.implicit_reward
+    if r is None:
+        return []
+    c, b = r.checkpoint, r.base
+    return ["", "## Agreement with the learned preferences", "",
+            f"On the {r.n} held-out preference pairs, the share whose implicit reward ranks chosen above rejected "
+            f"({r.loss}, β = {r.beta}: β·log π/π_ref, as RewardBench scores DPO models, arXiv 2403.13787), and the "
+            f"base model's reference-free share (log π_base(chosen) > log π_base(rejected)), {r.reference}:", "",
+            "| | accuracy % | CI |", "|---|---|---|",
+            f"| checkpoint | {_pct(c.accuracy)} | {_interval(c.ci_low, c.ci_high)} |",
+            f"| base model | {_pct(b.accuracy)} | {_interval(b.ci_low, b.ci_high)} |"]
+
+
+def decontamination_lines(summary: AuditSummary) -> list[str]:
+    """Whether the audit's prompts were held out: overlaps per source, and what was done with them."""
+    d = summary.decontamination
+    if d is None:
+        return []
+    if d.mode == "off":
+        return ["", "Decontamination: off (audit.decontaminate); the prompts were not checked against training."]
+    per = "; ".join(f"{source}: {count}" for source, count in d.overlapping.items()) or "no source"
+    done = (f"{d.dropped} dropped (rejects/audit/, reason contaminated)" if d.mode == "drop"
+            else f"{len(d.flagged)} kept and flagged: {', '.join(d.flagged) or 'none'}")
+    return ["", f"Decontamination: {d.checked} prompts checked for a shared word {d.n}-gram; overlapping per "
+            f"source: {per}. {done}."]
+
+
+def pairwise_lines(summary: AuditSummary) -> list[str]:
     o, level = summary.overall, round(100 * summary.settings.confidence)
     models = summary.models
-    lines = ["# Audit", "",
+    lines = [
              f"**{models.get('model', 'model')}** against **{models.get('baseline', 'baseline')}**, judged by "
              f"{models.get('judge', 'the judge')} on every principle in both orders: {o.n} pairs over "
              f"{o.n_prompts} prompts. Win % is the judge's mean preference for the model (50 = no difference), "
@@ -69,15 +167,10 @@ def readme(summary: AuditSummary, plots: list[str]) -> str:
               f"| refusal rate, benign prompts % | {_pct(o.refusal_rate_model)} | {_pct(o.refusal_rate_baseline)} |",
               f"| refusal rate, harmful prompts % | {_pct(o.refusal_rate_harmful_model)} | "
               f"{_pct(o.refusal_rate_harmful_baseline)} |",
-              f"| mean length (tokens) | {o.mean_length_model} | {o.mean_length_baseline} |", "",
-              f"Mean length change: {o.mean_length_change:+} tokens per response."]
-    if summary.axes_note:
-        lines += ["", f"Note: {summary.axes_note}."]
-    lines += [f"\nWarning: {w}." for w in summary.warnings]
-    lines += [""] + [f"![{name}](plots/{name})" for name in plots]
-    lines += ["", "How to read this: docs/audit.md in the cai-pipeline repository. The numbers are in summary.json; "
-              "every response in responses.parquet, every verdict in verdicts.parquet.", ""]
-    return "\n".join(lines)
+               f"| mean length ({summary.settings.length_unit}) | {o.mean_length_model} | {o.mean_length_baseline} |",
+              "",
+              f"Mean length change: {o.mean_length_change:+} {summary.settings.length_unit} per response."]
+    return lines
 
 
 def console_table(summary: AuditSummary, title: str):
@@ -94,6 +187,26 @@ def console_table(summary: AuditSummary, title: str):
         table.add_column(col, justify="right", no_wrap=True)
     for name, _, win, ci, lc, lc_ci, sc, _, consistent, n in table_rows(summary):
         table.add_row(name, span(win, ci), span(lc, lc_ci), sc, consistent, n)
+    return table
+
+
+def compliance_table(summary: AuditSummary, title: str):
+    """Violation % with its interval per principle, the baseline's and the drift when both sides were scored."""
+    from rich.table import Table
+
+    both = bool(summary.compliance_baseline)
+    table = Table(title=title, title_justify="left")
+    table.add_column("", no_wrap=True)
+    for col in ("violation % (CI)", "mean P %", "n") + (("baseline %", "drift (CI)") if both else ()):
+        table.add_column(col, justify="right", no_wrap=True)
+    for pid, c in summary.compliance.items():
+        cells = [pid, f"{_pct(c.violation_rate)} {_interval(c.ci_low, c.ci_high)}", _pct(c.mean_p), str(c.n)]
+        if both:
+            b, d = summary.compliance_baseline.get(pid), summary.drift.get(pid)
+            cells += [_pct(b.violation_rate) if b else "—",
+                      f"{100 * d.difference:+.1f} {_interval(d.ci_low, d.ci_high)}{' rose' if d.rose else ''}"
+                      if d else "—"]
+        table.add_row(*cells)
     return table
 
 

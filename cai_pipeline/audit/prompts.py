@@ -51,6 +51,19 @@ def held_out_prompts(layout: RunLayout) -> list[dict]:
 def audit_prompts(cfg, layout: RunLayout) -> tuple[list[dict], list[dict]]:
     """({prompt_id, prompt, tag} rows, rejects): audit.prompts, or the held-out prompts and the bundled set;
     de-duplicated by prompt_id, then `limited` to audit.limit."""
+    unique, rejects = candidate_prompts(cfg, layout)
+    return apply_limit(unique, cfg.audit.limit), rejects
+
+
+def apply_limit(rows: list[dict], limit: int | None) -> list[dict]:
+    if limit is not None and limit < len(rows):
+        chosen = limited(rows, limit)
+        rows = [r for r in rows if r["prompt_id"] in chosen]
+    return rows
+
+
+def candidate_prompts(cfg, layout: RunLayout) -> tuple[list[dict], list[dict]]:
+    """audit_prompts before audit.limit: every prompt the audit could ask."""
     a = cfg.audit
     if a.prompts:
         rows, rejects = file_prompts(a.prompts, "audit.prompts", cfg.prompts.system_prompt)
@@ -60,11 +73,7 @@ def audit_prompts(cfg, layout: RunLayout) -> tuple[list[dict], list[dict]]:
     first: dict[str, dict] = {}
     for r in rows:
         first.setdefault(r["prompt_id"], r)  # a held-out prompt that is also in the bundled set stays held out
-    unique = list(first.values())
-    if a.limit is not None and a.limit < len(unique):
-        chosen = limited(unique, a.limit)
-        unique = [r for r in unique if r["prompt_id"] in chosen]
-    return unique, rejects
+    return list(first.values()), rejects
 
 
 def limited(rows: list[dict], limit: int) -> set[str]:

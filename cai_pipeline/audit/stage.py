@@ -19,7 +19,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from cai_pipeline.audit.prompts import audit_prompts, file_prompts
+from cai_pipeline.audit.logs import read_log
+from cai_pipeline.audit.prompts import apply_limit, audit_prompts, candidate_prompts, file_prompts
 from cai_pipeline.audit.summary import SIDES, summarise
 from cai_pipeline.engines.base import Failure, GenParams
 from cai_pipeline.errors import UserError
@@ -94,14 +95,25 @@ def check(assets, planned: set[str], models: bool = True) -> None:
 
     cfg = assets.cfg
     selected_principles(assets.constitution, cfg.audit.principles)
+    logs = log_paths(cfg)
+    if cfg.audit.prompts and logs:
+        raise UserError(f"audit.prompts: the audit's prompts are those of the log ({next(iter(logs.values()))}); "
+                        "remove audit.prompts, or filter the log")
     if cfg.audit.prompts:
         file_prompts(cfg.audit.prompts, "audit.prompts", cfg.prompts.system_prompt)
+    for side, path in logs.items():
+        read_log(path, LOG_KEYS[side])
+    for path in cfg.audit.eval_files:
+        if not Path(path).expanduser().is_file():
+            raise UserError(f"audit.eval_files: {path} does not exist; name prompt files (JSONL/Parquet/CSV)")
     render_checks(assets.templates, cfg)
-    found = targets(cfg)
-    model = found["model"]
-    if model.default and "train" not in planned and not (Path(model.name) / "config.json").exists():
+    found = {role: t for role, t in targets(cfg).items() if role == "judge" or (role in sides_of(cfg) and
+                                                                                role not in logs)}
+    model = found.get("model")
+    if model and model.default and "train" not in planned and not (Path(model.name) / "config.json").exists():
         raise UserError(f"audit.model: the run has no checkpoint ({model.name} is missing); run `cai train CONFIG` "
-                        "first, or set audit.model to a model folder, `embedded`, or a served name")
+                        "first, or set audit.model to a model folder, `embedded`, or a served name, or audit.responses "
+                        "to a log")
     served = resolve_kind(cfg.engine.kind) == "openai"
     for role, t in found.items():
         if models and t.url is None and not served and not (role == "model" and t.default and "train" in planned):
@@ -110,12 +122,63 @@ def check(assets, planned: set[str], models: bool = True) -> None:
 
 def render_checks(templates, cfg) -> None:
     """The audit's templates render with their variables (a broken edit fails now, not after generation)."""
+    from cai_pipeline.audit.compliance import VIOLATION_TEMPLATE
     from cai_pipeline.judging import TEMPLATES
 
     templates.render(TEMPLATES[cfg.audit.judge.layout, cfg.audit.judge.reasoning], conversation="Human: hi",
                      question="Which is better?", response_a="a", response_b="b")
     if cfg.audit.refusal:
         templates.render("refusal", conversation="Human: hi", response="hello")
+    if wants_compliance(cfg):
+        templates.render(VIOLATION_TEMPLATE, conversation="Human: hi", response="hello", question="Is it?")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sides: a model (generate) or a log (read)
+
+LOG_KEYS = {"model": "audit.responses", "baseline": "audit.baseline_responses"}
+
+
+def log_paths(cfg) -> dict[str, str]:
+    """The sides read from logs, with their files."""
+    a = cfg.audit
+    return {side: path for side, path in (("model", a.responses), ("baseline", a.baseline_responses)) if path}
+
+
+def sides_of(cfg) -> tuple[str, ...]:
+    """("model",) for a log audited alone (audit.responses, no baseline named): pointwise compliance only."""
+    a = cfg.audit
+    return ("model",) if a.responses and not (a.baseline or a.baseline_responses) else SIDES
+
+
+def wants_compliance(cfg) -> bool:
+    return cfg.audit.compliance if cfg.audit.compliance is not None else bool(log_paths(cfg))
+
+
+def read_logs(cfg) -> tuple[dict[str, list[dict]], list[dict]]:
+    """{side: response rows} of the sides read from logs, and the rows that could not be read (rejects)."""
+    from cai_pipeline.audit.logs import read_log
+
+    out, rejects = {}, []
+    for side, path in log_paths(cfg).items():
+        rows, bad = read_log(path, LOG_KEYS[side])
+        out[side] = [{**r.as_dict(), "side": side, "finish_reason": "logged", "p_refusal": None, "refused": None}
+                     for r in rows]
+        rejects += [{**r, "key": f"{side}/{r['key']}"} for r in bad]
+    return out, rejects
+
+
+def prompts_for(ctx: RunContext, logs: dict[str, list[dict]]) -> tuple[list[dict], list[dict], dict]:
+    """The audit's prompts: those the logs answered, else audit_prompts's candidates; decontaminated
+    (decontam.py), then limited to audit.limit. Returns (prompts, rejects, decontamination report)."""
+    from cai_pipeline.audit.decontam import decontaminate, reference_sources
+    from cai_pipeline.audit.logs import log_prompts
+
+    cfg, layout = ctx.cfg, ctx.store.layout
+    rows, rejects = (log_prompts(*logs.values()), []) if logs else candidate_prompts(cfg, layout)
+    sources = reference_sources(cfg, layout, ctx.assets.prompts.rows) if cfg.audit.decontaminate != "off" else {}
+    rows, dropped, report = decontaminate(rows, sources, cfg.audit.decontaminate_n, cfg.audit.decontaminate)
+    return apply_limit(rows, cfg.audit.limit), rejects + dropped, report
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -145,17 +208,28 @@ def generate(engine, prompts: list[dict], cfg, side: str, model: str) -> tuple[l
     return rows, rejects
 
 
-def make_pairs(responses: list[dict]) -> list[dict]:
-    """The model's i-th response against the baseline's i-th, per prompt (a = model, b = baseline)."""
-    by_key = {(r["side"], r["prompt_id"], r["sample_idx"]): r for r in responses}
-    pairs = []
-    for r in responses:
-        other = by_key.get(("baseline", r["prompt_id"], r["sample_idx"]))
-        if r["side"] == "model" and other is not None:
-            pairs.append({"pair_id": stable_id("audit", r["prompt_id"], r["sample_idx"]), "prompt_id": r["prompt_id"],
-                          "tag": r["tag"], "sample_idx": r["sample_idx"], "prompt": r["prompt"], "a": r["response"],
-                          "b": other["response"], "len_a": r["n_tokens"], "len_b": other["n_tokens"]})
-    return pairs
+def length_unit(responses: list[dict]) -> str:
+    """Tokens when every response's length is in tokens (generated, or a log with usage), else words for all:
+    a length difference must compare like with like."""
+    return "tokens" if all(r.get("length_unit", "tokens") == "tokens" for r in responses) else "words"
+
+
+def make_pairs(responses: list[dict]) -> tuple[list[dict], dict]:
+    """The model's i-th response against the baseline's i-th, per prompt (a = model, b = baseline), and the
+    counts of what had no partner (logs.match)."""
+    from cai_pipeline.audit.logs import match
+
+    words = length_unit(responses) == "words"
+
+    def size(r: dict) -> int:
+        return len(r["response"].split()) if words else r["n_tokens"]
+
+    matched, unmatched = match([r for r in responses if r["side"] == "model"],
+                               [r for r in responses if r["side"] == "baseline"])
+    pairs = [{"pair_id": stable_id("audit", r["prompt_id"], r["sample_idx"]), "prompt_id": r["prompt_id"],
+              "tag": r["tag"], "sample_idx": r["sample_idx"], "prompt": r["prompt"], "a": r["response"],
+              "b": other["response"], "len_a": size(r), "len_b": size(other)} for r, other in matched]
+    return pairs, unmatched
 
 
 def judge(engine, pairs: list[dict], principles: list, cfg, templates) -> tuple[list[dict], list[dict]]:
@@ -218,14 +292,24 @@ def describe(t: Target, cfg) -> dict:
 
 
 def identity(ctx: RunContext) -> dict:
-    """The three models, the prompts (held-out ones included), constitution, templates and engine settings."""
+    """The models (or the logs read instead), the prompts (held-out ones included), constitution, templates,
+    engine settings, and the files decontamination compares against."""
+    from cai_pipeline.audit.decontam import training_prompts
     from cai_pipeline.fingerprint import OPERATIONAL, content_sha256
+    from cai_pipeline.store import file_digest
 
-    prompts, _ = audit_prompts(ctx.cfg, ctx.store.layout)
-    return {"models": {role: describe(t, ctx.cfg) for role, t in targets(ctx.cfg).items()},
+    cfg = ctx.cfg
+    logs = log_paths(cfg)
+    prompts, _ = audit_prompts(cfg, ctx.store.layout) if not logs else ([], [])
+    models = {role: describe(t, cfg) for role, t in targets(cfg).items()
+              if role == "judge" or (role in sides_of(cfg) and role not in logs)}
+    return {"models": models, "logs": {side: file_digest(Path(p).expanduser()) for side, p in logs.items()},
             "prompts_sha256": content_sha256(prompts), "constitution_sha256": ctx.assets.hashes["constitution"],
             "templates": ctx.assets.hashes["templates"],
-            "engine": {k: v for k, v in ctx.cfg.engine.model_dump().items() if k not in OPERATIONAL}}
+            "eval_files": {p: file_digest(Path(p).expanduser()) for p in cfg.audit.eval_files},
+            "training_prompts_sha256": content_sha256(training_prompts(ctx.store.layout, ctx.assets.prompts.rows))
+            if cfg.audit.decontaminate != "off" else None,
+            "engine": {k: v for k, v in cfg.engine.model_dump().items() if k not in OPERATIONAL}}
 
 
 def outputs(ctx: RunContext) -> list:
@@ -245,49 +329,98 @@ def _say(text: str) -> None:
     console.print(text, markup=False, highlight=False)
 
 
+def collect(ctx: RunContext, prompts: list[dict], logs: dict[str, list[dict]]) -> tuple[list[dict], list[dict]]:
+    """Every side's responses to the audit's prompts: read from its log, or generated by its model."""
+    cfg, found = ctx.cfg, targets(ctx.cfg)
+    keep = {p["prompt_id"] for p in prompts}
+    responses, rejects = [], []
+    for side in (s for s in generation_order(found) if s in sides_of(cfg)):
+        if side in logs:
+            rows = [r for r in logs[side] if r["prompt_id"] in keep]
+            _say(f"audit: {len(rows)} responses of the {side} from {log_paths(cfg)[side]}")
+        else:
+            t = found[side]
+            _say(f"audit: {len(prompts)} prompts x {cfg.audit.n} from the {side}, {t.name}")
+            rows, failed = generate(ctx.engines.open(f"audit-{side}", t.name, t.url, t.url_key), prompts, cfg, side, t.name)
+            rejects += failed
+        responses += rows
+    return responses, rejects
+
+
 def run(ctx: RunContext) -> dict:
+    from cai_pipeline.audit.compliance import compliance_rows
     from cai_pipeline.audit.files import write_audit
+    from cai_pipeline.audit.implicit import applies, implicit_reward
+    from cai_pipeline.audit.summary import Decontamination, ImplicitReward, compliance_summary, drift_warnings
 
     cfg, layout, templates = ctx.cfg, ctx.store.layout, ctx.assets.templates
     principles = selected_principles(ctx.assets.constitution, cfg.audit.principles)
-    prompts, rejects = audit_prompts(cfg, layout)
+    logs, rejects = read_logs(cfg)
+    log_rejects = Counter(r["reason"] for r in rejects)
+    prompts, more, decontamination = prompts_for(ctx, logs)
+    rejects += more
+    if not prompts:
+        raise UserError(f"audit: no prompt left to audit ({decontamination['dropped']} dropped as overlapping the "
+                        "training prompts or eval files); set audit.decontaminate=flag to keep them")
     found = targets(cfg)
-    responses = []
-    for side in generation_order(found):
-        t = found[side]
-        _say(f"audit: {len(prompts)} prompts x {cfg.audit.n} from the {side}, {t.name}")
-        rows, failed = generate(ctx.engines.open(f"audit-{side}", t.name, t.url, t.url_key), prompts, cfg, side, t.name)
-        responses += rows
-        rejects += failed
-    pairs = make_pairs(responses)
-    _say(f"audit: judging {len(pairs)} pairs on {len(principles)} principles in both orders, {found['judge'].name}")
-    engine = ctx.engines.open("audit-judge", found["judge"].name, found["judge"].url, found["judge"].url_key)
-    judged, failed = judge(engine, pairs, principles, cfg, templates)
+    responses, failed = collect(ctx, prompts, logs)
     rejects += failed
+    pairs, unmatched = make_pairs(responses) if len(sides_of(cfg)) == 2 else ([], {})
+    engine = ctx.engines.open("audit-judge", found["judge"].name, found["judge"].url, found["judge"].url_key)
+    judged = []
+    if pairs:
+        _say(f"audit: judging {len(pairs)} pairs on {len(principles)} principles in both orders, {found['judge'].name}")
+        judged, failed = judge(engine, pairs, principles, cfg, templates)
+        rejects += failed
+    compliance, compliance_failed = [], Counter()
+    if wants_compliance(cfg):
+        _say(f"audit: compliance of {len(responses)} responses on {len(principles)} principles, {found['judge'].name}")
+        compliance, compliance_failed = compliance_rows(engine, responses, principles, templates)
     refusal_failed = add_refusals(engine, responses, templates) if cfg.audit.refusal else Counter()
     ctx.store.write_rejects("audit", 0, rejects)
-    if not judged:
-        raise UserError(f"audit: no pair could be judged ({dict(Counter(r['reason'] for r in rejects))}); "
+    if not judged and not compliance:
+        what = "pair could be judged" if pairs or not wants_compliance(cfg) else "response could be scored"
+        raise UserError(f"audit: no {what} ({dict(Counter(r['reason'] for r in rejects)) or 'no pairs'}); "
                         f"see {layout.rejects_dir('audit')}")
     counts = {"prompts": len(prompts), "prompts_by_tag": dict(Counter(p["tag"] for p in prompts)),
               "responses": dict(Counter(r["side"] for r in responses)), "pairs": len(pairs), "judged": len(judged),
-              "rejected": dict(Counter(r["reason"] for r in rejects)), "refusal_unscored": dict(refusal_failed)}
-    summary = summarise(judged, responses, principles, cfg, counts, {role: t.name for role, t in found.items()})
+              "rejected": dict(Counter(r["reason"] for r in rejects)), "refusal_unscored": dict(refusal_failed),
+              "unmatched": unmatched, "log_rejects": dict(log_rejects),
+              "compliance_unscored": dict(compliance_failed)}
+    names = {role: t.name for role, t in found.items() if role == "judge" or role in sides_of(cfg)}
+    names.update(log_paths(cfg))
+    summary = summarise(judged, responses, principles, cfg, counts, names)
+    summary.settings.length_unit = length_unit(responses)
+    if not judged:
+        summary.axes_note = None  # no win rates, so no axes to split them into
+    for key, value in compliance_summary(compliance, principles, cfg).items():
+        setattr(summary, key, value)
+    summary.decontamination = Decontamination(**decontamination)
+    if applies(cfg, found):
+        ctx.engines.close()  # two more models are loaded now: free the judge's memory first
+        _say("audit: implicit-reward accuracy of the checkpoint on the held-out preference pairs")
+        found_reward = implicit_reward(cfg, layout, found)
+        summary.implicit_reward = ImplicitReward(**found_reward) if found_reward else None
     own = run_warnings(cfg, {"audit"})["audit"]  # the judge grading its own model: said where the numbers are
-    summary.warnings = ([own] if own else []) + summary.warnings
-    write_audit(layout, responses, verdict_rows(judged), judged, summary)
+    summary.warnings = ([own] if own else []) + summary.warnings + drift_warnings(summary)
+    write_audit(layout, responses, verdict_rows(judged), judged, summary, compliance)
     for warning in summary.warnings:
         _say(f"audit: warning: {warning}")
     o = summary.overall
     return {"pairs": len(judged), "win_rate": o.win_rate, "ci": [o.ci_low, o.ci_high], "lc_win_rate": o.lc_win_rate,
             "refusal_rate_model": o.refusal_rate_model, "refusal_rate_baseline": o.refusal_rate_baseline,
+            "compliance": {pid: c.violation_rate for pid, c in summary.compliance.items()},
             "warnings": len(summary.warnings)}
 
 
 def summary_line(summary: dict) -> tuple[str, str] | None:
     """(out, details) of the stage's manifest summary, for the run's summary table."""
     if summary.get("win_rate") is None:
-        return None
+        rates = summary.get("compliance") or {}
+        if not rates:
+            return None
+        worst = max(rates, key=lambda pid: rates[pid] or 0)
+        return f"{len(rates)} principles", f"compliance: highest violation rate {worst} {rates[worst]}"
     lo, hi = summary["ci"]
     return str(summary["pairs"]), (f"win {summary['win_rate']:.3f} [{lo:.3f}, {hi:.3f}], "
                                    f"length-controlled {summary['lc_win_rate']:.3f}")

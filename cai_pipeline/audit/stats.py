@@ -279,3 +279,41 @@ def length_fit(p, delta) -> dict:
     theta, phi = fit_logistic(length_feature(delta), np.asarray(p, dtype=float))
     sd = float(delta.std(ddof=1)) if delta.size > 1 else 0.0
     return {"theta": float(theta), "phi": float(phi), "sd": sd}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pointwise compliance: rates of 0/1 flags, clustered by prompt
+
+
+def rate_replicates(flags, units, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot,) bootstrap replicates of the share of True flags, prompts resampled with all their responses."""
+    flags = np.asarray(flags, dtype=float)
+    weights = cluster_weights(units, n_boot, rng)
+    return (weights * flags).sum(-1) / np.maximum(weights.sum(-1), 1e-12)
+
+
+def rate_interval(flags, units, *, n_boot: int, confidence: float, seed: int) -> dict:
+    """{violation_rate, ci_low, ci_high, n}: the share of True flags with its expanded percentile interval over
+    the prompts in `units` (one per flag). None values where there are no flags."""
+    flags = np.asarray(flags, dtype=float)
+    if flags.size == 0:
+        return {"violation_rate": None, "ci_low": None, "ci_high": None, "n": 0}
+    n_units = len(set(np.asarray(units).tolist()))
+    boot = rate_replicates(flags, units, n_boot, np.random.default_rng(seed))
+    lo, hi = percentile_interval(boot, expanded_level(confidence, n_units))
+    return {"violation_rate": _round(flags.mean()), "ci_low": _round(lo), "ci_high": _round(hi), "n": int(flags.size)}
+
+
+def rate_difference(new, new_units, old, old_units, *, n_boot: int, confidence: float, seed: int) -> dict | None:
+    """{difference, ci_low, ci_high, rose}: rate(new) − rate(old) with an interval from resampling each side's
+    prompts independently (two logs are two samples: no prompt need be shared); `rose` when the whole
+    interval is above zero. None when a side has no flags."""
+    new, old = np.asarray(new, dtype=float), np.asarray(old, dtype=float)
+    if new.size == 0 or old.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    boot = rate_replicates(new, new_units, n_boot, rng) - rate_replicates(old, old_units, n_boot, rng)
+    n_units = min(len(set(np.asarray(new_units).tolist())), len(set(np.asarray(old_units).tolist())))
+    lo, hi = percentile_interval(boot, expanded_level(confidence, n_units))
+    return {"difference": _round(new.mean() - old.mean()), "ci_low": _round(lo), "ci_high": _round(hi),
+            "rose": bool(lo > 0)}

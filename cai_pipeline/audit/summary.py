@@ -67,6 +67,70 @@ class Settings(_Strict):
     length_unit: str = "tokens"
 
 
+class Compliance(_Strict):
+    """One principle's pointwise compliance on one side (**contract**: violation_rate, ci_low, ci_high, n): the
+    share of responses the verdict source says violate it (P > ½), its bootstrap interval over prompts."""
+
+    violation_rate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int  # responses scored
+    violations: int = 0
+    mean_p: float | None = None  # the mean P(violates): finer than the rate when a judge is unsure
+    source: str = "judge"  # where the verdicts came from (compliance.verdict_source)
+
+
+class Drift(_Strict):
+    """A principle's violation rate on the audited log minus the baseline log's, with its interval; `rose` when
+    the whole interval is above zero (the rate went up beyond its noise)."""
+
+    difference: float
+    ci_low: float
+    ci_high: float
+    rose: bool
+
+
+class Worst(_Strict):
+    """A response among the most likely to violate a principle (its trace: prompt_id and sample_idx in
+    audit/responses.parquet and the report)."""
+
+    side: str
+    prompt_id: str
+    sample_idx: int
+    p_violation: float
+
+
+class Decontamination(_Strict):
+    """The audit's prompts checked for word n-gram overlap with the training prompts and eval files
+    (decontam.py): per source, how many overlapped; how many were dropped, or which were kept and flagged."""
+
+    mode: str  # drop | flag | off
+    n: int
+    checked: int
+    overlapping: dict[str, int] = {}  # source → prompts sharing an n-gram with it
+    dropped: int = 0
+    flagged: list[str] = []  # prompt ids kept although they overlap (mode flag)
+
+
+class Accuracy(_Strict):
+    accuracy: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class ImplicitReward(_Strict):
+    """A DPO/IPO checkpoint's agreement with the preferences it learned (audit/implicit.py): the share of held-out
+    pairs whose implicit reward β·log π/π_ref ranks chosen above rejected, and the base (reference) model's
+    reference-free share, each with a bootstrap interval over prompts."""
+
+    loss: str
+    beta: float
+    n: int  # held-out pairs
+    reference: str
+    checkpoint: Accuracy
+    base: Accuracy
+
+
 class AuditSummary(_Strict):
     principles: dict[str, PrincipleScore]  # in constitution order
     overall: Overall
@@ -75,7 +139,13 @@ class AuditSummary(_Strict):
     counts: dict = {}
     settings: Settings
     warnings: list[str] = []
-    models: dict[str, str] = {}  # model, baseline, judge: the names the audit loaded them by
+    models: dict[str, str] = {}  # model, baseline, judge: the names the audit loaded them by (or the log files)
+    compliance: dict[str, Compliance] = {}  # **contract**: the audited side, per principle (audit.compliance)
+    compliance_baseline: dict[str, Compliance] = {}  # the baseline side, when it was scored too
+    drift: dict[str, Drift] = {}  # audited − baseline violation rate, when both sides were scored
+    worst: dict[str, list[Worst]] = {}  # per principle: the audited side's likeliest violations, worst first
+    decontamination: Decontamination | None = None  # None in summaries written before it existed
+    implicit_reward: ImplicitReward | None = None  # a DPO/IPO checkpoint of this run only
 
     def to_json(self) -> str:
         # Not the store's sorted JSON: principles stay in constitution order, which is how people read them.
@@ -178,3 +248,41 @@ def axes(principles, helpfulness_tags: list[str]) -> tuple[dict[str, list[int]],
         note = (f"no audited principle is on the {missing[0]} axis (helpfulness tags: "
                 f"{', '.join(helpfulness_tags) or 'none'}; see audit.helpfulness_tags)")
     return {name: idx for name, idx in split.items() if idx}, note
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pointwise compliance and drift
+
+
+def compliance_summary(rows: list[dict], principles: list, cfg) -> dict:
+    """{compliance, compliance_baseline, drift, worst} of audit/compliance.parquet's rows (compliance.py)."""
+    from cai_pipeline.audit.stats import rate_difference, rate_interval
+
+    a = cfg.audit
+    out: dict = {"compliance": {}, "compliance_baseline": {}, "drift": {}, "worst": {}}
+    for p in principles:
+        sides = {side: [r for r in rows if r["principle_id"] == p.id and r["side"] == side] for side in SIDES}
+        flags = {side: ([r["violated"] for r in got], [r["prompt_id"] for r in got]) for side, got in sides.items()}
+        for side, key in (("model", "compliance"), ("baseline", "compliance_baseline")):
+            if sides[side]:
+                seed = derive_seed(cfg.seed, "audit", "compliance", side, p.id)
+                out[key][p.id] = Compliance(**rate_interval(*flags[side], n_boot=a.bootstrap, confidence=a.confidence,
+                                                            seed=seed),
+                                            violations=sum(flags[side][0]), source=sides[side][0]["source"],
+                                            mean_p=round(sum(r["p_violation"] for r in sides[side]) / len(sides[side]), 4))
+        diff = rate_difference(*flags["model"], *flags["baseline"], n_boot=a.bootstrap, confidence=a.confidence,
+                               seed=derive_seed(cfg.seed, "audit", "drift", p.id))
+        if diff is not None:
+            out["drift"][p.id] = Drift(**diff)
+        ranked = sorted(sides["model"], key=lambda r: (-r["p_violation"], r["prompt_id"], r["sample_idx"]))
+        if ranked and a.worst:
+            out["worst"][p.id] = [Worst(**{k: r[k] for k in ("side", "prompt_id", "sample_idx", "p_violation")})
+                                  for r in ranked[: a.worst]]
+    return out
+
+
+def drift_warnings(summary: AuditSummary) -> list[str]:
+    """A line per principle whose violation rate rose beyond its interval."""
+    return [f"principle {pid}: violation rate rose by {100 * d.difference:.1f} points "
+            f"[{100 * d.ci_low:.1f}, {100 * d.ci_high:.1f}] over the baseline"
+            for pid, d in summary.drift.items() if d.rose]

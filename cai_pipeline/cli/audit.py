@@ -12,7 +12,7 @@ from cai_pipeline.cli.common import add_config, add_no_report, add_overrides, ad
 def _cmd_audit(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cai_pipeline.audit.files import console_table
+    from cai_pipeline.audit.files import compliance_table, console_table
     from cai_pipeline.audit.summary import read_summary
     from cai_pipeline.pipeline import run_pipeline
     from cai_pipeline.store import RunLayout
@@ -25,16 +25,21 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     console = Console()
     if manifest["last_run"]["audit"] == "already done":
         console.print("already audited with these settings (--restart audits again)")
-    console.print(console_table(summary, f"audit {layout.audit_dir}"))
     o = summary.overall
-    rates = f"refusal on benign prompts: model {o.refusal_rate_model}, baseline {o.refusal_rate_baseline}"
-    console.print(f"{rates}; mean length change {o.mean_length_change:+} tokens", markup=False, highlight=False)
+    if o.n:
+        console.print(console_table(summary, f"audit {layout.audit_dir}"))
+        rates = f"refusal on benign prompts: model {o.refusal_rate_model}, baseline {o.refusal_rate_baseline}"
+        console.print(f"{rates}; mean length change {o.mean_length_change:+} {summary.settings.length_unit}",
+                      markup=False, highlight=False)
+    if summary.compliance:
+        console.print(compliance_table(summary, f"compliance {layout.audit_dir}"))
     own = manifest.get("judge_warnings", {}).get("audit")
     for line in ([summary.axes_note] if summary.axes_note else []) + [w for w in summary.warnings if w != own]:
         console.print(f"note: {line}", markup=False, highlight=False)
     if own:  # also when the audit was already done: the judge is the same model every time
         console.print(f"warning: {own}", markup=False, highlight=False)
-    console.print(f"files: {layout.audit_dir} (README.md, summary.json, responses.parquet, verdicts.parquet, plots/)",
+    console.print(f"files: {layout.audit_dir} (README.md, summary.json, responses.parquet, verdicts.parquet, "
+                  "compliance.parquet, plots/)",
                   markup=False, highlight=False)
     return 0
 

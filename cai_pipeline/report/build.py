@@ -19,7 +19,7 @@ from cai_pipeline.judging import order_average, picks_same_position
 from cai_pipeline.report.review import review_items, scored_pairs
 from cai_pipeline.report.traces import Principles, RunRows, build_traces, read_rows
 from cai_pipeline.rng import stable_id
-from cai_pipeline.store import RunStore, TrainLayout, open_run
+from cai_pipeline.store import RunStore, TrainLayout, open_run, read_parquet
 
 SCHEMA = 1
 PREVIEW = 100  # characters of a prompt shown in the trace list
@@ -252,7 +252,25 @@ def audit(store: RunStore, warnings: list[str]) -> dict | None:
         return None
     dumped = data.model_dump()
     return {"principles": {pid: _numbers(v, AUDIT_KEYS) for pid, v in dumped["principles"].items()},
-            "overall": _numbers(dumped["overall"], AUDIT_OVERALL)}
+            "overall": _numbers(dumped["overall"], AUDIT_OVERALL), **compliance(store, data),
+            "decontamination": dumped.get("decontamination"), "implicit_reward": dumped.get("implicit_reward")}
+
+
+def compliance(store: RunStore, data: AuditSummary) -> dict:
+    """Pointwise compliance for the report: rates, drift, and the likeliest violations with their texts (the
+    audited response's trace: its prompt and response from audit/responses.parquet)."""
+    if not data.compliance:
+        return {}
+    path = store.layout.audit_responses
+    texts = {(r["side"], r["prompt_id"], r["sample_idx"]): r for r in (read_parquet(path) if path.exists() else [])}
+    worst = {pid: [{"prompt_id": w.prompt_id, "sample_idx": w.sample_idx, "p": w.p_violation,
+                    "prompt": [[m["role"], m["content"]] for m in texts.get((w.side, w.prompt_id, w.sample_idx),
+                                                                           {}).get("prompt", [])],
+                    "response": texts.get((w.side, w.prompt_id, w.sample_idx), {}).get("response", "")}
+                   for w in rows] for pid, rows in data.worst.items()}
+    return {"compliance": {pid: c.model_dump() for pid, c in data.compliance.items()},
+            "compliance_baseline": {pid: c.model_dump() for pid, c in data.compliance_baseline.items()},
+            "drift": {pid: d.model_dump() for pid, d in data.drift.items()}, "worst": worst}
 
 
 def rounds(store: RunStore, warnings: list[str]) -> list[dict]:

@@ -273,9 +273,46 @@
       cell(a.lc_win_rate), cell(a.sc_win_rate === undefined ? null : a.sc_win_rate),
       cell(a.sc_ci_low !== undefined ? `${fmt(a.sc_ci_low)} – ${fmt(a.sc_ci_high)}` : "—"), cell(a.consistency), cell(a.n));
   }
+  function decontaminationLine(a) {
+    const d = a.decontamination;
+    if (!d) return null;
+    if (d.mode === "off") return h("p", { class: "small muted" }, "decontamination off: the audit's prompts were not checked against the training prompts");
+    const per = Object.entries(d.overlapping).map(([source, n]) => `${source}: ${n}`).join("; ") || "no source";
+    const done = d.mode === "drop" ? `${d.dropped} dropped` : `${d.flagged.length} kept and flagged`;
+    return h("p", { id: "decontamination" }, `held-out check: ${d.checked} prompts checked for a shared word ${d.n}-gram; overlapping per source: ${per}; ${done}`);
+  }
+  function implicitLine(a) {
+    const r = a.implicit_reward;
+    if (!r) return null;
+    const acc = (x) => `${fmt(x.accuracy)} (${fmt(x.ci_low)} – ${fmt(x.ci_high)})`;
+    return h("p", { id: "implicit-reward" }, `implicit-reward accuracy on ${r.n} held-out pairs (${r.loss}, β ${fmt(r.beta)}): checkpoint ${acc(r.checkpoint)}; base model, reference-free ${acc(r.base)}`);
+  }
+  function complianceSection(a) {
+    const c = Object.entries(a.compliance || {});
+    if (!c.length) return null;
+    const both = Object.keys(a.compliance_baseline || {}).length > 0;
+    const span = (x) => (x && x.ci_low !== null ? `${fmt(x.ci_low)} – ${fmt(x.ci_high)}` : "—");
+    const rows = c.map(([pid, v]) => {
+      const b = (a.compliance_baseline || {})[pid], d = (a.drift || {})[pid];
+      return h("tr", {}, h("td", {}, pid), cell(v.violation_rate), cell(span(v)), cell(`${v.violations} / ${v.n}`),
+        both ? [cell(b ? b.violation_rate : null), cell(d ? d.difference : null), cell(span(d)),
+          cell(d && d.rose ? badge("rose", "bad") : "")] : null);
+    });
+    // The likeliest violations, each opened to its trace: the conversation and the response, as text.
+    const worst = Object.entries(a.worst || {}).map(([pid, ws]) => h("details", {}, h("summary", {}, `${pid}: ${ws.length} likeliest violations`),
+      ws.map((w) => h("details", { class: "trace", id: `audit-${pid}-${w.prompt_id}-${w.sample_idx}` },
+        h("summary", {}, `${w.prompt_id} / ${w.sample_idx}, P(violates) ${fmt(w.p)}`),
+        w.prompt.map(([role, content]) => h("div", {}, h("b", {}, role + ": "), text(content))),
+        h("div", {}, h("b", {}, "response: "), text(w.response)),
+        POS.has(w.prompt_id) ? h("a", { href: "#trace/" + encodeURIComponent(w.prompt_id) }, "open the prompt's run trace") : null))));
+    return section("Audit: compliance per principle",
+      table(["principle", "violation rate", "95% CI", "violations / n"].concat(both ? ["baseline", "drift", "drift 95% CI", ""] : []), rows, { id: "compliance" }),
+      worst);
+  }
   function auditSection() {
     const a = DATA.audit;
     if (!a) return null;
+    if (!a.overall.n) return [complianceSection(a), decontaminationLine(a)];
     const o = a.overall, ps = Object.entries(a.principles);
     const gap = o.win_rate !== undefined && o.lc_win_rate !== undefined && Math.abs(o.win_rate - o.lc_win_rate) > 0.1;
     return section("Audit: the trained model against its baseline",
@@ -284,7 +321,8 @@
       h("p", {}, `refusal rate on benign prompts: model ${fmt(o.refusal_rate_model)}, baseline ${fmt(o.refusal_rate_baseline)}; ` +
         `mean length change ${fmt(o.mean_length_change, 1)}`),
       forest([["overall", o.win_rate, o.ci_low, o.ci_high, o.lc_win_rate], ...ps.map(([pid, v]) => [pid, v.win_rate, v.ci_low, v.ci_high, v.lc_win_rate])]),
-      h("p", { class: "small muted" }, "dots: win rate with its 95% CI; squares: length-controlled win rate; dashed line: 0.5 (no change)"));
+      h("p", { class: "small muted" }, "dots: win rate with its 95% CI; squares: length-controlled win rate; dashed line: 0.5 (no change)"),
+      implicitLine(a), decontaminationLine(a), complianceSection(a));
   }
   function roundsSection() {
     const rs = DATA.rounds;

@@ -165,10 +165,24 @@ def run(ctx: RunContext) -> dict:
     }
     if prefs and prefs[0]["p_chosen"] is not None:
         summary["mean_p_chosen"] = round(statistics.fmean(p["p_chosen"] for p in prefs), 4)
+    summary["audit_overlap"] = audit_overlap(ctx)
     judge_md = judge_section(judged, store.read_rejects("judge")) if source == "judge" else ""
     atomic_write_text(layout.card, dataset_card(cfg, ctx.assets.constitution, ctx.manifest, summary, judge_md))
     summary["rows"] = sum(summary["sft"].values()) + sum(summary["preferences"].values())
     return summary
+
+
+def audit_overlap(ctx: RunContext) -> dict | None:
+    """How many of the audit's prompts share a word n-gram with the train split just written (the card says
+    it; the audit drops or flags them: audit/decontam.py). A log the audit will read that cannot be read yet
+    is no reason to fail the export: the card says so."""
+    from cai_pipeline.audit.decontam import card_report
+    from cai_pipeline.errors import UserError
+
+    try:
+        return card_report(ctx.cfg, ctx.store.layout, ctx.assets.prompts.rows)
+    except UserError as e:
+        return {"error": str(e)}
 
 
 def summary_line(summary: dict) -> tuple[str, str]:

@@ -111,7 +111,9 @@ def check_outputs(out: Path, prompts: int, n: int, principles: int) -> dict:
     for name in ("win_rates.png", "length.png"):
         data = (folder / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000 and f"plots/{name}" in readme
-    assert pd.read_parquet(out / "rejects" / "audit").empty
+    # the only rejects: bundled audit prompts that are also among the run's (training) prompts, dropped
+    rejects = pd.read_parquet(out / "rejects" / "audit")
+    assert set(rejects["reason"]) <= {"contaminated"} and len(rejects) == summary["decontamination"]["dropped"]
     return summary
 
 
