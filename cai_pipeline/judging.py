@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from cai_pipeline.constitution import draw_principles
 from cai_pipeline.engines.base import Failure, GenParams, Message
-from cai_pipeline.rng import derive_seed, rng_for, stable_id
+from cai_pipeline.rng import derive_seed, stable_id
 from cai_pipeline.templates import TemplateSet, transcript
 
 CHOICES = ["A", "B"]
@@ -129,7 +129,7 @@ def plan(pairs: Sequence[Mapping], principles: Sequence, k: int, seed: int,
         messages = as_messages(pair["prompt"])
         x, y, swapped = canonical(pair["a"], pair["b"])
         key = pair_key(messages, x, y)
-        drawn = draw_principles(principles, rng_for(seed, "judge", key), k)
+        drawn = draw_principles(principles, seed, ("judge", key), k)
         if not both_orders:  # asked as given: (a, b) and (b, a) are different questions
             x, y, swapped, key = pair["a"], pair["b"], False, stable_id(key, _text_hash(pair["a"]))
         jobs.setdefault(key, Job(key, messages, x, y, drawn, both_orders))

@@ -90,7 +90,7 @@ async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
     current, rounds, counts = sample["response"], [], Counter()
     current_truncated = sample["finish_reason"] == "length"
     for r in range(ctx.cfg.revise.rounds):
-        [principle] = draw_principles(ctx.constitution.principles, ctx.rng("revise", *key, r), 1,
+        [principle] = draw_principles(ctx.constitution.principles, ctx.seed, ("revise", *key, r), 1,
                                       exclude=[x["principle_id"] for x in rounds])
         conv = conv + [{"role": "user", "content": ctx.templates.render("critique", principle=principle)}]
         critique = await _ask(gen, shots + conv, _params(ctx, r, "critique"), f"round {r} critique", rounds)
