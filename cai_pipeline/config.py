@@ -217,6 +217,8 @@ class RunConfig(Strict):
                               description="the stages to run (`cai run --help` lists them), in pipeline order whatever "
                               "the order given")
     shard_size: int = Field(64, gt=0, description="prompts per shard: the unit of resume")
+    reuse: str | None = Field(None, description="an earlier run folder (`cai run --reuse`): rows whose content "
+                              "keys match are copied from it, the rest computed; it is only read (docs/reuse.md)")
     engine: EngineConfig = EngineConfig()
     prompts: PromptsConfig = PromptsConfig()
     sample: SampleConfig = SampleConfig()

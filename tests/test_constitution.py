@@ -23,7 +23,6 @@ from cai_pipeline.constitution import (
 )
 from cai_pipeline.errors import UserError
 from cai_pipeline.importers import GENERIC_COMPARISON, import_cai_paper, import_hf_recipe
-from cai_pipeline.rng import rng_for
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / ".." / "shared" / "data" / "cai-paper"

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cai_pipeline"
 # Floors, bottom up: a module may import its own floor and those below. The first prefix that matches wins.
 FLOORS = [
     ("ground", ("errors", "rng", "records", "store", "yamlio", "bundled", "fingerprint", "console",
-                "train.config", "config")),
+                "train.config", "config", "rowkeys", "reuse")),
     ("definitions", ("constitution", "templates", "inputs", "models", "importers", "constitution_diff",
                      "judge_roles")),
     ("engines and trainer", ("engines", "train", "judging")),
