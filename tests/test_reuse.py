@@ -193,3 +193,27 @@ def test_reuse_must_name_another_run_folder(old_run, tmp_path, capsys):
     code = main(["run", str(REPO / "configs" / "demo.yaml"), f"out_dir={tmp_path / 'y'}", "--reuse", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "reuse:" in err and "Traceback" not in err
+
+
+def test_compare_leads_with_what_the_edit_changed(old_run, tmp_path, capsys, monkeypatch):
+    from cai_pipeline.edit_effects import edit_effects
+
+    monkeypatch.setenv("COLUMNS", "200")
+    tmp, old_cfg = old_run
+    def edit_all(data):
+        edit_critique(data)
+        for p in data["principles"]:
+            if p["id"] == EDITED:
+                p["comparison"] = "Which response keeps private details private?"
+    cfg = config(tmp_path, "new", constitution_file(tmp_path, "c", edit_all), f"reuse={old_cfg.out_dir}")
+    manifest, _ = run(cfg, "NEW")
+    [effect] = edit_effects(RunStore(old_cfg.out_dir), RunStore(cfg.out_dir))
+    touched = [k for k, r in chains(Path(old_cfg.out_dir)).items() if EDITED in [x["principle_id"] for x in r["rounds"]]]
+    assert effect.principle_id == EDITED and effect.change == "edited: critique, comparison"
+    assert effect.chains == effect.chains_changed == len(touched)
+    assert effect.examples and effect.examples[0]["after"]["critique"].startswith("NEW ")
+    assert effect.examples[0]["before"]["critique"].startswith("OLD ")
+    assert main(["compare", old_cfg.out_dir, cfg.out_dir]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("What the edit changed") and f"{EDITED} (edited: critique, comparison)" in out
+    assert f"revise: reused {12 - len(touched)}, recomputed {len(touched)}" in out

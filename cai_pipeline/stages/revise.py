@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from cai_pipeline.constitution import draw_principles
 from cai_pipeline.engines.base import Completion, GenParams, Message
 from cai_pipeline.engines.chains import Gen, run_chains
+from cai_pipeline.rng import derive_seed
 from cai_pipeline.rowkeys import chain_key, round_key
 from cai_pipeline.stages.base import StageContext, StageResult, error_reason, make_reject
 
@@ -72,10 +73,12 @@ def few_shot_turns(ctx: StageContext, rng, k: int) -> list[Message]:
     return turns
 
 
-def _params(ctx: StageContext, *keys: object) -> GenParams:
+def _params(ctx: StageContext, row: tuple, *keys: object) -> GenParams:
+    """A step's parameters. Its seed is the shard call's, or with engine.row_seeds the row's own (from its ids),
+    so the step's output does not depend on which other rows run beside it."""
     r = ctx.cfg.revise
-    return GenParams(n=1, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                     seed=ctx.call_seed("revise", *keys))
+    seed = derive_seed(ctx.seed, "revise", *row, *keys) if ctx.cfg.engine.row_seeds else ctx.call_seed("revise", *keys)
+    return GenParams(n=1, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=seed)
 
 
 async def _ask(gen: Gen, conv: list[Message], params: GenParams, step: str, rounds: list[dict]) -> Completion:
@@ -131,10 +134,10 @@ async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
             conv = conv + [{"role": "assistant", "content": current}]
             continue
         counts["reuse:rounds_computed"] += 1
-        critique = await _ask(gen, shots + conv, _params(ctx, r, "critique"), f"round {r} critique", rounds)
+        critique = await _ask(gen, shots + conv, _params(ctx, key, r, "critique"), f"round {r} critique", rounds)
         conv = conv + [{"role": "assistant", "content": critique.text.strip()},
                        {"role": "user", "content": ask_revision}]
-        revision = await _ask(gen, shots + conv, _params(ctx, r, "revision"), f"round {r} revision", rounds)
+        revision = await _ask(gen, shots + conv, _params(ctx, key, r, "revision"), f"round {r} revision", rounds)
         text, cleaned = clean_revision(revision.text)
         kept = "empty_revision" if not text else None
         # An empty critique is kept (the revision still ran) and counted, so a run shows how often it happens.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cai_pipeline.engines.base import Engine, GenParams
 from cai_pipeline.reuse import ADDED, RECOMPUTED, REUSED
+from cai_pipeline.rng import derive_seed
 from cai_pipeline.rowkeys import sample_key
 from cai_pipeline.stages.base import StageContext, StageResult, error_reason, make_reject
 
@@ -41,12 +42,22 @@ def _take(out: StageResult, prompt: dict, comps) -> None:
             out.rows.append(row)
 
 
+def _generate(engine: Engine, prompts: list[dict], ctx: StageContext):
+    """One call for the shard; with engine.row_seeds each prompt has its own seed (from its id), so its samples
+    do not depend on the other prompts of the call."""
+    params = params_for(ctx.cfg, ctx.call_seed("sample"))
+    convs = [p["prompt"] for p in prompts]
+    if ctx.cfg.engine.row_seeds and getattr(engine, "row_seeds", False):
+        return engine.generate(convs, params, seeds=[derive_seed(ctx.seed, "sample", p["prompt_id"]) for p in prompts])
+    return engine.generate(convs, params)
+
+
 def run(inputs: dict[str, list[dict]], engine: Engine, ctx: StageContext) -> StageResult:
     prompts = inputs["prompts"]
     keys = {p["prompt_id"]: sample_key(ctx.cfg, p) for p in prompts}
     reused = {p["prompt_id"]: rows for p in prompts if (rows := reusable(ctx, p, keys[p["prompt_id"]]))}
     todo = [p for p in prompts if p["prompt_id"] not in reused]
-    results = engine.generate([p["prompt"] for p in todo], params_for(ctx.cfg, ctx.call_seed("sample"))) if todo else []
+    results = _generate(engine, todo, ctx) if todo else []
     computed = dict(zip((p["prompt_id"] for p in todo), results, strict=True))
     out = StageResult(keys={"rows": keys})
     for prompt in prompts:
