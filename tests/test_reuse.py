@@ -217,3 +217,23 @@ def test_compare_leads_with_what_the_edit_changed(old_run, tmp_path, capsys, mon
     out = capsys.readouterr().out
     assert out.startswith("What the edit changed") and f"{EDITED} (edited: critique, comparison)" in out
     assert f"revise: reused {12 - len(touched)}, recomputed {len(touched)}" in out
+
+
+def test_the_report_marks_each_chain_reused_recomputed_or_added(old_run, tmp_path):
+    from cai_pipeline.report.build import build_document
+
+    tmp, old_cfg = old_run
+    cfg = config(tmp_path, "new", constitution_file(tmp_path, "c", edit_critique), f"reuse={old_cfg.out_dir}",
+                 "prompts.limit=7")  # one prompt more than the old run
+    run(cfg, "NEW")
+    old = chains(Path(old_cfg.out_dir))
+    _, traces = build_document(cfg.out_dir)
+    marks = {f"{t['id']}/{s['i']}": s["reuse"] for t in traces for s in t["samples"]}
+    for k, mark in marks.items():
+        if k not in old:
+            assert mark == ["added"]
+            continue
+        ids = [r["principle_id"] for r in old[k]["rounds"]]
+        expect = ["recomputed", old_cfg.out_dir, ids.index(EDITED)] if EDITED in ids else ["reused", old_cfg.out_dir]
+        assert mark == expect, k
+    assert sum(m == ["added"] for m in marks.values()) == 2  # the new prompt's two samples
