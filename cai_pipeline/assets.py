@@ -20,6 +20,7 @@ class Assets:
     constitution: object = None
     templates: object = None
     hashes: dict = field(default_factory=dict)  # prompts, constitution, templates: what stages' `content` name
+    reuse: object = None  # reuse.ReuseSource where the config names an earlier run (`reuse:` / --reuse)
 
     def prompt_shard(self, index: int) -> list[dict]:
         size = self.cfg.shard_size
@@ -32,6 +33,7 @@ class Assets:
 
 def load_assets(cfg: RunConfig) -> Assets:
     from cai_pipeline.constitution import constitution_sha256, load_constitution
+    from cai_pipeline.reuse import open_source
     from cai_pipeline.templates import TemplateSet
 
     p = cfg.prompts
@@ -44,4 +46,5 @@ def load_assets(cfg: RunConfig) -> Assets:
     templates = TemplateSet.for_constitution(constitution)
     hashes = {"prompts": content_sha256(prompts.rows), "constitution": constitution_sha256(constitution),
               "templates": templates.template_hashes()}
-    return Assets(cfg, prompts, constitution, templates, hashes)
+    reuse = open_source(cfg.reuse, cfg.out_dir) if cfg.reuse else None
+    return Assets(cfg, prompts, constitution, templates, hashes, reuse)

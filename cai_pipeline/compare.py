@@ -124,6 +124,44 @@ def print_audits(console: Console, a: AuditSummary | None, b: AuditSummary | Non
     console.print(table)
 
 
+def _num(x) -> str:
+    return "—" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def print_edit_effects(console: Console, a: RunStore, b: RunStore, examples: int) -> list:
+    """First: what the constitution edit changed, per principle (edit_effects.py), and B's reuse of A's rows."""
+    from cai_pipeline.edit_effects import edit_effects
+
+    effects = edit_effects(a, b, examples=min(examples, 2))
+    reuse = (b.read_manifest() or {}).get("reuse") or {}
+    if not effects and not reuse:
+        return effects
+    console.print("[bold]What the edit changed[/bold]")
+    for e in effects:
+        console.print(f"  [bold]{escape(e.principle_id)}[/bold] ({escape(e.change)}): revise chains that drew it "
+                      f"{e.chains}, changed {e.chains_changed}; its verdicts on pairs both runs judged {e.verdicts}, "
+                      f"moved {e.verdicts_moved}, flipped {e.verdicts_flipped}", highlight=False)
+        for label, key in (("revision preferred", "revision_preferred"), ("mean p(revision)", "mean_p_revision"),
+                           ("order-consistent", "consistent")):
+            before, after = e.judge_before.get(key), e.judge_after.get(key)
+            if before is not None or after is not None:
+                console.print(f"    judge, {label}: {_num(before)} → {_num(after)}", highlight=False)
+        if e.audit_before is not None or e.audit_after is not None:
+            console.print(f"    audit win rate: {_num(e.audit_before)} → {_num(e.audit_after)}", highlight=False)
+        for ex in e.examples:
+            console.print(f"    [dim]prompt[/dim]: {escape(ex['prompt'][:200])} (round {ex['round']})", highlight=False)
+            for side in ("before", "after"):
+                for part in ("critique", "revision"):
+                    console.print(f"      [dim]{side} {part}[/dim]: {escape(ex[side][part][:300])}", highlight=False)
+    for stage, r in reuse.items():
+        extra = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("source", "reused", "recomputed", "added",
+                                                                          "dropped"))
+        console.print(f"  {stage}: reused {r['reused']}, recomputed {r['recomputed']}, added {r['added']}, "
+                      f"dropped {r['dropped']} (from {escape(r['source'])})" + (f"; {extra}" if extra else ""),
+                      highlight=False)
+    return effects
+
+
 def read_rounds(store: RunStore) -> list[dict]:
     """`cai iterate`'s rounds (iterate.json), [] for a run without them."""
     path = store.layout.iterate_manifest
@@ -198,6 +236,7 @@ def compare(path_a: str, path_b: str | None = None, *, examples: int = 3, consol
                             "run folders: cai compare RUN_A RUN_B")
         return {"rounds": len(read_rounds(a))}
     a, b = open_run(path_a), open_run(path_b)
+    effects = print_edit_effects(console, a, b, examples)
     changes = constitution_changes(a, b)
     console.print("[bold]Constitution[/bold]: " + ("no differences" if not changes else ""))
     for line in changes:
@@ -220,5 +259,6 @@ def compare(path_a: str, path_b: str | None = None, *, examples: int = 3, consol
         console.print(f"\n[bold]prompt[/bold]: {escape(prompt)}", highlight=False)
         for label, text in (("initial", initial), ("A final", fa), ("B final", fb)):
             console.print(f"  [dim]{label}[/dim]: {escape(text[:400])}", highlight=False)
-    return {"constitution": changes, "a": stats_a, "b": stats_b, "examples": len(pairs),
+    return {"edit": [e.__dict__ for e in effects], "constitution": changes, "a": stats_a, "b": stats_b,
+            "examples": len(pairs),
             "audits": [x is not None for x in audits]}

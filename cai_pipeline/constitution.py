@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import random
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from pydantic import (
 
 from cai_pipeline.bundled import resolve_resource
 from cai_pipeline.errors import UserError
+from cai_pipeline.rng import race_order
 from cai_pipeline.yamlio import dotted, line_of, parse, syntax_problem
 
 # Variables a principle text may use: none (see the module docstring). Kept as a set so the check and the
@@ -308,30 +308,21 @@ def dump_constitution(c: Constitution, path: str | Path) -> Path:
 
 
 def draw_principles(
-    principles: Sequence[Principle], rng: random.Random, k: int, *, exclude: Iterable[str] = ()
+    principles: Sequence[Principle], seed: int, keys: tuple, k: int, *, exclude: Iterable[str] = ()
 ) -> list[Principle]:
-    """Draw k distinct principles, each pick weighted by `weight`, using only `rng`.
+    """Draw k distinct principles for the row and step named by `keys` (e.g. ("revise", prompt_id,
+    sample_idx, round)), each weighted by `weight`: the k largest race keys (rng.race_key), which is a weighted
+    draw without replacement.
 
     Principles whose id is in `exclude` (already used in this row) are skipped while unused ones remain; once
-    every principle is used, the draw falls back to the full set (minus those picked in this call). Returns
-    min(k, len(principles)) principles: a one-principle constitution always gives that one. Each pick
-    consumes exactly one `rng.random()`, so the sequence depends only on the rng's seed and the inputs."""
+    every principle is used, the rest of the k come from the full set (minus those already picked). Returns
+    min(k, len(principles)) principles: a one-principle constitution always gives that one. A principle's key
+    depends on (seed, keys, its id, its weight) only, so editing a principle's text moves no draw, and adding a
+    principle changes only the draws where its key wins (docs/reuse.md)."""
     if k < 0:
         raise ValueError(f"k must be ≥ 0, got {k}")
     excluded = set(exclude)
-    picked: list[Principle] = []
-    for _ in range(min(k, len(principles))):
-        remaining = [p for p in principles if not any(p is q for q in picked)]
-        fresh = [p for p in remaining if p.id not in excluded]
-        picked.append(_weighted_pick(fresh or remaining, rng))
-    return picked
-
-
-def _weighted_pick(candidates: Sequence[Principle], rng: random.Random) -> Principle:
-    total = sum(p.weight for p in candidates)
-    point = rng.random() * total
-    for p in candidates:
-        point -= p.weight
-        if point < 0:
-            return p
-    return candidates[-1]  # float rounding can leave point at ~0 after the last subtraction
+    by_id = {p.id: p for p in principles}
+    order = race_order(seed, keys, [(p.id, p.weight) for p in principles])
+    ranked = [i for i in order if i not in excluded] + [i for i in order if i in excluded]
+    return [by_id[i] for i in ranked[: min(k, len(principles))]]

@@ -24,11 +24,12 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cai_pipeline.constitution import draw_principles
 from cai_pipeline.engines.base import Failure, GenParams, Message
-from cai_pipeline.rng import derive_seed, rng_for, stable_id
+from cai_pipeline.rng import derive_seed, stable_id
+from cai_pipeline.rowkeys import verdict_key
 from cai_pipeline.templates import TemplateSet, transcript
 
 CHOICES = ["A", "B"]
@@ -129,7 +130,7 @@ def plan(pairs: Sequence[Mapping], principles: Sequence, k: int, seed: int,
         messages = as_messages(pair["prompt"])
         x, y, swapped = canonical(pair["a"], pair["b"])
         key = pair_key(messages, x, y)
-        drawn = draw_principles(principles, rng_for(seed, "judge", key), k)
+        drawn = draw_principles(principles, seed, ("judge", key), k)
         if not both_orders:  # asked as given: (a, b) and (b, a) are different questions
             x, y, swapped, key = pair["a"], pair["b"], False, stable_id(key, _text_hash(pair["a"]))
         jobs.setdefault(key, Job(key, messages, x, y, drawn, both_orders))
@@ -190,15 +191,22 @@ def _verdict(principle, first: float, second: float | None, reasons: Sequence[st
             "reasoning_second": reasons[1] if len(reasons) > 1 else None}
 
 
-def job_outcome(job: Job, scores: Sequence[dict | str], reasons: Sequence[str],
-                clamp_to: tuple[float, float] | None) -> dict | str:
-    """One job's verdicts in its own orientation (a = x), or its first failure as 'reason: detail'."""
+def job_outcome(job: Job, scores: Sequence[dict | str | None], reasons: Sequence[str],
+                clamp_to: tuple[float, float] | None, known: Mapping[int, Mapping] | None = None) -> dict | str:
+    """One job's verdicts in its own orientation (a = x), or its first failure as 'reason: detail'. `known`:
+    principle index → a verdict taken from an earlier run (its scores are None here)."""
     failed = next((s for s in scores if isinstance(s, str)), None)
     if failed:
         return failed
+    known = known or {}
     n = len(job.orders())
     verdicts = []
     for i, principle in enumerate(job.principles):
+        if i in known:
+            old = known[i]
+            verdicts.append(_verdict(principle, old["p_a_first"], old["p_a_second"],
+                                     [old["reasoning_first"], old["reasoning_second"]][:n]))
+            continue
         # P(A | x first); and P(B | x second) = 1 − P(A | y first).
         probs = [choice_probability(scores[i * n])] + [1.0 - choice_probability(s) for s in scores[i * n + 1 : i * n + n]]
         if clamp_to:
@@ -210,6 +218,33 @@ def job_outcome(job: Job, scores: Sequence[dict | str], reasons: Sequence[str],
     per = [order_average(v["p_a_first"], v["p_a_second"]) for v in verdicts]
     return {"verdicts": verdicts, "p_a": weighted_mean(per, [v["weight"] for v in verdicts]),
             "consistent": not any(picks_same_position(v["p_a_first"], v["p_a_second"]) for v in verdicts)}
+
+
+@dataclass
+class VerdictReuse:
+    """Verdicts of an earlier run (`cai run --reuse`), by key (rowkeys.verdict_key: the rendered judge
+    conversations of both orders, the judge model and settings), in their pair's canonical orientation.
+    judge_pairs skips the conversations of a known verdict and fills `keys`: per input pair, in order,
+    {principle_id: key} of the verdicts it holds."""
+
+    salt: str
+    known: Mapping[str, Mapping] = field(default_factory=dict)
+    keys: list[dict[str, str]] = field(default_factory=list)
+    reused: int = 0
+    computed: int = 0
+
+    def plan(self, jobs: Sequence[Job], convs: Sequence[list]) -> tuple[list[list[str]], dict[tuple[int, int], Mapping]]:
+        """Per job, each principle's key; and the known verdicts by (job index, principle index)."""
+        keys, known = [], {}
+        for j, job in enumerate(jobs):
+            n = len(job.orders())
+            keys.append([verdict_key(self.salt, convs[j][i * n : i * n + n]) for i in range(len(job.principles))])
+            for i, key in enumerate(keys[-1]):
+                if key in self.known:
+                    known[j, i] = self.known[key]
+            self.reused += sum(1 for i in range(len(job.principles)) if (j, i) in known)
+            self.computed += sum(1 for i in range(len(job.principles)) if (j, i) not in known)
+        return keys, known
 
 
 def swap(outcome: dict) -> dict:
@@ -224,30 +259,40 @@ def swap(outcome: dict) -> dict:
 def judge_pairs(engine, pairs: Sequence[Mapping], principles: Sequence, *, both_orders: bool = True,
                 reasoning: bool = False, seed: int = 0, k: int = 2, templates: TemplateSet | None = None,
                 reasoning_max_tokens: int = 128, clamp_to: tuple[float, float] = COT_CLAMP,
-                layout: str = "question_first") -> list[dict]:
+                layout: str = "question_first", reuse: VerdictReuse | None = None) -> list[dict]:
     """**Contract.** Judge each pair (`prompt`: a string or chat messages; `a`, `b`: response strings) under k
     of `principles` drawn per pair. Returns one record per pair, in order: the pair's own fields plus
     `verdicts` (per principle: p_a_first, p_a_second, reasoning_*), `p_a` (probability that `a` is better),
     `consistent` and `error` (None). A pair that could not be judged (too long for the context, an engine
     error) has `error` = 'reason: detail' and no verdicts. With `both_orders=False` only the order a-first is
     asked: p_a_second and consistent are None and there is no symmetry guarantee. `layout` picks the judge
-    prompt's layout (see TEMPLATES); the numbers differ between layouts, the guarantees do not."""
+    prompt's layout (see TEMPLATES); the numbers differ between layouts, the guarantees do not. `reuse`: verdicts
+    known from an earlier run, taken instead of asked (VerdictReuse)."""
     if not principles:
         raise ValueError("judge_pairs needs at least one principle to ask")
     templates = templates or TemplateSet()
     jobs, refs = plan(pairs, principles, k, seed, both_orders)
-    convs = [c for job in jobs for c in conversations(job, templates, reasoning, layout)]
+    per_job = [conversations(job, templates, reasoning, layout) for job in jobs]
+    keys, known = reuse.plan(jobs, per_job) if reuse else ([], {})
+    # Every conversation still to score, as (job index, conversation index): a known verdict's are skipped.
+    wanted = [(j, c) for j, job in enumerate(jobs) for c in range(len(per_job[j]))
+              if (j, c // len(job.orders())) not in known]
+    convs = [per_job[j][c] for j, c in wanted]
     reasons = [""] * len(convs)
     if reasoning and convs:
         convs, reasons = add_reasoning(engine, convs, templates.judge_prefix(), reasoning_max_tokens,
                                        derive_seed(seed, "judge", "reasoning"))
-    scores = score_all(engine, convs)
-    outcomes, start = {}, 0
-    for job in jobs:
-        end = start + len(job.principles) * len(job.orders())
-        outcomes[job.key] = job_outcome(job, scores[start:end], reasons[start:end] if reasoning else [],
-                                        clamp_to if reasoning else None)
-        start = end
+    scored = dict(zip(wanted, zip(score_all(engine, convs), reasons, strict=True), strict=True))
+    outcomes = {}
+    for j, job in enumerate(jobs):
+        slots = [scored.get((j, c), (None, "")) for c in range(len(per_job[j]))]
+        mine = {i: v for (jj, i), v in known.items() if jj == j}
+        outcomes[job.key] = job_outcome(job, [s for s, _ in slots], [r for _, r in slots] if reasoning else [],
+                                        clamp_to if reasoning else None, mine)
+    if reuse:
+        by_key = {job.key: dict(zip((p.id for p in job.principles), keys[j], strict=True))
+                  for j, job in enumerate(jobs)}
+        reuse.keys = [by_key[key] for key, _ in refs]
     return [_record(pair, outcomes[key], swapped) for pair, (key, swapped) in zip(pairs, refs)]
 
 

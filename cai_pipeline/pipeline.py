@@ -93,6 +93,7 @@ def run_sharded(stage: Stage, store: RunStore, assets: Assets, executor, manifes
     totals = StageTotals(store.shard_stats(stage.name), total)
     manifest["stages"][stage.name] = totals.as_dict()
     if not pending:
+        record_reuse(stage, assets, manifest, totals)
         return "already done"
     rows = {i: shard_rows(stage, store, assets, i) for i in range(total)}
     progress = StageProgress(stage.name, sum(rows.values()), sum(rows[i] for i in done))
@@ -113,7 +114,14 @@ def run_sharded(stage: Stage, store: RunStore, assets: Assets, executor, manifes
         executor.run(stage, pending, assets, store, on_done=on_done, on_rows=on_rows)
     finally:
         progress.close()
+    record_reuse(stage, assets, manifest, totals)
     return "ran" if not done else f"resumed ({len(done)} of {total} shards were done)"
+
+
+def record_reuse(stage: Stage, assets: Assets, manifest: dict, totals: StageTotals) -> None:
+    """With `--reuse`: the stage's rows reused, recomputed, added and dropped against the old run."""
+    if assets.reuse is not None:
+        manifest.setdefault("reuse", {})[stage.name] = assets.reuse.summary(stage.name, totals.counts)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class RunLayout:
     manifest.json  constitution.yaml  .lock  .workers-probe  report.html
     <stage>/part-00000.parquet        sample, revise, pairs, judge: rows only
     stats/<stage>/part-00000.json     per-shard counts and timings
+    keys/<stage>/part-00000.json      per-shard content keys of its rows (rowkeys.py): what `--reuse` matches
     rejects/<stage>/part-00000.parquet
     datasets/sft/  datasets/preferences/  datasets/README.md
     checkpoint/                       the trained model (a plain Hugging Face folder)
@@ -60,7 +61,7 @@ class RunLayout:
     """
 
     # Entries that belong to no stage (the stages' own come from the stage list: stages.owned_entries()).
-    FIXED = ("stats", "rejects", "rounds", "report.html", "iterate.json", "vs-base", "constitution.yaml",
+    FIXED = ("stats", "keys", "rejects", "rounds", "report.html", "iterate.json", "vs-base", "constitution.yaml",
              "manifest.json", ".workers-probe", "judge-check")
 
     def __init__(self, root: str | Path):
@@ -100,6 +101,9 @@ class RunLayout:
 
     def stats(self, stage: str, index: int) -> Path:
         return self.stats_dir(stage) / f"part-{index:05d}.json"
+
+    def keys(self, stage: str, index: int) -> Path:
+        return self.root / "keys" / stage / f"part-{index:05d}.json"
 
     def rejects_dir(self, stage: str | None = None) -> Path:
         return self.root / "rejects" / stage if stage else self.root / "rejects"
@@ -551,12 +555,15 @@ class RunStore:
         return sorted(int(p.name[5:10]) for p in folder.glob("part-*.parquet"))
 
     def write_shard(self, stage: str, index: int, rows: list[dict], model: type[BaseModel],
-                    rejects: list[dict], stats: dict[str, Any]) -> dict[str, Any]:
+                    rejects: list[dict], stats: dict[str, Any], keys: dict | None = None) -> dict[str, Any]:
         """Write one finished shard; returns its stats as written: with the size and sha256 of its data and
-        rejects parts (`files`), which the stats file holds so a damaged part is told from a whole one."""
+        rejects parts (`files`), which the stats file holds so a damaged part is told from a whole one.
+        `keys`: the rows' content keys (rowkeys.py), kept beside the shard for a later `--reuse`."""
         data, rejected = parquet_bytes(rows, model), parquet_bytes(rejects, RejectRecord)
         stats = {**stats, "files": {"data": digest(data), "rejects": digest(rejected)}}
         atomic_write_bytes(self.layout.rejects(stage, index), rejected)
+        if keys is not None:
+            atomic_write_json(self.layout.keys(stage, index), keys)
         atomic_write_json(self.layout.stats(stage, index), stats)
         atomic_write_bytes(self.layout.shard(stage, index), data)  # last: marks the shard done
         return stats
@@ -584,6 +591,15 @@ class RunStore:
         except (ValueError, OSError):
             return {}
         return stats if isinstance(stats, dict) else {}
+
+    def read_keys(self, stage: str, index: int) -> dict:
+        """One shard's content keys ({} where it has none or the file is unreadable: nothing of it is reused)."""
+        path = self.layout.keys(stage, index)
+        try:
+            keys = json.loads(path.read_text()) if path.exists() else {}
+        except (ValueError, OSError):
+            return {}
+        return keys if isinstance(keys, dict) else {}
 
     def shard_stats(self, stage: str) -> list[dict]:
         """The stats of every finished shard (a shard without its stats file counts as empty)."""

@@ -23,7 +23,6 @@ from cai_pipeline.constitution import (
 )
 from cai_pipeline.errors import UserError
 from cai_pipeline.importers import GENERIC_COMPARISON, import_cai_paper, import_hf_recipe
-from cai_pipeline.rng import rng_for
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / ".." / "shared" / "data" / "cai-paper"
@@ -287,7 +286,7 @@ def principles_of(*weights: float) -> list[Principle]:
 def row_sequence(ps: list[Principle], seed: int, row: str, rounds: int) -> list[str]:
     used: list[str] = []
     for r in range(rounds):
-        used += [p.id for p in draw_principles(ps, rng_for(seed, row, 0, r), 1, exclude=used)]
+        used += [p.id for p in draw_principles(ps, seed, (row, 0, r), 1, exclude=used)]
     return used
 
 
@@ -311,7 +310,7 @@ def test_draws_do_not_depend_on_batch_order_or_size_or_global_random():
             for r in range(3):
                 for row in batch:
                     mine = used.setdefault(row, [])
-                    mine += [p.id for p in draw_principles(ps, rng_for(7, row, 0, r), 1, exclude=mine)]
+                    mine += [p.id for p in draw_principles(ps, 7, (row, 0, r), 1, exclude=mine)]
                     random.random()  # someone else's use of the global RNG between draws
         return [used[row] for row in rows]  # a list in row order: which row got which sequence matters
 
@@ -333,15 +332,13 @@ def test_no_repeat_within_a_row_while_unused_remain_then_fall_back():
 
 def test_weights_are_respected_statistically():
     ps = principles_of(1.0, 3.0)
-    rng = random.Random(12345)
-    counts = Counter(draw_principles(ps, rng, 1)[0].id for _ in range(8000))
+    counts = Counter(draw_principles(ps, 12345, ("row", i), 1)[0].id for i in range(8000))
     assert 0.72 < counts["p1"] / 8000 < 0.78  # expected 0.75
 
 
 def test_weighted_draw_without_replacement_matches_sequential_probabilities():
     ps = principles_of(2.0, 1.0, 1.0)
-    rng = random.Random(99)
-    firsts = Counter(tuple(p.id for p in draw_principles(ps, rng, 2)) for _ in range(12000))
+    firsts = Counter(tuple(p.id for p in draw_principles(ps, 99, ("row", i), 2)) for i in range(12000))
     # P(p0 first, p1 second) = 2/4 · 1/2 = 0.25 ; P(p1 first, p0 second) = 1/4 · 2/3 ≈ 0.1667
     assert 0.235 < firsts[("p0", "p1")] / 12000 < 0.265
     assert 0.152 < firsts[("p1", "p0")] / 12000 < 0.181
@@ -350,14 +347,60 @@ def test_weighted_draw_without_replacement_matches_sequential_probabilities():
 
 def test_draw_edge_cases():
     ps = principles_of(1.0, 1.0, 1.0)
-    rng = random.Random(0)
-    assert draw_principles(ps, rng, 0) == []
-    assert sorted(p.id for p in draw_principles(ps, rng, 10)) == ["p0", "p1", "p2"]  # capped, no repeats
-    assert [p.id for p in draw_principles(ps[:1], rng, 2)] == ["p0"]  # one principle: that one
-    assert draw_principles(ps, rng, 1, exclude=["p0", "p1"])[0].id == "p2"
-    assert draw_principles(ps, rng, 1, exclude=["p0", "p1", "p2"])[0].id in {"p0", "p1", "p2"}
+    assert draw_principles(ps, 0, ("r",), 0) == []
+    assert sorted(p.id for p in draw_principles(ps, 0, ("r",), 10)) == ["p0", "p1", "p2"]  # capped, no repeats
+    assert [p.id for p in draw_principles(ps[:1], 0, ("r",), 2)] == ["p0"]  # one principle: that one
+    assert draw_principles(ps, 0, ("r",), 1, exclude=["p0", "p1"])[0].id == "p2"
+    assert draw_principles(ps, 0, ("r",), 1, exclude=["p0", "p1", "p2"])[0].id in {"p0", "p1", "p2"}
     with pytest.raises(ValueError):
-        draw_principles(ps, rng, -1)
+        draw_principles(ps, 0, ("r",), -1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Draws that survive edits (docs/reuse.md)
+
+
+def _draws(ps: list[Principle], rows: int = 400, rounds: int = 2) -> dict[tuple[int, int], str]:
+    return {(row, r): pid for row in range(rows) for r, pid in enumerate(row_sequence(ps, 5, str(row), rounds))}
+
+
+def test_editing_a_principle_text_moves_no_draw():
+    ps = principles_of(*[1.0] * 6)
+    edited = [p.model_copy(update={"critique": "Point out anything at all.", "comparison": "Which is kinder?"})
+              if p.id == "p2" else p for p in ps]
+    reordered = list(reversed(ps))  # the file's order of principles does not matter either
+    assert _draws(edited) == _draws(ps) == _draws(reordered)
+
+
+def test_adding_a_principle_changes_exactly_the_draws_its_key_wins():
+    """The scheme's promise: a row's first round changes iff the new principle's race key is the largest there;
+    a later round of an unchanged row changes iff it wins there among the unused ones."""
+    from cai_pipeline.rng import race_key
+
+    ps = principles_of(*[1.0] * 6)
+    added = [*ps, Principle(**principle("new", 1.0))]
+    before, after = _draws(ps), _draws(added)
+    changed_rows = set()
+    for (row, r), pid in sorted(before.items()):
+        used = [before[row, q] for q in range(r)]
+        wins = all(race_key(5, (str(row), 0, r), "new", 1.0) > race_key(5, (str(row), 0, r), p.id, p.weight)
+                   for p in ps if p.id not in used)
+        if row not in changed_rows:  # after a changed round the rest of the row's chain is free to differ
+            assert (after[row, r] != pid) == wins, (row, r)
+        if after[row, r] != pid:
+            changed_rows.add(row)
+            assert r > 0 or after[row, r] == "new"
+    first_round = sum(after[row, 0] != before[row, 0] for row in range(400)) / 400
+    assert 0.09 < first_round < 0.21  # about 1/7 of first draws move, not all of them
+
+
+def test_reweighting_moves_draws_only_toward_or_away_from_that_principle():
+    ps = principles_of(*[1.0] * 6)
+    heavier = [p.model_copy(update={"weight": 2.0}) if p.id == "p3" else p for p in ps]
+    before, after = _draws(ps, rounds=1), _draws(heavier, rounds=1)
+    moved = [k for k in before if before[k] != after[k]]
+    assert moved and all(after[k] == "p3" for k in moved)  # only draws that p3 now wins changed
+    assert len(moved) / len(before) < 0.25
 
 
 # ---------------------------------------------------------------------------------------------------------

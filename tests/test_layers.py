@@ -13,14 +13,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cai_pipeline"
 # Floors, bottom up: a module may import its own floor and those below. The first prefix that matches wins.
 FLOORS = [
     ("ground", ("errors", "rng", "records", "store", "yamlio", "bundled", "fingerprint", "console", "ngrams",
-                "train.config", "config")),
+                "train.config", "config", "rowkeys", "reuse")),
     ("definitions", ("constitution", "templates", "inputs", "models", "importers", "constitution_diff",
                      "judge_roles")),
     ("engines and trainer", ("engines", "train", "judging")),
     ("stages", ("stages", "audit", "assets", "card", "integrity")),
     ("executors", ("executors",)),
     # what reads a run folder: a run ends by writing its report, so these sit below the pipeline
-    ("readers", ("report", "compare", "judge_eval", "judge_check", "agreement")),
+    ("readers", ("report", "compare", "edit_effects", "judge_eval", "judge_check", "agreement")),
     ("pipeline", ("pipeline", "iterate")),
     ("command line", ("cli",)),
 ]

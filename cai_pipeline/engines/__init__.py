@@ -48,9 +48,10 @@ def make_engine(cfg: Any = None, *, kind: str | None = None, model: str | None =
                           gpu_memory_utilization=engine_cfg.gpu_memory_utilization,
                           tensor_parallel_size=engine_cfg.tensor_parallel_size,
                           kv_cache_gb=engine_cfg.kv_cache_gb, trust_remote_code=engine_cfg.trust_remote_code,
-                          fp32_head=engine_cfg.fp32_head, block_size=engine_cfg.block_size)
+                          fp32_head=engine_cfg.fp32_head, block_size=engine_cfg.block_size,
+                          row_seeds=engine_cfg.row_seeds)
     from cai_pipeline.engines.hf import HFEngine
 
     return HFEngine(path, dtype=engine_cfg.dtype, batch_size=engine_cfg.batch_size,
                     max_model_len=engine_cfg.max_model_len, trust_remote_code=engine_cfg.trust_remote_code,
-                    fp32_head=engine_cfg.fp32_head)
+                    fp32_head=engine_cfg.fp32_head, row_seeds=engine_cfg.row_seeds)

@@ -1,6 +1,8 @@
 """The engine protocol: the one interface every stage talks to.
 
-- `generate` takes the whole batch at once; the engine schedules it.
+- `generate` takes the whole batch at once; the engine schedules it. Engines with `row_seeds` true (vllm, hf,
+  when engine.row_seeds is on) also take `seeds=`, one per conversation: each row draws from its own seed, so
+  its output does not depend on the rest of the batch.
 - `choice_logprobs` gives, per conversation, log P(next assistant token = choice) for single-token choices:
   one prefill, no decoding. The judge is built on it. A conversation too long for the context gets `{}`;
   one that failed otherwise (a server that kept erroring) gets its `"reason: detail"` string instead.

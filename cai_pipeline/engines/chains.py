@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from cai_pipeline.engines.base import Completion, Engine, GenParams, Message
@@ -47,13 +48,18 @@ class RoundBatcher:
         if not self.queue or len(self.queue) < self.live:
             return
         batch, self.queue = self.queue, []
+        # An engine that seeds each row (row_seeds) takes one call per step with a seed per row; otherwise the
+        # seed is the call's, and rows of one step share it.
+        per_row = getattr(self.engine, "row_seeds", False)
         groups: dict[GenParams, list[int]] = {}
         for i, (_, params, _) in enumerate(batch):
-            groups.setdefault(params, []).append(i)
+            groups.setdefault(replace(params, seed=None) if per_row else params, []).append(i)
         try:
             for params, idx in groups.items():
                 self.calls += 1
-                results = self.engine.generate([batch[i][0] for i in idx], params)
+                convs = [batch[i][0] for i in idx]
+                results = (self.engine.generate(convs, params, seeds=[batch[i][1].seed for i in idx]) if per_row
+                           else self.engine.generate(convs, params))
                 for i, comps in zip(idx, results, strict=True):
                     if not batch[i][2].done():  # a row cancelled meanwhile takes no result
                         batch[i][2].set_result(comps)

@@ -58,8 +58,10 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, model: str, *, dtype: str = "bfloat16", batch_size: int = 16,
-                 max_model_len: int | None = None, trust_remote_code: bool = False, fp32_head: bool = True):
+                 max_model_len: int | None = None, trust_remote_code: bool = False, fp32_head: bool = True,
+                 row_seeds: bool = False):
         self.model = model
+        self.row_seeds = row_seeds  # generate(..., seeds=): each row alone, after its own torch seed
         self.tokenizer, self.lm = load_model(model, dtype, trust_remote_code)
         self.batch_size = batch_size
         self.fp32_head = fp32_head
@@ -72,7 +74,15 @@ class HFEngine:
     def count_tokens(self, conv: list[Message]) -> int:
         return len(prompt_ids(self.tokenizer, conv))
 
-    def generate(self, convs: list[list[Message]], params: GenParams) -> list[list[Completion]]:
+    def generate(self, convs: list[list[Message]], params: GenParams,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        """`seeds`: one per conversation; each is then generated alone after its own seed, so its output does
+        not depend on what else is in the call (batched rows share padding and the torch generator)."""
+        if seeds is not None:
+            out = []
+            for conv, seed in zip(convs, seeds, strict=True):
+                out += self.generate([conv], GenParams(**{**params.__dict__, "seed": seed}))
+            return out
         if params.seed is not None:
             torch.manual_seed(params.seed)
         encoded = [prompt_ids(self.tokenizer, c) for c in convs]

@@ -79,8 +79,12 @@ class VLLMEngine:
     def __init__(self, model: str, *, dtype: str = "bfloat16", seed: int = 0, max_model_len: int | None = None,
                  gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1,
                  kv_cache_gb: float = 2, trust_remote_code: bool = False, fp32_head: bool = True,
-                 block_size: int | None = None):
+                 block_size: int | None = None, row_seeds: bool = False):
         self.model = model
+        # Per-request seeds (SamplingParams.seed) crash on CPU when a seeded prompt is prefilled in chunks
+        # ("CPU Generator does not use offset"); without chunked prefill they work, and a request's output no
+        # longer depends on its batch.
+        self.row_seeds = row_seeds
         self.on_cpu = not has_cuda()
         if self.on_cpu:
             for key, value in cpu_environment(kv_cache_gb).items():
@@ -94,6 +98,7 @@ class VLLMEngine:
             load_format="safetensors", hf_overrides={"head_dtype": "float32"} if fp32_head else None,
             logits_processors=[NUCLEUS] if self.on_cpu else None,
             use_tqdm_on_load=False,  # a progress bar per checkpoint shard is noise in a pipeline's output
+            **({"enable_chunked_prefill": False} if row_seeds else {}),
             **({"block_size": block_size} if block_size else {}),
         )
         self.nucleus = self.on_cpu  # on GPU vLLM's own top-p is fast
@@ -116,7 +121,7 @@ class VLLMEngine:
     def count_tokens(self, conv: list[Message]) -> int:
         return len(prompt_ids(self.tokenizer, conv))
 
-    def _sampling(self, params: GenParams, prompt_len: int):
+    def _sampling(self, params: GenParams, prompt_len: int, seed: int | None = None):
         # vLLM refuses n > 1 when greedy; greedy samples are identical anyway, so we copy one (see _completions).
         sampling = params.temperature > 0
         top_p = params.top_p if sampling else 1.0
@@ -125,6 +130,7 @@ class VLLMEngine:
             n=params.n if sampling else 1, temperature=params.temperature, top_p=1.0 if nucleus else top_p,
             extra_args={NUCLEUS_KEY: top_p} if nucleus else None,
             max_tokens=min(params.max_tokens, self.max_model_len - prompt_len), stop=list(params.stop),
+            seed=seed if self.row_seeds else None,
         )
 
     def _reseed(self, seed: int | None) -> None:
@@ -141,11 +147,12 @@ class VLLMEngine:
             self.llm.apply_model(partial(set_head, fp32=fp32))
             self._head_fp32 = fp32
 
-    def _request(self, conv: list[Message], params: GenParams):
+    def _request(self, conv: list[Message], params: GenParams, seed: int | None = None):
         ids = prompt_ids(self.tokenizer, conv)
         if len(ids) >= self.max_model_len:
             return None, too_long(len(ids), self.max_model_len)
-        return (self._vllm.inputs.TokensPrompt(prompt_token_ids=ids), self._sampling(params, len(ids))), None
+        seed = params.seed if seed is None else seed  # with row_seeds: the row's own, else the call's
+        return (self._vllm.inputs.TokensPrompt(prompt_token_ids=ids), self._sampling(params, len(ids), seed)), None
 
     def _completions(self, output, n: int) -> list[Completion]:
         comps = []
@@ -155,12 +162,14 @@ class VLLMEngine:
             comps.append(Completion(text=c.text, finish_reason=reason, n_tokens=len(c.token_ids)))
         return comps * n if len(comps) == 1 else comps
 
-    def generate(self, convs: list[list[Message]], params: GenParams) -> list[list[Completion]]:
+    def generate(self, convs: list[list[Message]], params: GenParams,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        """`seeds`: one per conversation (with row_seeds on): each request draws from its own generator."""
         self._use_head(fp32=False)
         self._reseed(params.seed)
         requests, out = [], [None] * len(convs)
         for i, conv in enumerate(convs):
-            req, err = self._request(conv, params)
+            req, err = self._request(conv, params, seeds[i]) if seeds is not None else self._request(conv, params)
             if err:
                 out[i] = [error_completion(err)]
             else:
@@ -172,7 +181,7 @@ class VLLMEngine:
         return out
 
     async def agenerate(self, conv: list[Message], params: GenParams) -> list[Completion]:
-        req, err = self._request(conv, params)
+        req, err = self._request(conv, params)  # with row_seeds, params.seed is the row's step's own
         if err:
             return [error_completion(err)]
         if self._pump is None or self._pump.done():

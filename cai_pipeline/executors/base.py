@@ -64,11 +64,11 @@ def run_shard(stage: Stage, store: RunStore, shard: int, assets: Assets, engine,
         return None
     data = read_inputs(stage, store, shard, assets)
     ctx = StageContext(seed=assets.cfg.seed, shard=shard, cfg=assets.cfg, constitution=assets.constitution,
-                       templates=assets.templates, progress=on_rows)
+                       templates=assets.templates, progress=on_rows, reuse=assets.reuse)
     tokens_before = engine.stats.output_tokens if engine else 0
     start = time.perf_counter()
     result = stage.run(data, engine, ctx)
     seconds = time.perf_counter() - start
     tokens = (engine.stats.output_tokens - tokens_before) if engine else 0
     stats = shard_stats(result, len(data[stage.inputs_for(assets.cfg)[0]]), seconds, tokens)
-    return store.write_shard(stage.name, shard, result.rows, stage.record, result.rejects, stats)
+    return store.write_shard(stage.name, shard, result.rows, stage.record, result.rejects, stats, result.keys)

@@ -35,7 +35,7 @@ from cai_pipeline.judge_check.summary import (
     JudgeCheckSummary,
     ProbeScore,
 )
-from cai_pipeline.rng import derive_seed, rng_for
+from cai_pipeline.rng import derive_seed
 
 SIDES = ("a", "b")
 
@@ -112,7 +112,7 @@ def judge_all(engine, pairs: list[CheckPair], principles: list, opts: Options) -
     """Each pair's drawn principles, and {(pair index, x, y, principle id): judge_pairs record}."""
     from cai_pipeline.judging import judge_pairs
 
-    drawn = [draw_principles(principles, rng_for(opts.seed, "judge-check", p.pair_id), opts.k) for p in pairs]
+    drawn = [draw_principles(principles, opts.seed, ("judge-check", p.pair_id), opts.k) for p in pairs]
     wanted: dict[str, dict[tuple, dict]] = {}
     for i, (pair, ps) in enumerate(zip(pairs, drawn)):
         for x, y in set(variants(pair, opts.probes).values()):

@@ -16,6 +16,7 @@ from cai_pipeline import stages as stage_list
 from cai_pipeline.audit.summary import AuditSummary, read_summary
 from cai_pipeline.errors import UserError
 from cai_pipeline.judging import order_average, picks_same_position
+from cai_pipeline.report.reuse_marks import mark_reuse
 from cai_pipeline.report.review import review_items, scored_pairs
 from cai_pipeline.report.traces import Principles, RunRows, build_traces, read_rows
 from cai_pipeline.rng import stable_id
@@ -34,6 +35,7 @@ def build_document(path: str | Path) -> tuple[dict, list[dict]]:
     principles = Principles(p["id"] for p in (constitution or {}).get("principles", []))
     rows = read_rows(store)
     traces, rejects = build_traces(rows, principles)
+    mark_reuse(store, manifest, traces)  # a --reuse run: which chains came from the old run
     doc = {
         "schema": SCHEMA, "title": store.root.resolve().name,
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),

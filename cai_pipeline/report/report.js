@@ -437,6 +437,9 @@
     return texts.length ? texts[texts.length - 1][1] : sm.text;
   }
   const rejectLine = (m) => h("div", { class: "reject" }, `rejected at ${m[0]}: ${m[1]}`, h("span", { class: "muted" }, " — ", m[2]));
+  // A --reuse run: the chain came whole from the old run, was recomputed from a round on, or is new.
+  const reuseMark = (m) => [badge(m[0] === "recomputed" ? `recomputed from round ${m[2] + 1}` : m[0], m[0] === "reused" ? "ok" : null),
+    m[1] ? h("span", { class: "muted" }, " old version: " + m[1] + "/report.html") : null];
   function sampleView(t, sm) {
     const texts = roundTexts(sm);
     const rounds = (sm.rounds || []).map((r, k) => h("div", { class: "round" + (state.principle !== "" && r.p === +state.principle ? " hit" : ""), "data-principle": principleName(r.p) },
@@ -448,7 +451,8 @@
       h("div", { class: "label" }, "change against the text before it"), diffView(texts[k][0], texts[k][1])));
     return h("div", { class: "sample", "data-sample": sm.i },
       h("div", {}, h("strong", {}, `Sample ${sm.i}`), h("span", { class: "muted" }, ` · finish: ${sm.finish} · ${sm.tokens} tokens`), " ",
-        sm.finish === "length" ? badge("truncated", "bad") : null, sm.sft ? badge("SFT " + sm.sft, "ok") : null),
+        sm.finish === "length" ? badge("truncated", "bad") : null, sm.sft ? badge("SFT " + sm.sft, "ok") : null,
+        sm.reuse ? reuseMark(sm.reuse) : null),
       h("div", { class: "label" }, "initial response"), text(sm.text),
       rounds, sm.rounds && sm.rounds.length && !(sm.reject && sm.reject[0] === "revise")
         ? [h("div", { class: "label" }, "final ", sm.final_truncated ? badge("truncated", "bad") : null), text(finalText(sm))] : null,

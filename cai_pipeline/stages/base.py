@@ -69,6 +69,7 @@ class StageContext:
     constitution: Any = None  # Constitution, where the stage needs one
     templates: Any = None  # TemplateSet
     progress: Any = None  # optional callable(rows): rows of this shard finished so far, for progress lines
+    reuse: Any = None  # reuse.ReuseSource: an earlier run whose rows may be taken where their keys match
 
     def call_seed(self, stage: str, *keys: object) -> int:
         """Seed for one engine call: keyed by stage, shard and step, so re-running a shard repeats it."""
@@ -98,6 +99,7 @@ class StageResult:
     rows: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)  # anything worth counting besides rows and rejects
+    keys: dict | None = None  # {"rows": {identity: key}}: the rows' content keys (rowkeys.py), kept by the store
 
 
 def error_reason(comp: Completion) -> str:

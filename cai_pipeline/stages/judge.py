@@ -8,7 +8,9 @@ from collections import Counter
 from collections.abc import Mapping
 
 from cai_pipeline.engines.base import Failure
-from cai_pipeline.judging import judge_pairs, picks_same_position
+from cai_pipeline.judging import VerdictReuse, canonical, judge_pairs, picks_same_position
+from cai_pipeline.reuse import ADDED, RECOMPUTED, REUSED
+from cai_pipeline.rowkeys import judge_salt
 from cai_pipeline.stages.base import StageContext, StageResult, make_reject
 
 _RECORD_KEYS = ("verdicts", "p_a", "consistent")
@@ -39,23 +41,58 @@ def _tally(counts: Counter, row: Mapping) -> None:
         counts["revision_preferred"] += row["p_a"] > 0.5
 
 
+def known_verdicts(old: dict) -> dict[str, dict]:
+    """The old run's verdicts by key, turned to their pair's canonical orientation (judging.canonical)."""
+    known = {}
+    for entry in old.values():
+        row = entry["rows"][0]
+        swapped = canonical(row["a"], row["b"])[2]
+        for verdict in row["verdicts"]:
+            key = entry["key"].get(verdict["principle_id"])
+            if key and not swapped:
+                known[key] = verdict
+            elif key:  # stored as seen from a: undo judging.swap
+                known[key] = {"p_a_first": 1.0 - verdict["p_a_second"], "p_a_second": 1.0 - verdict["p_a_first"],
+                              "reasoning_first": verdict["reasoning_second"],
+                              "reasoning_second": verdict["reasoning_first"]}
+    return known
+
+
+def _same_verdicts(old: dict | None, pair: Mapping, keys: dict) -> dict | None:
+    """The old record of this pair when it holds exactly these verdicts of the same two texts in the same order:
+    its numbers are taken as they are, so a wholly reused row is byte-identical to the old one."""
+    if old is None or old["key"] != keys:
+        return None
+    row = old["rows"][0]
+    same = all(row[k] == pair[k] for k in ("a", "b", "prompt"))
+    return {"judge_principle_ids": row["judge_principle_ids"], **{k: row[k] for k in _RECORD_KEYS}} if same else None
+
+
 def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult:
     cfg = ctx.cfg.judge
     pairs = inputs["pairs"]
+    old = ctx.reuse.stage("judge") if ctx.reuse else {}
+    reuse = VerdictReuse(judge_salt(ctx.cfg), known_verdicts(old))
     judged = judge_pairs(engine, pairs, ctx.constitution.principles, reasoning=cfg.reasoning, seed=ctx.seed,
                          k=cfg.principles, templates=ctx.templates, reasoning_max_tokens=cfg.reasoning_max_tokens,
-                         layout=cfg.layout)
-    out = StageResult()
-    for pair, rec in zip(pairs, judged):
+                         layout=cfg.layout, reuse=reuse)
+    out = StageResult(keys={"rows": {}})
+    for pair, rec, keys in zip(pairs, judged, reuse.keys, strict=True):
         if rec["error"]:
             out.rejects.append(make_reject("judge", pair["pair_id"], Failure(rec["error"]).reason, rec["error"], pair))
             continue
-        row = {**pair, "judge_principle_ids": [v["principle_id"] for v in rec["verdicts"]],
-               **{k: rec[k] for k in _RECORD_KEYS}}
+        out.keys["rows"][pair["pair_id"]] = keys
+        taken = _same_verdicts(old.get(pair["pair_id"]), pair, keys)
+        row = {**pair, **(taken or {"judge_principle_ids": [v["principle_id"] for v in rec["verdicts"]],
+                                    **{k: rec[k] for k in _RECORD_KEYS}})}
+        if ctx.reuse:
+            out.counts[REUSED if taken else RECOMPUTED if pair["pair_id"] in old else ADDED] += 1
         _tally(out.counts, row)
         weak = weak_verdict(row, cfg.min_margin, cfg.drop_inconsistent)
         if weak:
             out.rejects.append(make_reject("judge", pair["pair_id"], *weak, row))
         else:
             out.rows.append(row)
+    if ctx.reuse:
+        out.counts.update({"reuse:verdicts_reused": reuse.reused, "reuse:verdicts_computed": reuse.computed})
     return out

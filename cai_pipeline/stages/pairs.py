@@ -6,7 +6,9 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 
+from cai_pipeline.reuse import ADDED, RECOMPUTED, REUSED
 from cai_pipeline.rng import stable_id
+from cai_pipeline.rowkeys import pair_key
 from cai_pipeline.stages.base import StageContext, StageResult, make_reject
 
 
@@ -66,4 +68,11 @@ def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult
         else:
             out.rows.append(pair)
     out.counts.update(pair["origin"] for pair in out.rows)
+    # Pairs cost no model call: they are always made again from their members. The keys say which are new.
+    out.keys = {"rows": {pair["pair_id"]: pair_key(pair) for pair in out.rows}}
+    if ctx.reuse:
+        old = ctx.reuse.stage("pairs")
+        for pid, key in out.keys["rows"].items():
+            entry = old.get(pid)
+            out.counts[ADDED if entry is None else REUSED if entry["key"] == key else RECOMPUTED] += 1
     return out

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from cai_pipeline.constitution import draw_principles
 from cai_pipeline.engines.base import Completion, GenParams, Message
 from cai_pipeline.engines.chains import Gen, run_chains
+from cai_pipeline.rng import derive_seed
+from cai_pipeline.rowkeys import chain_key, round_key
 from cai_pipeline.stages.base import StageContext, StageResult, error_reason, make_reject
 
 # "Sure, here is a revised response:" and its many cousins, at the very start of a revision. It must open with
@@ -48,6 +50,8 @@ class ChainFailed(Exception):
 class Revised:
     row: dict
     counts: Counter = field(default_factory=Counter)
+    keys: dict = field(default_factory=dict)  # {"base": chain key, "rounds": [round keys]}
+    reuse: str = "added"  # against an old run: reused (every round), recomputed (from some round on), added
 
 
 def few_shot_turns(ctx: StageContext, rng, k: int) -> list[Message]:
@@ -69,10 +73,12 @@ def few_shot_turns(ctx: StageContext, rng, k: int) -> list[Message]:
     return turns
 
 
-def _params(ctx: StageContext, *keys: object) -> GenParams:
+def _params(ctx: StageContext, row: tuple, *keys: object) -> GenParams:
+    """A step's parameters. Its seed is the shard call's, or with engine.row_seeds the row's own (from its ids),
+    so the step's output does not depend on which other rows run beside it."""
     r = ctx.cfg.revise
-    return GenParams(n=1, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                     seed=ctx.call_seed("revise", *keys))
+    seed = derive_seed(ctx.seed, "revise", *row, *keys) if ctx.cfg.engine.row_seeds else ctx.call_seed("revise", *keys)
+    return GenParams(n=1, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, seed=seed)
 
 
 async def _ask(gen: Gen, conv: list[Message], params: GenParams, step: str, rounds: list[dict]) -> Completion:
@@ -82,21 +88,56 @@ async def _ask(gen: Gen, conv: list[Message], params: GenParams, step: str, roun
     return comp
 
 
+def _reused_round(old: dict, counts: Counter) -> tuple[str | None, dict]:
+    """An old round taken as it is: (the text it left as current, or None where it kept the previous one),
+    and the round. Its counts are those its fields tell (a critique's truncation is not stored)."""
+    counts.update({"rounds": 1, "cleaned_preamble": int(old["cleaned"]), "empty_critique": int(not old["critique"]),
+                   "truncated_revision": int(old["truncated"]), "reuse:rounds_reused": 1})
+    if old["kept_previous"]:
+        counts[f"kept_previous:{old['kept_previous']}"] += 1
+        return None, old
+    return clean_revision(old["revision"])[0], old
+
+
+def _old_chain(ctx: StageContext, key: tuple) -> tuple[list[str], dict | None]:
+    """The old run's round keys and row for this chain ([] and None where it has none)."""
+    entry = ctx.reuse.stage("revise").get(f"{key[0]}/{key[1]}") if ctx.reuse else None
+    return (entry["key"]["rounds"], entry["rows"][0]) if entry else ([], None)
+
+
 async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
-    """One response through K critique → revision rounds."""
+    """One response through K critique → revision rounds. With `--reuse`, the old chain's rounds are taken as
+    long as their keys (rowkeys.round_key: the chain so far and the round's rendered requests) match; from the
+    first round that differs on, the rounds are computed."""
     key = (sample["prompt_id"], sample["sample_idx"])
     conv: list[Message] = [*sample["prompt"], {"role": "assistant", "content": sample["response"]}]
     shots = few_shot_turns(ctx, ctx.rng("revise-shots", *key), ctx.cfg.revise.few_shot)
-    current, rounds, counts = sample["response"], [], Counter()
+    current, rounds, counts, keys = sample["response"], [], Counter(), []
+    chain = chain_key(ctx.cfg, sample, shots)
+    old_keys, old_row = _old_chain(ctx, key)
     current_truncated = sample["finish_reason"] == "length"
     for r in range(ctx.cfg.revise.rounds):
-        [principle] = draw_principles(ctx.constitution.principles, ctx.rng("revise", *key, r), 1,
+        [principle] = draw_principles(ctx.constitution.principles, ctx.seed, ("revise", *key, r), 1,
                                       exclude=[x["principle_id"] for x in rounds])
-        conv = conv + [{"role": "user", "content": ctx.templates.render("critique", principle=principle)}]
-        critique = await _ask(gen, shots + conv, _params(ctx, r, "critique"), f"round {r} critique", rounds)
+        ask_critique = ctx.templates.render("critique", principle=principle)
+        ask_revision = ctx.templates.render("revision", principle=principle)
+        keys.append(round_key(keys[-1] if keys else chain, principle.id, ask_critique, ask_revision))
+        conv = conv + [{"role": "user", "content": ask_critique}]
+        # Keys chain: round r's key matches only where every earlier round's did (and was taken).
+        if r < len(old_keys) and old_keys[r] == keys[r]:
+            text, old_round = _reused_round(old_row["rounds"][r], counts)
+            conv = conv + [{"role": "assistant", "content": old_round["critique"]},
+                           {"role": "user", "content": ask_revision}]
+            rounds.append(old_round)
+            if text is not None:
+                current, current_truncated = text, old_round["truncated"]
+            conv = conv + [{"role": "assistant", "content": current}]
+            continue
+        counts["reuse:rounds_computed"] += 1
+        critique = await _ask(gen, shots + conv, _params(ctx, key, r, "critique"), f"round {r} critique", rounds)
         conv = conv + [{"role": "assistant", "content": critique.text.strip()},
-                       {"role": "user", "content": ctx.templates.render("revision", principle=principle)}]
-        revision = await _ask(gen, shots + conv, _params(ctx, r, "revision"), f"round {r} revision", rounds)
+                       {"role": "user", "content": ask_revision}]
+        revision = await _ask(gen, shots + conv, _params(ctx, key, r, "revision"), f"round {r} revision", rounds)
         text, cleaned = clean_revision(revision.text)
         kept = "empty_revision" if not text else None
         # An empty critique is kept (the revision still ran) and counted, so a run shows how often it happens.
@@ -114,9 +155,12 @@ async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
         if not kept:
             current_truncated = truncated
         conv = conv + [{"role": "assistant", "content": current}]
+    if old_row is not None and old_keys == keys:  # every round reused: the old row, byte for byte
+        return Revised(old_row, counts, {"base": chain, "rounds": keys}, "reused")
     row = {k: sample[k] for k in ("prompt_id", "sample_idx", "prompt")}
     return Revised({**row, "initial": sample["response"], "initial_truncated": sample["finish_reason"] == "length",
-                    "rounds": rounds, "final": current, "final_truncated": current_truncated}, counts)
+                    "rounds": rounds, "final": current, "final_truncated": current_truncated}, counts,
+                   {"base": chain, "rounds": keys}, "recomputed" if old_row is not None else "added")
 
 
 async def _guarded(gen: Gen, sample: dict, ctx: StageContext) -> Revised | ChainFailed:
@@ -132,7 +176,7 @@ async def _guarded(gen: Gen, sample: dict, ctx: StageContext) -> Revised | Chain
 def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult:
     samples = inputs["sample"]
     chains = [lambda gen, s=s: _guarded(gen, s, ctx) for s in samples]
-    out = StageResult()
+    out = StageResult(keys={"rows": {}})
     for sample, res in zip(samples, run_chains(engine, chains, mode=ctx.cfg.revise.mode), strict=True):
         if isinstance(res, ChainFailed):
             key = f"{sample['prompt_id']}/{sample['sample_idx']}"
@@ -140,4 +184,8 @@ def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult
         else:
             out.rows.append(res.row)
             out.counts.update(res.counts)
+            out.keys["rows"][f"{sample['prompt_id']}/{sample['sample_idx']}"] = res.keys
+            out.counts[f"reuse:{res.reuse}"] += 1
+    if not ctx.reuse:  # nothing to reuse from: no reuse counters in the manifest
+        out.counts = Counter({k: v for k, v in out.counts.items() if not k.startswith("reuse:")})
     return out
