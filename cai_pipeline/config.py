@@ -242,6 +242,9 @@ class RunConfig(Strict):
     def _known(self) -> RunConfig:
         if not self.out_dir.strip():
             raise ValueError("out_dir must name a folder, e.g. out_dir=outputs/try (empty would mean the current one)")
+        if self.engine.batch and self.engine.kind != "openai":
+            raise ValueError(f"engine.batch needs engine.kind=openai (a server with the OpenAI Batch API), not "
+                             f"{self.engine.kind}; set engine.kind=openai or engine.batch=false")
         gpus, tp = self.executor.gpus_per_actor, self.engine.tensor_parallel_size
         if self.executor.kind == "ray" and gpus and tp > gpus:
             raise ValueError(f"executor.gpus_per_actor={gpus:g} is fewer than engine.tensor_parallel_size={tp}: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 
 from cai_pipeline.executors.base import run_shard
+from cai_pipeline.store import RunLayout
 
 
 def check_token_limits(cfg, engine) -> None:
@@ -56,7 +57,8 @@ class Engines:
             engine = make_engine(self.cfg, model=model)
         else:
             options = {**self.cfg.engine.model_dump(exclude={"kind"}), "base_url": url, "served_model": None}
-            engine = make_engine(kind="openai", model=model, seed=self.cfg.seed, **options)
+            engine = make_engine(kind="openai", model=model, seed=self.cfg.seed, **options,
+                                 batch_dir=str(RunLayout(self.cfg.out_dir).batches))
         self.engine, self.role, self.key = engine, role, (model, url)
         check_token_limits(self.cfg, self.engine)
         return self.engine
