@@ -93,7 +93,9 @@ def run_sharded(stage: Stage, store: RunStore, assets: Assets, executor, manifes
     totals = StageTotals(store.shard_stats(stage.name), total)
     manifest["stages"][stage.name] = totals.as_dict()
     if not pending:
-        return "already done"
+        # Ray may have computed them in an earlier stage's actor pool (one model load for both): say so.
+        ahead = getattr(executor, "ran_ahead", {}).get(stage.name)
+        return f"ran (in {ahead}'s actors)" if ahead and totals.shards_done else "already done"
     rows = {i: shard_rows(stage, store, assets, i) for i in range(total)}
     progress = StageProgress(stage.name, sum(rows.values()), sum(rows[i] for i in done))
     seen = Counter()  # rows reported from inside each shard so far
@@ -297,7 +299,7 @@ def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Asse
         atomic_write_text(store.layout.constitution, resolve_resource(cfg.constitution).read_text(encoding="utf-8"))
     store.write_manifest(manifest)  # first, so a crash at any later point leaves a folder we recognise
     statuses: dict[str, str] = {}
-    executor = make_executor(cfg, engine)
+    executor = make_executor(cfg, engine, stages=[s.name for s in plan])
     try:
         for stage in plan:
             if stage.scope == "shard":

@@ -8,6 +8,10 @@ when it asks for `top_logprobs`, log-probs of A and B from the planted judge `lo
 P(A) grows with how many more words (A) has than (B)). A line whose messages hold `FAIL-ME`
 fails with HTTP 400 and a reason, in the error file, as the API reports a failed request.
 
+It also answers POST /v1/chat/completions directly, as any server: the openai engine without batch mode. It
+counts GET /v1/models (`probes`): every openai engine built probes it once, so that is how many engines — on
+a model server, model loads — a run made.
+
 `hold_create` / `hold_batches` keep POST /v1/batches waiting, or every batch in progress, until cleared: a
 test kills its client there.
 """
@@ -25,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from tests.planted_judge import _RESPONSES, longer
 
 MODEL = "batchy"
+JUDGE = "other-judge"  # served too: a run whose judge is another model
 FAIL = "FAIL-ME"
 
 
@@ -34,6 +39,7 @@ class BatchServer:
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self.uploads: list[bytes] = []  # every upload's content, in order
+        self.probes = 0  # GET /v1/models: one per engine built
         self.hold_create = threading.Event()
         self.hold_batches = threading.Event()
         self.lock = threading.Lock()
@@ -134,7 +140,10 @@ class BatchServer:
 
             def do_GET(self) -> None:
                 if self.path.endswith("/models"):
-                    return self._reply({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "fake"}]})
+                    with api.lock:
+                        api.probes += 1
+                    return self._reply({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"}
+                                                                   for m in (MODEL, JUDGE)]})
                 found = re.fullmatch(r"/v1/files/([^/]+)/content", self.path)
                 if found:
                     return self._reply(api.files[found.group(1)], raw=True)
@@ -152,6 +161,9 @@ class BatchServer:
                     return self._reply(api.upload(self._file(data)))
                 if self.path == "/v1/batches":
                     return self._reply(api.create(json.loads(data)))
+                if self.path == "/v1/chat/completions":
+                    response = api.answer({"custom_id": "0", "body": json.loads(data)})["response"]
+                    return self._reply(response["body"], status=response["status_code"])
                 self._reply({"error": {"message": "not found"}}, status=404)
 
             def _file(self, data: bytes) -> bytes:
