@@ -87,12 +87,15 @@ def test_a_killed_run_resumes_its_batch_without_uploading_again(tmp_path, where)
         proc = subprocess.Popen([sys.executable, "-m", "cai_pipeline.cli", *args], cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            deadline = time.monotonic() + 60
-            want = (lambda: server.uploads) if where == "after upload" else (lambda: server.batches)
-            while not want() and proc.poll() is None and time.monotonic() < deadline:
+            deadline = time.monotonic() + 120
+            field = "file_id" if where == "after upload" else "batch_id"  # saved: the point where we kill it
+
+            def reached() -> bool:
+                return any(s.get(field) for s in states(tmp_path))
+
+            while not reached() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert want(), proc.stderr.read().decode() if proc.poll() is not None else "timed out"
-            time.sleep(0.3)  # the state file is written right after the server answers
+            assert reached(), proc.stderr.read().decode() if proc.poll() is not None else "timed out"
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
