@@ -90,6 +90,15 @@ class EngineConfig(Strict):
     concurrency: int = Field(16, gt=0, description="openai: requests in flight at once")
     max_retries: int = Field(5, ge=0, description="openai: retries on 429/5xx/timeouts before a row is rejected")
     timeout_s: float = Field(120, gt=0, description="openai: seconds per request")
+    batch: bool = Field(False, description="openai: send each stage's requests as one OpenAI Batch API job (/v1/files, "
+                        "/v1/batches): half price and higher limits on hosted APIs, results within the window; a "
+                        "killed run resumes the batch (docs/scale-out.md)")
+    batch_poll_s: float = Field(30, gt=0, description="openai batch: seconds between status checks")
+    batch_window: str = Field("24h", description="openai batch: completion_window asked of the server")
+    price_in_per_mtok: float | None = Field(None, ge=0, description="`cai plan`: price per million input tokens "
+                                            "(unset: cost unknown)")
+    price_out_per_mtok: float | None = Field(None, ge=0, description="`cai plan`: price per million output tokens")
+    batch_discount: float = Field(0.5, ge=0, lt=1, description="`cai plan`: share taken off the price in batch mode")
 
 
 class PromptsConfig(Strict):
@@ -288,6 +297,9 @@ class RunConfig(Strict):
     def _known(self) -> RunConfig:
         if not self.out_dir.strip():
             raise ValueError("out_dir must name a folder, e.g. out_dir=outputs/try (empty would mean the current one)")
+        if self.engine.batch and self.engine.kind != "openai":
+            raise ValueError(f"engine.batch needs engine.kind=openai (a server with the OpenAI Batch API), not "
+                             f"{self.engine.kind}; set engine.kind=openai or engine.batch=false")
         gpus, tp = self.executor.gpus_per_actor, self.engine.tensor_parallel_size
         if self.executor.kind == "ray" and gpus and tp > gpus:
             raise ValueError(f"executor.gpus_per_actor={gpus:g} is fewer than engine.tensor_parallel_size={tp}: "

@@ -56,7 +56,7 @@ class StageTotals:
     """The manifest entry of a sharded stage: totals over its finished shards, updated as each one lands
     (the stats files are read once, when the stage starts)."""
 
-    KEYS = ("in", "out", "seconds", "output_tokens")
+    KEYS = ("in", "out", "seconds", "output_tokens", "requests", "sequences")
 
     def __init__(self, done: list[dict], shards_total: int):
         self.shards_done, self.shards_total = 0, shards_total
@@ -94,7 +94,9 @@ def run_sharded(stage: Stage, store: RunStore, assets: Assets, executor, manifes
     manifest["stages"][stage.name] = totals.as_dict()
     if not pending:
         record_reuse(stage, assets, manifest, totals)
-        return "already done"
+        # Ray may have computed them in an earlier stage's actor pool (one model load for both): say so.
+        ahead = getattr(executor, "ran_ahead", {}).get(stage.name)
+        return f"ran (in {ahead}'s actors)" if ahead and totals.shards_done else "already done"
     rows = {i: shard_rows(stage, store, assets, i) for i in range(total)}
     progress = StageProgress(stage.name, sum(rows.values()), sum(rows[i] for i in done))
     seen = Counter()  # rows reported from inside each shard so far
@@ -334,13 +336,15 @@ def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Asse
     # per judging stage, the self-judging warning of its latest run (None: its judge is another model)
     manifest["judge_warnings"] = {**manifest.get("judge_warnings", {}), **judge_warnings}
     check_inputs(plan, cfg, store, manifest)
+    if "plan" not in manifest and any(s.scope == "shard" for s in plan):  # what the run was expected to cost, kept beside what it did (cai_pipeline/plan.py)
+        manifest["plan"] = planned(cfg, assets, engine)
     if any(s.scope == "shard" for s in plan):
         _record_prompts(store, assets, manifest)
         # The constitution exactly as used, beside the data: `cai compare` diffs it after the file is edited.
         atomic_write_text(store.layout.constitution, resolve_resource(cfg.constitution).read_text(encoding="utf-8"))
     store.write_manifest(manifest)  # first, so a crash at any later point leaves a folder we recognise
     statuses: dict[str, str] = {}
-    executor = make_executor(cfg, engine)
+    executor = make_executor(cfg, engine, stages=[s.name for s in plan])
     try:
         for stage in plan:
             if stage.scope == "shard":
@@ -367,6 +371,14 @@ def _run_locked(cfg: RunConfig, store: RunStore, plan: list[Stage], assets: Asse
         lines = {s.name: s.summary_line for s in stage_list.STAGES if s.summary_line}
         print_summary(manifest, str(store.root), statuses, lines)
     return manifest
+
+
+def planned(cfg: RunConfig, assets: Assets, engine) -> dict:
+    """The plan of a new run, counted with the engine's tokenizer (or the model's where no engine is open yet)."""
+    from cai_pipeline.plan import make_plan, stage_estimates, token_counter
+
+    count = engine.count_tokens if engine is not None else token_counter(cfg.model)[0]
+    return make_plan(cfg, stage_estimates(cfg, assets, count)).model_dump(mode="json")
 
 
 def _record_prompts(store: RunStore, assets: Assets, manifest: dict) -> None:

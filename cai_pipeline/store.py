@@ -57,12 +57,13 @@ class RunLayout:
     rounds/NN-kind/                   (each round a run folder of its own)
     iterate.json                      `cai iterate`: the rounds, their models, audits and gate decisions
     vs-base/NN-kind/                  `cai iterate`: a round's model audited against the base (a run folder)
+    batches/<key>.json                engine.batch: each OpenAI batch's file id, batch id and state (resume)
     ```
     """
 
     # Entries that belong to no stage (the stages' own come from the stage list: stages.owned_entries()).
     FIXED = ("stats", "keys", "rejects", "rounds", "report.html", "iterate.json", "vs-base", "constitution.yaml",
-             "manifest.json", ".workers-probe", "judge-check")
+             "manifest.json", ".workers-probe", "judge-check", "batches")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -88,6 +89,11 @@ class RunLayout:
     def workers_probe(self) -> Path:
         """Written by a Ray driver, read by its workers: proof that they see this very folder."""
         return self.root / ".workers-probe"
+
+    @property
+    def batches(self) -> Path:
+        """engine.batch: one state file per batch sent, so a killed run polls its batch instead of paying twice."""
+        return self.root / "batches"
 
     # -- sharded stages
     def stage_dir(self, stage: str) -> Path:

@@ -20,7 +20,7 @@ FLOORS = [
     ("stages", ("stages", "audit", "assets", "card", "integrity")),
     ("executors", ("executors",)),
     # what reads a run folder: a run ends by writing its report, so these sit below the pipeline
-    ("readers", ("report", "compare", "edit_effects", "judge_eval", "judge_check", "agreement")),
+    ("readers", ("report", "compare", "edit_effects", "judge_eval", "judge_check", "agreement", "plan")),
     ("pipeline", ("pipeline", "iterate")),
     ("command line", ("cli",)),
 ]

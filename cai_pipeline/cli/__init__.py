@@ -20,6 +20,7 @@ from cai_pipeline.cli import (
     judge_check,
     judge_eval,
     models,
+    plan,
     report,
     run,
     train,
@@ -34,6 +35,7 @@ examples:
   cai run configs/demo.yaml                           prompts → samples → critiques/revisions → judge → datasets
   cai run configs/demo.yaml prompts.limit=4 engine.kind=hf out_dir=outputs/try
   cai run configs/demo.yaml --stages sample,revise    only these stages (their inputs must exist)
+  cai plan configs/demo.yaml --calibrate 2            requests, tokens, seconds and cost per stage, before a run
   cai constitution validate constitutions/*.yaml      check constitution files, every problem with its line
   cai judge-eval --data hh-rlhf-harmless-base-test.jsonl.gz --limit 100
   cai judge-check configs/demo.yaml                   the run's judge probed for biases (length, markdown, ...)
@@ -55,7 +57,7 @@ README).
 """
 
 # In the order `cai --help` lists them.
-COMMANDS = (run, models, config, compare, constitution, judge_eval, judge_check, train, report, audit, iterate,
+COMMANDS = (run, plan, models, config, compare, constitution, judge_eval, judge_check, train, report, audit, iterate,
             verify)
 
 

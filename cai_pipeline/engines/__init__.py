@@ -6,6 +6,8 @@ import importlib.util
 from typing import Any
 
 from cai_pipeline.engines.base import Completion, Engine, EngineStats, GenParams, Message
+from cai_pipeline.errors import UserError
+from cai_pipeline.store import RunLayout
 
 __all__ = ["Completion", "Engine", "EngineStats", "GenParams", "Message", "make_engine", "resolve_kind"]
 
@@ -18,14 +20,16 @@ def resolve_kind(kind: str) -> str:
 
 
 def make_engine(cfg: Any = None, *, kind: str | None = None, model: str | None = None, seed: int = 0,
-                **options: Any) -> Engine:
+                batch_dir: str | None = None, **options: Any) -> Engine:
     """`make_engine(run_cfg)` (a RunConfig: uses .engine, .model, .seed) or `make_engine(kind="hf",
-    model="embedded", batch_size=8)` with EngineConfig fields as keywords."""
+    model="embedded", batch_size=8)` with EngineConfig fields as keywords. batch_dir: where engine.batch keeps
+    its batches' states (default: the run folder's batches/)."""
     from cai_pipeline.config import EngineConfig
     from cai_pipeline.models import check_model
 
     if cfg is not None:
         engine_cfg, model, seed = cfg.engine, model or cfg.model, cfg.seed
+        batch_dir = batch_dir or str(RunLayout(cfg.out_dir).batches)
         if kind is not None:
             engine_cfg = engine_cfg.model_copy(update={"kind": kind})
     else:
@@ -35,7 +39,14 @@ def make_engine(cfg: Any = None, *, kind: str | None = None, model: str | None =
     if chosen == "openai":
         from cai_pipeline.engines.openai import OpenAIEngine
 
-        return OpenAIEngine.from_config(engine_cfg, model)
+        engine = OpenAIEngine.from_config(engine_cfg, model)
+        if not engine_cfg.batch:
+            return engine
+        if batch_dir is None:
+            raise UserError("engine.batch: a batch's state lives in a run folder; give one (out_dir)")
+        from cai_pipeline.engines.openai_batch import BatchEngine
+
+        return BatchEngine(engine, batch_dir, poll_s=engine_cfg.batch_poll_s, window=engine_cfg.batch_window)
     path = check_model(model, "model")
     if engine_cfg.trust_remote_code:
         import warnings

@@ -14,13 +14,14 @@ from __future__ import annotations
 from cai_pipeline.executors.base import Executor
 
 
-def make_executor(cfg, shared_engine=None) -> Executor:
+def make_executor(cfg, shared_engine=None, stages: list[str] | None = None) -> Executor:
     """The executor the config asks for. shared_engine: a ready engine that serves every model role (tests
-    share one per session); local only, and it is not closed here."""
+    share one per session); local only, and it is not closed here. stages: the stages this run will run
+    (default cfg.stages): Ray takes a shard through consecutive stages of one model in one actor pool."""
     if cfg.executor.kind == "ray":
         from cai_pipeline.executors.ray import RayExecutor
 
-        return RayExecutor(cfg, shared_engine=shared_engine)
+        return RayExecutor(cfg, shared_engine=shared_engine, stages=stages)
     from cai_pipeline.executors.local import LocalExecutor
 
     return LocalExecutor(cfg, shared_engine=shared_engine)

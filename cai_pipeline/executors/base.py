@@ -51,9 +51,39 @@ def read_inputs(stage: Stage, store: RunStore, shard: int, assets: Assets) -> di
     return out
 
 
-def shard_stats(result: StageResult, n_in: int, seconds: float, tokens: int) -> dict:
+class CountingEngine:
+    """The engine a stage sees inside run_shard: the same engine, counting what the stage asked of it — requests
+    (one conversation each: a `generate` batch of 8 is 8, a chain step is 1, a judge conversation scored is 1)
+    and generated sequences — so `cai plan`'s numbers can be checked against the run's. Everything else is the
+    engine's own (`hasattr(engine, "agenerate")` included)."""
+
+    def __init__(self, engine):
+        self._engine, self.requests, self.sequences = engine, 0, 0
+
+    def __getattr__(self, name: str):
+        if name == "agenerate":
+            inner = self._engine.agenerate  # AttributeError where the engine has none, as without the wrapper
+
+            async def agenerate(conv, params):
+                self.requests, self.sequences = self.requests + 1, self.sequences + params.n
+                return await inner(conv, params)
+
+            return agenerate
+        return getattr(self._engine, name)
+
+    def generate(self, convs, params):
+        self.requests, self.sequences = self.requests + len(convs), self.sequences + params.n * len(convs)
+        return self._engine.generate(convs, params)
+
+    def choice_logprobs(self, convs, choices):
+        self.requests += len(convs)
+        return self._engine.choice_logprobs(convs, choices)
+
+
+def shard_stats(result: StageResult, n_in: int, seconds: float, tokens: int, engine=None) -> dict:
     return {"in": n_in, "out": len(result.rows), "rejected": dict(Counter(r["reason"] for r in result.rejects)),
-            "counts": dict(result.counts), "seconds": round(seconds, 3), "output_tokens": tokens}
+            "counts": dict(result.counts), "seconds": round(seconds, 3), "output_tokens": tokens,
+            "requests": engine.requests if engine else 0, "sequences": engine.sequences if engine else 0}
 
 
 def run_shard(stage: Stage, store: RunStore, shard: int, assets: Assets, engine, on_rows=None) -> dict | None:
@@ -66,9 +96,10 @@ def run_shard(stage: Stage, store: RunStore, shard: int, assets: Assets, engine,
     ctx = StageContext(seed=assets.cfg.seed, shard=shard, cfg=assets.cfg, constitution=assets.constitution,
                        templates=assets.templates, progress=on_rows, reuse=assets.reuse)
     tokens_before = engine.stats.output_tokens if engine else 0
+    counted = CountingEngine(engine) if engine else None
     start = time.perf_counter()
-    result = stage.run(data, engine, ctx)
+    result = stage.run(data, counted, ctx)
     seconds = time.perf_counter() - start
     tokens = (engine.stats.output_tokens - tokens_before) if engine else 0
-    stats = shard_stats(result, len(data[stage.inputs_for(assets.cfg)[0]]), seconds, tokens)
+    stats = shard_stats(result, len(data[stage.inputs_for(assets.cfg)[0]]), seconds, tokens, counted)
     return store.write_shard(stage.name, shard, result.rows, stage.record, result.rejects, stats, result.keys)

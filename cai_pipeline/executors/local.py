@@ -7,6 +7,7 @@ from functools import partial
 
 from cai_pipeline.errors import UserError
 from cai_pipeline.executors.base import run_shard
+from cai_pipeline.store import RunLayout
 
 
 def check_token_limits(cfg, engine) -> None:
@@ -57,7 +58,8 @@ class Engines:
         else:
             options = {**self.cfg.engine.model_dump(exclude={"kind"}), "base_url": url, "served_model": None}
             try:
-                engine = make_engine(kind="openai", model=model, seed=self.cfg.seed, **options)
+                engine = make_engine(kind="openai", model=model, seed=self.cfg.seed, **options,
+                                     batch_dir=str(RunLayout(self.cfg.out_dir).batches))
             except UserError as e:  # the engine speaks of its own setting; the user set this one
                 raise UserError(str(e).replace("engine.base_url", url_key)) from None
         self.engine, self.role, self.key = engine, role, (model, url)

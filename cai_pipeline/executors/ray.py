@@ -75,6 +75,29 @@ def worker_config(cfg) -> dict:
     return data
 
 
+def stage_group(first, planned: list[str], cfg) -> list:
+    """`first` and the planned shard stages after it that one actor can take each shard through on the same
+    engine: those of the same model, with a model-free stage between them (pairs before a judge that is the
+    policy) carried along. Sample and revise always go together; the judge joins when judge.model is the run's
+    model. One pool and one model load per actor for the whole group, instead of one per stage."""
+    from cai_pipeline import stages
+    from cai_pipeline.executors.local import model_for
+
+    model = model_for(cfg, first.model_role)
+    order = [s for s in stages.sharded() if s.name in planned]
+    names = [s.name for s in order]
+    after = order[names.index(first.name) + 1:] if first.name in names else []
+    group, carried = [first], []
+    for stage in after:
+        if stage.model_role is None:
+            carried.append(stage)
+        elif model_for(cfg, stage.model_role) == model:
+            group, carried = group + carried + [stage], []
+        else:
+            break
+    return group
+
+
 def check_resources(ex, low: int, have: dict, local: bool) -> None:
     """A pool the cluster cannot hold would wait forever: say so before any actor starts. On a cluster with an
     autoscaler more nodes may come, so there it is a warning."""
@@ -167,10 +190,12 @@ class RowReports:
 
 
 class RayExecutor:
-    def __init__(self, cfg, shared_engine=None):
+    def __init__(self, cfg, shared_engine=None, stages: list[str] | None = None):
         if shared_engine is not None:
             raise ValueError("a ready engine cannot be shipped to Ray actors; run_pipeline(engine=...) is local only")
         self.cfg, self.ex = cfg, cfg.executor
+        self.planned = list(cfg.stages if stages is None else stages)
+        self.ran_ahead: dict[str, str] = {}  # stage → the stage whose pool computed its shards
         self.local = LocalExecutor(cfg)
         self.engines = self.local.engines  # for run-scope stages on the driver
         self.connected = False  # we called ray.init (and so disconnect, which stops our actors)
@@ -184,25 +209,27 @@ class RayExecutor:
             return
         self._connect()
         token = self._write_probe(store)
+        later = stage_group(stage, self.planned, self.cfg)[1:]
+        self.ran_ahead.update({s.name: stage.name for s in later})
         lock = threading.Lock()  # on_rows comes from the reports thread, on_done from this one
         reports = RowReports(on_rows, lock)
         done, failures, fatal, stalled = set(), {}, "", False
         try:
-            for row in self._rows(self._dataset(stage, shards, assets, token, reports.queue)):
+            for row in self._rows(self._dataset(stage, shards, assets, token, reports.queue, later)):
                 if row is None:
                     stalled = True
                     break
-                shard = int(row["shard"])
+                shard, stats = int(row["shard"]), json.loads(row["stats"])
+                if stats and shard not in done:  # Ray may run a task twice (lineage); the shard counts once
+                    done.add(shard)  # (a later stage of the group may still have failed on it: below)
+                    self._add_engine_counts(stage.model_role, json.loads(row["engine"]))
+                    with lock:
+                        on_done(shard, stats)
                 if row["fatal"]:
                     fatal = row["error"]
                     break  # leave the loop (and drop its iterator) before raising: see below
                 if row["error"]:
                     failures[shard] = row["error"]
-                elif shard not in done:  # Ray may run a task twice (lineage); the shard counts once
-                    done.add(shard)
-                    self._add_engine_counts(stage.model_role, json.loads(row["engine"]))
-                    with lock:
-                        on_done(shard, json.loads(row["stats"]))
         finally:
             reports.close()
             # Ray Data's actor pool sits in a reference cycle: its actors (and the CPUs/GPUs they reserve) live
@@ -226,7 +253,7 @@ class RayExecutor:
         except ExecutionTimeoutError:
             yield None
 
-    def _dataset(self, stage, shards, assets, token: str, progress):
+    def _dataset(self, stage, shards, assets, token: str, progress, later=()):
         import ray.data
 
         from cai_pipeline.console import libraries_quiet
@@ -238,7 +265,7 @@ class RayExecutor:
         quiet = libraries_quiet()
         kwargs = {"config": worker_config(self.cfg), "stage": stage.name, "probe": token, "hashes": assets.hashes,
                   "threads": max(1, int(self.ex.cpus_per_actor)), "quiet": quiet, "progress": progress,
-                  "version": __version__}
+                  "version": __version__, "later": tuple(s.name for s in later)}
         with data_context(max_errored_blocks=-1, enable_progress_bars=False, print_on_execution_start=not quiet,
                           execution_no_progress_timeout_s=self.ex.stall_timeout_s), \
                 warnings.catch_warnings():

@@ -11,7 +11,10 @@ answers each call with one row — the shard, its stats, and an error where ther
 - otherwise a failure of this shard only (an exception in the engine): the driver lets the other shards
   finish and then names the shards that failed.
 
-Nothing here knows which stage it runs or how shards are scheduled; that is run_shard's and the driver's.
+An actor may be asked to take each shard on through later stages that use the same model (`later`: revise after
+sample, and pairs and judge where the judge is the policy), so a run loads its model once per actor instead of
+once per stage. Nothing here knows which stages those are or how shards are scheduled; that is run_shard's and
+the driver's.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ from pathlib import Path
 from cai_pipeline.errors import UserError
 
 COLUMNS = ("shard", "stats", "engine", "error", "fatal")
+
+
+def stages_find(name: str):
+    from cai_pipeline import stages
+
+    return stages.find(name)
 
 
 def answer(shard: int, *, stats: dict | None = None, engine: dict | None = None, error: str = "",
@@ -96,10 +105,11 @@ class ShardWorker:
     """The callable class of `map_batches`: built once per actor, called once per shard."""
 
     def __init__(self, config: dict, stage: str, probe: str, hashes: dict, threads: int, quiet: bool = True,
-                 progress=None, version: str | None = None):
-        self.error, self.engines, self.progress = "", None, progress
+                 progress=None, version: str | None = None, later: tuple[str, ...] = ()):
+        self.error, self.engines, self.progress, self.later = "", None, progress, []
         try:
             self._setup(same_package(config, version), stage, probe, hashes, threads, quiet)
+            self.later = [stages_find(name) for name in later]
         except UserError as e:  # answered on every call: the driver stops with it
             self.error = str(e)
 
@@ -141,7 +151,25 @@ class ShardWorker:
             return answer(shard, error=f"{type(e).__name__}: {e}")
         if stats is None:  # written before: a retry after the actor died between writing and answering
             stats = self.store.read_stats(self.stage.name, shard)
-        return answer(shard, stats=stats, engine=counts_since(before, engine_counts(self.engine)))
+        error, fatal = self._run_later(shard)
+        return answer(shard, stats=stats, engine=counts_since(before, engine_counts(self.engine)), error=error,
+                      fatal=fatal)
+
+    def _run_later(self, shard: int) -> tuple[str, bool]:
+        """The same shard through the stages after this one that use the same model (the driver's grouping:
+        ray.stage_group), on this actor's engine: one model load per actor for all of them. Each writes its
+        shard and stats as it would in a pool of its own; the driver reads them when it reaches the stage."""
+        from cai_pipeline.executors.base import run_shard
+
+        for stage in self.later:
+            try:
+                run_shard(stage, self.store, shard, self.assets, self.engine if stage.model_role else None)
+            except UserError as e:
+                return f"{stage.name}: {e}", True
+            except Exception as e:
+                traceback.print_exc()
+                return f"{stage.name}: {type(e).__name__}: {e}", False
+        return "", False
 
     def _reporter(self, shard: int):
         """on_rows for run_shard: the shard's running row count, sent to the driver's progress queue."""

@@ -41,6 +41,7 @@ def build_document(path: str | Path) -> tuple[dict, list[dict]]:
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": run_info(manifest), "config": manifest.get("config", {}), "constitution": constitution,
         "funnel": funnel(manifest, rows.rejects), "run_stages": run_stages(manifest),
+        "plan": planned_vs_actual(manifest),
         "judge": judge_stats(rows), "datasets": dataset_stats(manifest, rows),
         "training": training(store, manifest, warnings), "audit": audit(store, warnings),
         "rounds": rounds(store, warnings), "rejects": rejects,
@@ -98,6 +99,18 @@ def funnel(manifest: dict, rejects: list[dict]) -> list[dict]:
         if "shards_total" not in s and dropped:
             out.append({"stage": name, "in": None, "out": None, "rejected": dict(dropped), "counts": {},
                         "seconds": s.get("seconds")})
+    return out
+
+
+def planned_vs_actual(manifest: dict) -> list[dict]:
+    """Per planned stage: what `cai plan` expected when the run started (manifest["plan"]) and what it did."""
+    plan = manifest.get("plan", {}).get("stages", {})
+    keys = ("requests", "output_tokens", "seconds")
+    out = []
+    for name, expected in plan.items():
+        done = manifest.get("stages", {}).get(name, {})
+        out.append({"stage": name, "planned": {k: expected.get(k) for k in keys},
+                    "actual": {k: done.get(k) for k in keys} if "shards_total" in done else None})
     return out
 
 

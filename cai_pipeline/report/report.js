@@ -203,8 +203,13 @@
     const run = Object.entries(DATA.run_stages).map(([name, st]) => h("tr", {}, h("td", {}, name), cell(st.seconds),
       h("td", { class: "small" }, Object.entries(st.summary || {}).filter(([, v]) => typeof v !== "object" || v === null)
         .map(([k, v]) => `${k} ${fmt(v, 4)}`).join(", "))));
+    const pair = (p, a, k) => [cell(p[k]), cell(a ? a[k] : null)];
+    const plan = (DATA.plan || []).map((x) => h("tr", { "data-stage": x.stage }, h("td", {}, x.stage),
+      pair(x.planned, x.actual, "requests"), pair(x.planned, x.actual, "output_tokens"), pair(x.planned, x.actual, "seconds")));
     return section("Stage funnel", table(["stage", "in", "out", "rejected", "by reason", "counts", "seconds"], rows, { id: "funnel" }),
-      run.length ? table(["run stage", "seconds", "summary"], run) : null);
+      run.length ? table(["run stage", "seconds", "summary"], run) : null,
+      plan.length ? table(["planned against actual", "requests planned", "actual", "output tokens planned", "actual",
+        "seconds planned", "actual"], plan, { id: "plan" }) : null);
   }
   function judgeSection() {
     const j = DATA.judge;
