@@ -191,10 +191,10 @@ def planted_log(path: Path, n_prompts: int, marks: dict[str, int], n: int = 2, o
 
 def audit(out: Path, *args: str) -> int:
     from cai_pipeline.cli import main
-    from tests.conftest import REPO
+    from tests.conftest import REPO, later_wins
 
-    return main(["audit", str(REPO / "configs" / "demo.yaml"), f"out_dir={out}", "audit.judge.model=embedded",
-                 "audit.principles=[violence,privacy]", "audit.bootstrap=400", "audit.limit=null", *args])
+    return main(later_wins("audit", str(REPO / "configs" / "demo.yaml"), f"out_dir={out}", "audit.judge.model=embedded",
+                           "audit.principles=[violence,privacy]", "audit.bootstrap=400", "audit.limit=null", *args))
 
 
 def test_a_log_with_planted_violations_gives_the_exact_counts(planted, tmp_path, capsys):
