@@ -148,5 +148,7 @@ def dotted(loc: Sequence[Any]) -> str:
     """("principles", 2, "id") → principles[2].id"""
     out = ""
     for part in loc:
+        if isinstance(part, str) and not (part.isprintable() and part.strip() == part and part):
+            part = repr(part)  # a key with a line break in it: the message stays one line
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"

@@ -599,3 +599,14 @@ def test_a_lone_surrogate_escape_in_yaml_is_one_line(tmp_path, capsys):
     path = write(tmp_path / "k.yaml", (REPO / "constitutions" / "harmless.yaml").read_text() + '"\\ud800": 1\n')
     assert main(["constitution", "validate", path]) == 1
     assert "lone surrogate" in capsys.readouterr().out
+
+
+def test_a_name_with_a_line_break_keeps_the_message_one_line(tmp_path, capsys):
+    """Found by the fuzz suite: a YAML key or a templates folder holding "\\n" split the error over lines."""
+    path = write(tmp_path / "c.yaml", (REPO / "constitutions" / "harmless.yaml").read_text()
+                 + '"odd\\nkey": 1\ntemplates: "a\\nb"\n')
+    assert main(["constitution", "validate", path]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and "'odd\\nkey': unknown key" in out[0] and "'a\\nb' not found" in out[1], out
+    one_line(capsys, main(["run", CONFIG, f"out_dir={tmp_path}", "sample.n\n=1"]), "override 'sample.n\\n=1'",
+             "unknown key 'sample.n\\n'")
