@@ -51,6 +51,7 @@ bench: install
 	$(PY) bench/train.py --suite all
 	$(PY) bench/resume.py
 	$(PY) bench/audit.py
+	$(PY) bench/fuzz.py
 
 clean:
 	rm -rf $(VENV) outputs/*/

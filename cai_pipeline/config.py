@@ -413,9 +413,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     given: dict[str, str] = {}  # key → the override that set it
     for item in overrides:
         apply_override(data, item)
-        key = item.partition("=")[0].strip()
+        key = item.partition("=")[0]
         if key in given:  # the shell kept both; silently using the last hides a typo or a stale line
-            raise UserError(f"override {item!r}: {key} is already given ({given[key]!r}); keep one of the two")
+            raise UserError(f"override {item!r}: {key!r} is already given ({given[key]!r}); keep one of the two")
         given[key] = item
     try:
         return RunConfig.model_validate(data)

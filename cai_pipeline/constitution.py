@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from cai_pipeline.bundled import resolve_resource
-from cai_pipeline.errors import UserError
+from cai_pipeline.errors import UserError, one_line
 from cai_pipeline.rng import race_order
 from cai_pipeline.yamlio import dotted, line_of, parse, syntax_problem
 
@@ -256,7 +256,7 @@ def _check(path: str | Path) -> tuple[Any, list[str]]:
 
 def validate_file(path: str | Path) -> list[str]:
     """Every problem in a constitution file, each one line `file:line: field: message`; [] when it is valid."""
-    return _check(path)[1]
+    return [one_line(p) for p in _check(path)[1]]
 
 
 def load_constitution(path: str | Path) -> Constitution:

@@ -71,7 +71,7 @@ def round_config(cfg: RunConfig, index: int, kind: str, previous_model: str, sl_
     if cfg.iterate.prompts == "slices":
         data["prompts"].update(part=index, parts=cfg.iterate.rounds + 1)
     elif index:
-        data["seed"] = derive_seed(cfg.seed, "iterate", index)
+        data["seed"] = derive_seed(cfg.seed, "iterate", index) % 2**32  # a seed numpy takes (config.Seed)
     if kind == SL:
         train.update(loss="sft", reference_model=None)
     else:

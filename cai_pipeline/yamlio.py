@@ -17,8 +17,9 @@ NODE_BUDGET = 200_000  # nodes after alias expansion; the largest bundled file h
 _MERGE = "tag:yaml.org,2002:merge"
 
 
-class TooLarge(yaml.YAMLError):
-    """A file whose aliases expand past the budget, that refers to itself, or that nests too deeply."""
+class Unreadable(yaml.YAMLError):
+    """A file whose aliases expand past the budget, that refers to itself, that nests too deeply, or that holds
+    a string no file can store (a lone surrogate)."""
 
     def __init__(self, problem: str, mark=None):
         super().__init__(problem)
@@ -39,8 +40,8 @@ def expanded_size(root: yaml.Node | None, budget: int = NODE_BUDGET) -> int:
             open_.discard(id(node))
             sizes[id(node)] = total = 1 + sum(sizes[id(c)] for c in children)
             if total > budget:
-                raise TooLarge(f"the aliases (*name) expand to more than {budget:,} values (an alias bomb?); "
-                               "write the repeated parts out or use fewer aliases", node.start_mark)
+                raise Unreadable(f"the aliases (*name) expand to more than {budget:,} values (an alias bomb?); "
+                                 "write the repeated parts out or use fewer aliases", node.start_mark)
             continue
         if id(node) in sizes:
             continue
@@ -48,8 +49,8 @@ def expanded_size(root: yaml.Node | None, budget: int = NODE_BUDGET) -> int:
         stack.append((node, True))
         for child in children:
             if id(child) in open_:
-                raise TooLarge("an alias refers to the block that contains it (an endless loop); remove it",
-                               child.start_mark)
+                raise Unreadable("an alias refers to the block that contains it (an endless loop); remove it",
+                                 child.start_mark)
             if id(child) not in sizes:
                 stack.append((child, False))
     return sizes.get(id(root), 0) if root is not None else 0
@@ -63,11 +64,39 @@ def parse(text: str) -> tuple[yaml.Node | None, Any, list[tuple[int, tuple, str]
         node = loader.get_single_node()
         expanded_size(node)
         repeated = duplicate_keys(node)
-        return node, (loader.construct_document(node) if node is not None else None), repeated
+        data = loader.construct_document(node) if node is not None else None
+        bad = next((n for n in _scalars(node) if not _is_text(n.value)), None)
+        if bad is not None:  # "\ud800" in a double-quoted string: a lone surrogate, not a character
+            raise Unreadable("a \\ud800-style escape that is half of a character (a lone surrogate); write the "
+                             "character itself, or its \\U0001xxxx escape", bad.start_mark)
+        return node, data, repeated
     except RecursionError:  # PyYAML composes and constructs recursively
-        raise TooLarge("nested too deeply to read (thousands of levels); flatten it") from None
+        raise Unreadable("nested too deeply to read (thousands of levels); flatten it") from None
     finally:
         loader.dispose()
+
+
+def _scalars(root: yaml.Node | None):
+    """Every scalar node once (an alias is its anchor's node); the budget has bounded their number."""
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            yield node
+        elif isinstance(node, yaml.CollectionNode):
+            stack += [n for kv in node.value for n in (kv if isinstance(kv, tuple) else (kv,))]
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def syntax_problem(e: yaml.YAMLError) -> tuple[int, str]:
@@ -119,5 +148,7 @@ def dotted(loc: Sequence[Any]) -> str:
     """("principles", 2, "id") → principles[2].id"""
     out = ""
     for part in loc:
+        if isinstance(part, str) and not (part.isprintable() and part.strip() == part and part):
+            part = repr(part)  # a key with a line break in it: the message stays one line
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"

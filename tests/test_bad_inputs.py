@@ -487,7 +487,7 @@ def test_a_seed_numpy_cannot_take_is_refused_at_once(tmp_path, capsys, override)
 
 def test_an_override_key_given_twice(tmp_path, capsys):
     code = main(["run", CONFIG, f"out_dir={tmp_path / 'run'}", "seed=1", "seed=2"])
-    one_line(capsys, code, "override 'seed=2'", "already given ('seed=1')")
+    one_line(capsys, code, "override 'seed=2'", "'seed' is already given ('seed=1')")
     assert not (tmp_path / "run").exists()
 
 
@@ -589,3 +589,24 @@ def test_a_truncated_safetensors_file_is_named_before_the_run(tmp_path, capsys, 
     assert not (tmp_path / "run").exists()
     write(folder / "model.safetensors", b"\x07")
     one_line(capsys, cai(tmp_path, f"model={folder}"), "damaged weight file model.safetensors")
+
+
+def test_a_lone_surrogate_escape_in_yaml_is_one_line(tmp_path, capsys):
+    """Found by the fuzz suite: "\\ud800" in a double-quoted YAML string is half a character; pydantic's raw
+    error escaped `cai constitution validate`."""
+    cfg = write(tmp_path / "c.yaml", 'out_dir: x\nprompts:\n  system_prompt: "be \\ud800 kind"\n')
+    one_line(capsys, cai(tmp_path, config=cfg), "c.yaml:3", "lone surrogate")
+    path = write(tmp_path / "k.yaml", (REPO / "constitutions" / "harmless.yaml").read_text() + '"\\ud800": 1\n')
+    assert main(["constitution", "validate", path]) == 1
+    assert "lone surrogate" in capsys.readouterr().out
+
+
+def test_a_name_with_a_line_break_keeps_the_message_one_line(tmp_path, capsys):
+    """Found by the fuzz suite: a YAML key or a templates folder holding "\\n" split the error over lines."""
+    path = write(tmp_path / "c.yaml", (REPO / "constitutions" / "harmless.yaml").read_text()
+                 + '"odd\\nkey": 1\ntemplates: "a\\nb"\n')
+    assert main(["constitution", "validate", path]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and "'odd\\nkey': unknown key" in out[0] and "'a\\nb' not found" in out[1], out
+    one_line(capsys, main(["run", CONFIG, f"out_dir={tmp_path}", "sample.n\n=1"]), "override 'sample.n\\n=1'",
+             "unknown key 'sample.n\\n'")
