@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import sys
@@ -41,12 +42,9 @@ from bench.common import load_average, machine, peak_rss_gib, run_child, save  #
 
 def synthetic(k: int, seed: int, vocab: int = 30_000) -> list[str]:
     rng = random.Random(seed)
-    weights = [1 / (i + 1) ** 1.1 for i in range(vocab)]
+    cum = list(itertools.accumulate(1 / (i + 1) ** 1.1 for i in range(vocab)))  # once, not per prompt
     words = [f"w{i}" for i in range(vocab)]
-    out = []
-    for _ in range(k):
-        out.append(" ".join(rng.choices(words, weights, k=rng.randint(8, 40))))
-    return out
+    return [" ".join(rng.choices(words, cum_weights=cum, k=rng.randint(8, 40))) for _ in range(k)]
 
 
 def decontam_child(kind: str, big: int, small: int) -> dict:
@@ -65,7 +63,7 @@ def decontam_child(kind: str, big: int, small: int) -> dict:
     elif kind == "training_vs_audit":
         found = len(overlaps(training, audit, 8))
     else:
-        planted = rng.sample(range(1, big), big // 100)
+        planted = sorted(rng.sample(range(1, big), big // 100))  # in order: a chain i-1, i stays a chain
         for i in planted:  # near-duplicates: the previous prompt with one word added (Jaccard ≥ 6/7 on 3-grams)
             training[i] = training[i - 1] + " again"
         found = len(near_duplicates(training, 0.8, 3))

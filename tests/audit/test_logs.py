@@ -345,3 +345,11 @@ def test_compare_shows_two_log_audits_violation_rates(planted, tmp_path, capsys)
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     shown = capsys.readouterr().out
     assert "violation %: violence" in shown and "20.0 [" in shown and "60.0 [" in shown
+
+
+def test_a_rate_of_zero_is_not_certain():
+    from cai_pipeline.audit.stats import rate_interval
+
+    got = rate_interval([False] * 12, [f"p{i // 2}" for i in range(12)], n_boot=400, confidence=0.95, seed=0)
+    # the bootstrap alone says [0, 0]; six prompts without a violation bound the rate by Wilson's 0.39
+    assert got["violation_rate"] == 0 and got["ci_low"] == 0 and got["ci_high"] == pytest.approx(0.3903, abs=1e-3)
