@@ -79,6 +79,7 @@ def decontam_child(kind: str, big: int, small: int) -> dict:
 
 
 def cost_child(n: int, k: int, max_tokens: int) -> dict:
+    import cai_pipeline.stages  # noqa: F401  (the stage registry first: audit.stage is imported through it)
     from cai_pipeline.audit.compliance import compliance_rows
     from cai_pipeline.audit.logs import read_log
     from cai_pipeline.audit.stage import add_refusals, generate, judge, make_pairs
