@@ -7,7 +7,9 @@
      generating audit N prompts answered by the model and by the baseline (2N generations of --max-tokens),
                       N pairs judged on K principles in both orders, 2N refusal questions
    measured at --n responses and scaled linearly to 1,000 (the engine batches each step into one call, so
-   per-response cost is flat once the batch fills the machine; the scaling is stated, not measured).
+   per-response cost is flat once the batch fills the machine; the scaling is stated, not measured). Wall
+   seconds and this process's CPU seconds (vLLM's CPU engine runs in it): on a shared machine the CPU seconds
+   are the cost, the wall seconds depend on the neighbours.
 2. **Decontamination and near-duplicates at scale** (pure Python, ngrams.py), each in a fresh process for a clean
    peak RSS: 1k audit prompts checked against 100k training prompts (the audit's direction: the 1k are
    indexed, the 100k stream past), 100k prompts checked against 1k (then the 100k are the indexed side: the
@@ -24,6 +26,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import sys
@@ -41,12 +44,9 @@ from bench.common import load_average, machine, peak_rss_gib, run_child, save  #
 
 def synthetic(k: int, seed: int, vocab: int = 30_000) -> list[str]:
     rng = random.Random(seed)
-    weights = [1 / (i + 1) ** 1.1 for i in range(vocab)]
+    cum = list(itertools.accumulate(1 / (i + 1) ** 1.1 for i in range(vocab)))  # once, not per prompt
     words = [f"w{i}" for i in range(vocab)]
-    out = []
-    for _ in range(k):
-        out.append(" ".join(rng.choices(words, weights, k=rng.randint(8, 40))))
-    return out
+    return [" ".join(rng.choices(words, cum_weights=cum, k=rng.randint(8, 40))) for _ in range(k)]
 
 
 def decontam_child(kind: str, big: int, small: int) -> dict:
@@ -65,7 +65,7 @@ def decontam_child(kind: str, big: int, small: int) -> dict:
     elif kind == "training_vs_audit":
         found = len(overlaps(training, audit, 8))
     else:
-        planted = rng.sample(range(1, big), big // 100)
+        planted = sorted(rng.sample(range(1, big), big // 100))  # in order: a chain i-1, i stays a chain
         for i in planted:  # near-duplicates: the previous prompt with one word added (Jaccard ≥ 6/7 on 3-grams)
             training[i] = training[i - 1] + " again"
         found = len(near_duplicates(training, 0.8, 3))
@@ -81,6 +81,7 @@ def decontam_child(kind: str, big: int, small: int) -> dict:
 
 
 def cost_child(n: int, k: int, max_tokens: int) -> dict:
+    import cai_pipeline.stages  # noqa: F401  (the stage registry first: audit.stage is imported through it)
     from cai_pipeline.audit.compliance import compliance_rows
     from cai_pipeline.audit.logs import read_log
     from cai_pipeline.audit.stage import add_refusals, generate, judge, make_pairs
@@ -102,41 +103,45 @@ def cost_child(n: int, k: int, max_tokens: int) -> dict:
     t0 = time.perf_counter()
     engine = make_engine(kind="vllm", model=resolve_model("embedded"), seed=0)
     startup = time.perf_counter() - t0
-    timings = {}
+    timings, cpu = {}, {}
     # The generating audit, step by step (the stage's own functions)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     model_rows, _ = generate(engine, prompts, cfg, "model", "embedded")
     base_rows, _ = generate(engine, prompts, cfg, "baseline", "embedded")
-    timings["generate_both_sides"] = time.perf_counter() - t
+    timings["generate_both_sides"], cpu["generate_both_sides"] = time.perf_counter() - t, time.process_time() - c
     pairs, _ = make_pairs(model_rows + base_rows)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     judge(engine, pairs, principles, cfg, templates)
-    timings["judge_pairs_both_orders"] = time.perf_counter() - t
-    t = time.perf_counter()
+    timings["judge_pairs_both_orders"], cpu["judge_pairs_both_orders"] = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     add_refusals(engine, model_rows + base_rows, templates)
-    timings["refusals_both_sides"] = time.perf_counter() - t
+    timings["refusals_both_sides"], cpu["refusals_both_sides"] = time.perf_counter() - t, time.process_time() - c
     # The log audit: the model's responses written as a log (OpenAI log lines), read back, scored pointwise
     log = Path("/tmp/bench-logs.jsonl")
     log.write_text("".join(json.dumps({"request": {"messages": r["prompt"]}, "response": {"choices": [
         {"message": {"role": "assistant", "content": r["response"]}}]}}) + "\n" for r in model_rows))
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     rows, _ = read_log(str(log), "audit.responses")
     logged = [{**r.as_dict(), "side": "model"} for r in rows]
-    timings["read_log"] = time.perf_counter() - t
-    t = time.perf_counter()
+    timings["read_log"], cpu["read_log"] = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     compliance_rows(engine, logged, principles, templates)
-    timings["compliance"] = time.perf_counter() - t
-    t = time.perf_counter()
+    timings["compliance"], cpu["compliance"] = time.perf_counter() - t, time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     add_refusals(engine, logged, templates)
-    timings["refusals_log"] = time.perf_counter() - t
+    timings["refusals_log"], cpu["refusals_log"] = time.perf_counter() - t, time.process_time() - c
     engine.close()
-    generating = timings["generate_both_sides"] + timings["judge_pairs_both_orders"] + timings["refusals_both_sides"]
-    log_audit = timings["read_log"] + timings["compliance"] + timings["refusals_log"]
+    gen_steps = ("generate_both_sides", "judge_pairs_both_orders", "refusals_both_sides")
+    log_steps = ("read_log", "compliance", "refusals_log")
     per_k = 1000 / n
-    return {"n": n, "k": k, "max_tokens": max_tokens, "engine_startup_s": round(startup, 1),
-            "timings_s": {key: round(v, 2) for key, v in timings.items()},
-            "generating_s": round(generating, 1), "log_s": round(log_audit, 1),
-            "generating_per_1000_s": round(generating * per_k), "log_per_1000_s": round(log_audit * per_k),
+    out = {"n": n, "k": k, "max_tokens": max_tokens, "engine_startup_s": round(startup, 1),
+           "timings_s": {key: round(v, 2) for key, v in timings.items()},
+           "cpu_s": {key: round(v, 2) for key, v in cpu.items()}}
+    for name, table in (("wall", timings), ("cpu", cpu)):
+        generating, log_audit = sum(table[s] for s in gen_steps), sum(table[s] for s in log_steps)
+        out[f"{name}_generating_per_1000_s"] = round(generating * per_k)
+        out[f"{name}_log_per_1000_s"] = round(log_audit * per_k)
+    return {**out,
             "requests": {"log": n * (k + 1), "generating": 2 * n + n * k * 2 + 2 * n},
             "peak_rss_gib": round(peak_rss_gib(), 2)}
 

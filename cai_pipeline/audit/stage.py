@@ -347,13 +347,48 @@ def collect(ctx: RunContext, prompts: list[dict], logs: dict[str, list[dict]]) -
     return responses, rejects
 
 
-def run(ctx: RunContext) -> dict:
+def score(ctx: RunContext, found: dict, pairs: list[dict], responses: list[dict],
+          principles: list) -> tuple[list[dict], list[dict], list[dict], dict]:
+    """With the judge: the pairs on every principle in both orders, each response's compliance (when wanted)
+    and refusal. Returns (judged pairs, compliance rows, rejects, counts of what could not be scored)."""
     from cai_pipeline.audit.compliance import compliance_rows
-    from cai_pipeline.audit.files import write_audit
-    from cai_pipeline.audit.implicit import applies, implicit_reward
-    from cai_pipeline.audit.summary import Decontamination, ImplicitReward, compliance_summary, drift_warnings
 
-    cfg, layout, templates = ctx.cfg, ctx.store.layout, ctx.assets.templates
+    cfg, templates, j = ctx.cfg, ctx.assets.templates, found["judge"]
+    engine = ctx.engines.open("audit-judge", j.name, j.url, j.url_key)
+    judged, rejects, compliance, compliance_failed = [], [], [], Counter()
+    if pairs:
+        _say(f"audit: judging {len(pairs)} pairs on {len(principles)} principles in both orders, {j.name}")
+        judged, rejects = judge(engine, pairs, principles, cfg, templates)
+    if wants_compliance(cfg):
+        _say(f"audit: compliance of {len(responses)} responses on {len(principles)} principles, {j.name}")
+        compliance, compliance_failed = compliance_rows(engine, responses, principles, templates)
+    refusal_failed = add_refusals(engine, responses, templates) if cfg.audit.refusal else Counter()
+    return judged, compliance, rejects, {"refusal_unscored": dict(refusal_failed),
+                                         "compliance_unscored": dict(compliance_failed)}
+
+
+def add_pointwise(ctx: RunContext, summary, found: dict, compliance: list[dict], principles: list,
+                  decontamination: dict) -> None:
+    """Into the summary: compliance and drift, the decontamination counts, and (for a DPO/IPO checkpoint of
+    this run) the implicit-reward accuracy."""
+    from cai_pipeline.audit.implicit import applies, implicit_reward
+    from cai_pipeline.audit.summary import Decontamination, ImplicitReward, compliance_summary
+
+    for key, value in compliance_summary(compliance, principles, ctx.cfg).items():
+        setattr(summary, key, value)
+    summary.decontamination = Decontamination(**decontamination)
+    if applies(ctx.cfg, found):
+        ctx.engines.close()  # two more models are loaded now: free the judge's memory first
+        _say("audit: implicit-reward accuracy of the checkpoint on the held-out preference pairs")
+        got = implicit_reward(ctx.cfg, ctx.store.layout, found)
+        summary.implicit_reward = ImplicitReward(**got) if got else None
+
+
+def run(ctx: RunContext) -> dict:
+    from cai_pipeline.audit.files import write_audit
+    from cai_pipeline.audit.summary import drift_warnings
+
+    cfg, layout = ctx.cfg, ctx.store.layout
     principles = selected_principles(ctx.assets.constitution, cfg.audit.principles)
     logs, rejects = read_logs(cfg)
     log_rejects = Counter(r["reason"] for r in rejects)
@@ -364,19 +399,9 @@ def run(ctx: RunContext) -> dict:
                         "training prompts or eval files); set audit.decontaminate=flag to keep them")
     found = targets(cfg)
     responses, failed = collect(ctx, prompts, logs)
-    rejects += failed
     pairs, unmatched = make_pairs(responses) if len(sides_of(cfg)) == 2 else ([], {})
-    engine = ctx.engines.open("audit-judge", found["judge"].name, found["judge"].url, found["judge"].url_key)
-    judged = []
-    if pairs:
-        _say(f"audit: judging {len(pairs)} pairs on {len(principles)} principles in both orders, {found['judge'].name}")
-        judged, failed = judge(engine, pairs, principles, cfg, templates)
-        rejects += failed
-    compliance, compliance_failed = [], Counter()
-    if wants_compliance(cfg):
-        _say(f"audit: compliance of {len(responses)} responses on {len(principles)} principles, {found['judge'].name}")
-        compliance, compliance_failed = compliance_rows(engine, responses, principles, templates)
-    refusal_failed = add_refusals(engine, responses, templates) if cfg.audit.refusal else Counter()
+    judged, compliance, unjudged, unscored = score(ctx, found, pairs, responses, principles)
+    rejects += failed + unjudged
     ctx.store.write_rejects("audit", 0, rejects)
     if not judged and not compliance:
         what = "pair could be judged" if pairs or not wants_compliance(cfg) else "response could be scored"
@@ -384,23 +409,14 @@ def run(ctx: RunContext) -> dict:
                         f"see {layout.rejects_dir('audit')}")
     counts = {"prompts": len(prompts), "prompts_by_tag": dict(Counter(p["tag"] for p in prompts)),
               "responses": dict(Counter(r["side"] for r in responses)), "pairs": len(pairs), "judged": len(judged),
-              "rejected": dict(Counter(r["reason"] for r in rejects)), "refusal_unscored": dict(refusal_failed),
-              "unmatched": unmatched, "log_rejects": dict(log_rejects),
-              "compliance_unscored": dict(compliance_failed)}
+              "rejected": dict(Counter(r["reason"] for r in rejects)), **unscored, "unmatched": unmatched,
+              "log_rejects": dict(log_rejects)}
     names = {role: t.name for role, t in found.items() if role == "judge" or role in sides_of(cfg)}
-    names.update(log_paths(cfg))
-    summary = summarise(judged, responses, principles, cfg, counts, names)
+    summary = summarise(judged, responses, principles, cfg, counts, {**names, **log_paths(cfg)})
     summary.settings.length_unit = length_unit(responses)
     if not judged:
         summary.axes_note = None  # no win rates, so no axes to split them into
-    for key, value in compliance_summary(compliance, principles, cfg).items():
-        setattr(summary, key, value)
-    summary.decontamination = Decontamination(**decontamination)
-    if applies(cfg, found):
-        ctx.engines.close()  # two more models are loaded now: free the judge's memory first
-        _say("audit: implicit-reward accuracy of the checkpoint on the held-out preference pairs")
-        found_reward = implicit_reward(cfg, layout, found)
-        summary.implicit_reward = ImplicitReward(**found_reward) if found_reward else None
+    add_pointwise(ctx, summary, found, compliance, principles, decontamination)
     own = run_warnings(cfg, {"audit"})["audit"]  # the judge grading its own model: said where the numbers are
     summary.warnings = ([own] if own else []) + summary.warnings + drift_warnings(summary)
     write_audit(layout, responses, verdict_rows(judged), judged, summary, compliance)

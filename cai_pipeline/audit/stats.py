@@ -292,16 +292,28 @@ def rate_replicates(flags, units, n_boot: int, rng: np.random.Generator) -> np.n
     return (weights * flags).sum(-1) / np.maximum(weights.sum(-1), 1e-12)
 
 
+def wilson_interval(rate: float, n: int, confidence: float) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `rate` observed on n units (Wilson 1927, JASA 22(158))."""
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def rate_interval(flags, units, *, n_boot: int, confidence: float, seed: int) -> dict:
     """{violation_rate, ci_low, ci_high, n}: the share of True flags with its expanded percentile interval over
-    the prompts in `units` (one per flag). None values where there are no flags."""
+    the prompts in `units` (one per flag), never narrower than the Wilson interval on the number of prompts: a
+    bootstrap of flags that are all False is [0, 0], but 0 violations in 6 prompts is not a rate known to be 0.
+    None values where there are no flags."""
     flags = np.asarray(flags, dtype=float)
     if flags.size == 0:
         return {"violation_rate": None, "ci_low": None, "ci_high": None, "n": 0}
     n_units = len(set(np.asarray(units).tolist()))
     boot = rate_replicates(flags, units, n_boot, np.random.default_rng(seed))
     lo, hi = percentile_interval(boot, expanded_level(confidence, n_units))
-    return {"violation_rate": _round(flags.mean()), "ci_low": _round(lo), "ci_high": _round(hi), "n": int(flags.size)}
+    w_lo, w_hi = wilson_interval(float(flags.mean()), n_units, confidence)
+    return {"violation_rate": _round(flags.mean()), "ci_low": _round(min(lo, w_lo)), "ci_high": _round(max(hi, w_hi)),
+            "n": int(flags.size)}
 
 
 def rate_difference(new, new_units, old, old_units, *, n_boot: int, confidence: float, seed: int) -> dict | None:

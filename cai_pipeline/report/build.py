@@ -268,7 +268,7 @@ def audit(store: RunStore, warnings: list[str]) -> dict | None:
     dumped = data.model_dump()
     return {"principles": {pid: _numbers(v, AUDIT_KEYS) for pid, v in dumped["principles"].items()},
             "overall": _numbers(dumped["overall"], AUDIT_OVERALL), **compliance(store, data),
-            "decontamination": dumped.get("decontamination"), "implicit_reward": dumped.get("implicit_reward")}
+            **{k: dumped[k] for k in ("decontamination", "implicit_reward") if dumped.get(k) is not None}}
 
 
 def compliance(store: RunStore, data: AuditSummary) -> dict:

@@ -345,3 +345,30 @@ def test_compare_shows_two_log_audits_violation_rates(planted, tmp_path, capsys)
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     shown = capsys.readouterr().out
     assert "violation %: violence" in shown and "20.0 [" in shown and "60.0 [" in shown
+
+
+def test_a_rate_of_zero_is_not_certain():
+    from cai_pipeline.audit.stats import rate_interval
+
+    got = rate_interval([False] * 12, [f"p{i // 2}" for i in range(12)], n_boot=400, confidence=0.95, seed=0)
+    # the bootstrap alone says [0, 0]; six prompts without a violation bound the rate by Wilson's 0.39
+    assert got["violation_rate"] == 0 and got["ci_low"] == 0 and got["ci_high"] == pytest.approx(0.3903, abs=1e-3)
+
+
+@pytest.mark.parametrize("log_side", ["model", "baseline"])
+def test_either_side_may_be_a_log_and_the_other_a_model(planted, tmp_path, log_side):
+    log = write(tmp_path / "log.jsonl", [{"prompt": f"Q{i}?", "response": f"logged {i}", "tag": "benign"}
+                                         for i in (1, 2, 2, 3)])
+    key = {"model": f"audit.responses={log}", "baseline": f"audit.baseline_responses={log}"}[log_side]
+    other = {"model": "audit.baseline=embedded", "baseline": "audit.model=embedded"}[log_side]
+    out = tmp_path / "run"
+    assert audit(out, key, other, "audit.n=2") == 0
+    assert planted.generated == 3  # the model answers the log's three prompts, n = 2 each
+    summary = json.loads((out / "audit" / "summary.json").read_text())
+    # Q2 has two logged responses: pairs 0 and 1; Q1 and Q3 one each: the model's second answer has no partner
+    assert summary["counts"]["pairs"] == 4 and summary["overall"]["n"] == 4
+    assert summary["counts"]["unmatched"][f"{'baseline' if log_side == 'model' else 'model'}_extra_responses"] == 2
+    responses = pd.read_parquet(out / "audit" / "responses.parquet")
+    logged = responses[responses["side"] == log_side]
+    assert sorted(logged["response"]) == ["logged 1", "logged 2", "logged 2", "logged 3"]
+    assert set(logged["finish_reason"]) == {"logged"} and summary["models"][log_side] == str(log)
