@@ -134,6 +134,7 @@ class ShardWorker:
         self.stage = stages.find(stage)
         self.engines = Engines(cfg)
         self.engine = self.engines.get(self.stage.model_role)
+        self.loads = 1 if self.engine is not None else 0
 
     def __call__(self, batch: dict) -> dict[str, list]:
         from cai_pipeline.executors.base import run_shard
@@ -152,8 +153,9 @@ class ShardWorker:
         if stats is None:  # written before: a retry after the actor died between writing and answering
             stats = self.store.read_stats(self.stage.name, shard)
         error, fatal = self._run_later(shard)
-        return answer(shard, stats=stats, engine=counts_since(before, engine_counts(self.engine)), error=error,
-                      fatal=fatal)
+        counts = counts_since(before, engine_counts(self.engine))
+        counts["loads"], self.loads = self.loads, 0  # the engine this actor built, told once
+        return answer(shard, stats=stats, engine=counts, error=error, fatal=fatal)
 
     def _run_later(self, shard: int) -> tuple[str, bool]:
         """The same shard through the stages after this one that use the same model (the driver's grouping:
