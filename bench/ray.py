@@ -180,9 +180,11 @@ def actor_threads(reps: int = 2, system: dict | None = None) -> dict:
     try:
         @ray.remote(num_cpus=2)
         class Probe:
-            def __init__(self):
-                from cai_pipeline.executors.ray_worker import use_threads
+            def __init__(self, niceness):
+                from cai_pipeline.executors.ray_worker import restore_priority, use_threads
 
+                if niceness is not None:
+                    restore_priority(niceness)
                 use_threads(2)
 
             def view(self):
@@ -191,7 +193,7 @@ def actor_threads(reps: int = 2, system: dict | None = None) -> dict:
             def time(self):
                 return matmul_seconds()
 
-        actor = Probe.remote()
+        actor = Probe.remote(None if system == {} else os.getpriority(os.PRIO_PROCESS, 0))
         seen = {"actor": ray.get(actor.view.remote()), "local": thread_view()}
         times = {"local": [], "actor": []}
         for _ in range(reps):

@@ -270,7 +270,8 @@ class RayExecutor:
         quiet = libraries_quiet()
         kwargs = {"config": worker_config(self.cfg), "stage": stage.name, "probe": token, "hashes": assets.hashes,
                   "threads": max(1, int(self.ex.cpus_per_actor)), "quiet": quiet, "progress": progress,
-                  "version": __version__, "later": tuple(s.name for s in later)}
+                  "version": __version__, "later": tuple(s.name for s in later),
+                  "niceness": os.getpriority(os.PRIO_PROCESS, 0)}
         with data_context(max_errored_blocks=-1, enable_progress_bars=False, print_on_execution_start=not quiet,
                           execution_no_progress_timeout_s=self.ex.stall_timeout_s), \
                 warnings.catch_warnings():
