@@ -15,6 +15,7 @@ Run it on a quiet machine (other load changes every number here; the load averag
 
     .venv/bin/python bench/ray.py             # results in bench/results/ray.json
     .venv/bin/python bench/ray.py --quick     # 16 prompts, 48 tokens (bench/results/ray-quick.json)
+    .venv/bin/python bench/ray.py --mid       # 8 prompts, 32 tokens (bench/results/ray-mid.json)
     .venv/bin/python bench/ray.py --sides ray_1x2_per_stage   # only these sides besides local and ray_1x2
     .venv/bin/python bench/ray.py --smoke     # 4 prompts and tiny outputs: only checks that it runs
     .venv/bin/python bench/ray.py --threads   # what a 2-CPU actor sees (cores, threads, OpenMP), matmuls timed
@@ -42,6 +43,7 @@ from bench.common import bench_prompts, load_average, machine, run_child, save  
 REPO = Path(__file__).resolve().parent.parent
 FULL = {"prompts": 32, "shard_size": 8, "max_tokens": 64, "reps": 2, "noop_shards": 200}
 QUICK = {"prompts": 16, "shard_size": 8, "max_tokens": 48, "reps": 2, "noop_shards": 100}
+MID = {"prompts": 8, "shard_size": 4, "max_tokens": 32, "reps": 2, "noop_shards": 50}
 SMOKE = {"prompts": 4, "shard_size": 2, "max_tokens": 8, "reps": 1, "noop_shards": 10}
 STAGES = ("sample", "revise", "judge")
 RAY_1X2 = ["executor.kind=ray", "executor.actors=1", "executor.cpus_per_actor=2"]
@@ -259,7 +261,7 @@ def main() -> None:
         print(json.dumps(driver_cost(int(sys.argv[sys.argv.index("--driver") + 1]))))
         return
     smoke = "--smoke" in sys.argv
-    size = SMOKE if smoke else QUICK if "--quick" in sys.argv else FULL
+    size = SMOKE if smoke else QUICK if "--quick" in sys.argv else MID if "--mid" in sys.argv else FULL
     if "--sides" in sys.argv:  # e.g. --sides local,ray_1x2 (local and ray_1x2 are always wanted)
         wanted = {"local", "ray_1x2", *sys.argv[sys.argv.index("--sides") + 1].split(",")}
         for name in [n for n in SIDES if n not in wanted]:
@@ -273,7 +275,8 @@ def main() -> None:
     result["driver"] = run_child([__file__, "--driver", str(size["noop_shards"])])
     result["load_average_end"] = round(load_average(), 2)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
-    print(f"saved {save('ray-smoke' if smoke else 'ray-quick' if size is QUICK else 'ray', result)}")
+    names = {id(SMOKE): "ray-smoke", id(QUICK): "ray-quick", id(MID): "ray-mid"}
+    print(f"saved {save(names.get(id(size), 'ray'), result)}")
 
 
 if __name__ == "__main__":
