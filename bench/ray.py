@@ -14,7 +14,15 @@
 Run it on a quiet machine (other load changes every number here; the load average is recorded):
 
     .venv/bin/python bench/ray.py             # results in bench/results/ray.json
+    .venv/bin/python bench/ray.py --quick     # 16 prompts, 48 tokens (bench/results/ray-quick.json)
+    .venv/bin/python bench/ray.py --mid       # 8 prompts, 32 tokens (bench/results/ray-mid.json)
+    .venv/bin/python bench/ray.py --sides ray_1x2_per_stage   # only these sides besides local and ray_1x2
     .venv/bin/python bench/ray.py --smoke     # 4 prompts and tiny outputs: only checks that it runs
+    .venv/bin/python bench/ray.py --threads   # what a 2-CPU actor sees (cores, threads, OpenMP), matmuls timed
+
+Sides: local; ray_1x2 (1 actor × 2 CPUs, one pool per run); ray_1x2_per_stage (the same with a pool and a model
+load per stage, as before pool reuse); ray_2x1 (2 actors × 1 CPU). Each run records its model loads (the
+manifest's engine_stats) and the load average when it ended.
 """
 
 from __future__ import annotations
@@ -34,10 +42,14 @@ from bench.common import bench_prompts, load_average, machine, run_child, save  
 
 REPO = Path(__file__).resolve().parent.parent
 FULL = {"prompts": 32, "shard_size": 8, "max_tokens": 64, "reps": 2, "noop_shards": 200}
+QUICK = {"prompts": 16, "shard_size": 8, "max_tokens": 48, "reps": 2, "noop_shards": 100}
+MID = {"prompts": 8, "shard_size": 4, "max_tokens": 32, "reps": 2, "noop_shards": 50}
 SMOKE = {"prompts": 4, "shard_size": 2, "max_tokens": 8, "reps": 1, "noop_shards": 10}
 STAGES = ("sample", "revise", "judge")
-SIDES = {"local": ["executor.kind=local"],
-         "ray_1x2": ["executor.kind=ray", "executor.actors=1", "executor.cpus_per_actor=2"],
+RAY_1X2 = ["executor.kind=ray", "executor.actors=1", "executor.cpus_per_actor=2"]
+# ray_1x2_per_stage: as before pool reuse (a pool, and a model load per actor, for every stage): the child
+# turns the grouping off (PER_STAGE below), everything else is the ray_1x2 run.
+SIDES = {"local": ["executor.kind=local"], "ray_1x2": RAY_1X2, "ray_1x2_per_stage": [*RAY_1X2, "PER_STAGE"],
          "ray_2x1": ["executor.kind=ray", "executor.actors=2", "executor.cpus_per_actor=1"]}
 
 
@@ -52,9 +64,13 @@ def overrides(out: Path, prompts: Path, size: dict, engine: str) -> list[str]:
 
 def side(args: list[str]) -> dict:
     """`cai run` with per-stage wall clocks; prints the stage figures as JSON."""
+    import cai_pipeline.executors.ray as ray_executor
     import cai_pipeline.pipeline as pipeline
     from cai_pipeline.cli import main
 
+    if "PER_STAGE" in args:
+        args = [a for a in args if a != "PER_STAGE"]
+        ray_executor.stage_group = lambda first, planned, cfg: [first]
     walls, real = {}, pipeline.run_sharded
 
     def timed(stage, *a, **k):
@@ -70,13 +86,15 @@ def side(args: list[str]) -> dict:
         raise SystemExit("the run failed")
     total = time.perf_counter() - start
     out = Path(next(a for a in args if a.startswith("out_dir=")).split("=", 1)[1])
-    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    stages = manifest["stages"]
     figures = {name: {"wall_s": round(walls[name], 2), "compute_s": stages[name]["seconds"],
                       "output_tokens": stages[name]["output_tokens"], "rows": stages[name]["out"]} for name in STAGES}
     tokens = sum(f["output_tokens"] for f in figures.values())
     wall = sum(f["wall_s"] for f in figures.values())
+    loads = sum(e.get("loads", 0) for e in manifest.get("engine_stats", {}).values())
     return {"stages": figures, "total_s": round(total, 2), "stages_wall_s": round(wall, 2), "output_tokens": tokens,
-            "tok_per_s": round(tokens / wall, 1)}
+            "tok_per_s": round(tokens / wall, 1), "model_loads": loads, "load_average": round(load_average(), 2)}
 
 
 def steady_rate(run: dict, actors: int) -> float:
@@ -126,6 +144,70 @@ def driver_cost(noop_shards: int) -> dict:
             "per_shard_s": round(per_shard + on_done, 4), "noop_shards": noop_shards}
 
 
+def thread_view() -> dict:
+    """What a process sees that decides its CPU speed: cores it may run on, torch's threads, the OpenMP and
+    vLLM variables."""
+    import torch
+
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "VLLM_CPU_OMP_THREADS_BIND", "OMP_PROC_BIND")
+    return {"affinity": sorted(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(), "nice": os.nice(0),
+            **{k: os.environ.get(k) for k in keys}}
+
+
+def matmul_seconds(steps: int = 500) -> float:
+    """The model's shapes without the model: a decode-sized bf16 matmul (64 rows × 576 → 1536), `steps` times."""
+    import torch
+
+    a, w = torch.randn(64, 576, dtype=torch.bfloat16), torch.randn(576, 1536, dtype=torch.bfloat16)
+    for _ in range(50):
+        a @ w
+    start = time.perf_counter()
+    for _ in range(steps):
+        a @ w
+    return time.perf_counter() - start
+
+
+def actor_threads(reps: int = 2, system: dict | None = None) -> dict:
+    """One actor × 2 CPUs as the executor builds it (ShardWorker's use_threads), against this process on
+    torch's defaults: what each sees, and the same matmuls timed in each, alternating. `system`: the Ray
+    instance's _system_config (default: the executor's own, executors/ray.py LOCAL_SYSTEM_CONFIG)."""
+    import ray
+
+    from cai_pipeline.executors.ray import LOCAL_SYSTEM_CONFIG, quiet_ray
+
+    quiet_ray()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
+             _system_config=LOCAL_SYSTEM_CONFIG if system is None else system)
+    try:
+        @ray.remote(num_cpus=2)
+        class Probe:
+            def __init__(self, niceness):
+                from cai_pipeline.executors.ray_worker import restore_priority, use_threads
+
+                if niceness is not None:
+                    restore_priority(niceness)
+                use_threads(2)
+
+            def view(self):
+                return thread_view()
+
+            def time(self):
+                return matmul_seconds()
+
+        actor = Probe.remote(None if system == {} else os.getpriority(os.PRIO_PROCESS, 0))
+        seen = {"actor": ray.get(actor.view.remote()), "local": thread_view()}
+        times = {"local": [], "actor": []}
+        for _ in range(reps):
+            times["local"].append(round(matmul_seconds(), 3))
+            times["actor"].append(round(ray.get(actor.time.remote()), 3))
+    finally:
+        ray.shutdown()
+    ratio = min(times["local"]) / min(times["actor"])
+    return {"seen": seen, "seconds": times, "actor_vs_local_speed": round(ratio, 3),
+            "load_average": round(load_average(), 2)}
+
+
 class NoOp:
     def __call__(self, batch):
         return {"shard": batch["shard"], "stats": ["{}"]}
@@ -150,28 +232,40 @@ def compare(size: dict, engine: str, work: Path) -> dict:
             args = [*overrides(work / f"{name}-{rep}", prompts, size, engine), *extra]
             runs[name].append(run_child([__file__, "--side", json.dumps(args)]))
     best = {name: max(r, key=lambda x: x["tok_per_s"]) for name, r in runs.items()}
-    local, one, two = best["local"], best["ray_1x2"], best["ray_2x1"]
-    return {
+    local, one = best["local"], best["ray_1x2"]
+    actors = {name: 2 if name == "ray_2x1" else 1 for name in best}
+    result = {
         "runs": runs,
         "ray_1x2_vs_local": round(one["tok_per_s"] / local["tok_per_s"], 3),
         "ray_1x2_vs_local_steady": round(steady_rate(one, 1) / steady_rate(local, 1), 3),
-        "steady_tok_per_s": {"local": steady_rate(local, 1), "ray_1x2": steady_rate(one, 1),
-                             "ray_2x1": steady_rate(two, 2)},
-        "ray_2x1_vs_1x2": round(two["tok_per_s"] / one["tok_per_s"], 3),
-        "startup_s": {name: {s: startup(b["stages"][s], 2 if name == "ray_2x1" else 1) for s in STAGES}
-                      for name, b in best.items()},
+        # per repetition, local and Ray side by side (they ran one after the other): the spread says how noisy
+        "ray_1x2_vs_local_steady_per_rep": [round(steady_rate(r, 1) / steady_rate(lo, 1), 3)
+                                            for lo, r in zip(runs["local"], runs["ray_1x2"])],
+        "steady_tok_per_s": {name: steady_rate(b, actors[name]) for name, b in best.items()},
+        "model_loads": {name: b["model_loads"] for name, b in best.items()},
+        "startup_s": {name: {s: startup(b["stages"][s], actors[name]) for s in STAGES} for name, b in best.items()},
     }
+    if "ray_2x1" in best:
+        result["ray_2x1_vs_1x2"] = round(best["ray_2x1"]["tok_per_s"] / one["tok_per_s"], 3)
+    return result
 
 
 def main() -> None:
     if "--side" in sys.argv:
         print(json.dumps(side(json.loads(sys.argv[sys.argv.index("--side") + 1]))))
         return
+    if "--threads" in sys.argv:  # the executor's settings, then Ray's defaults (workers at nice +15)
+        print(json.dumps({"ours": actor_threads(), "ray_defaults": actor_threads(system={})}, indent=2))
+        return
     if "--driver" in sys.argv:
         print(json.dumps(driver_cost(int(sys.argv[sys.argv.index("--driver") + 1]))))
         return
     smoke = "--smoke" in sys.argv
-    size = SMOKE if smoke else FULL
+    size = SMOKE if smoke else QUICK if "--quick" in sys.argv else MID if "--mid" in sys.argv else FULL
+    if "--sides" in sys.argv:  # e.g. --sides local,ray_1x2 (local and ray_1x2 are always wanted)
+        wanted = {"local", "ray_1x2", *sys.argv[sys.argv.index("--sides") + 1].split(",")}
+        for name in [n for n in SIDES if n not in wanted]:
+            del SIDES[name]
     import importlib.util
 
     engine = "vllm" if importlib.util.find_spec("vllm") else "hf"
@@ -181,8 +275,8 @@ def main() -> None:
     result["driver"] = run_child([__file__, "--driver", str(size["noop_shards"])])
     result["load_average_end"] = round(load_average(), 2)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
-    if not smoke:
-        print(f"saved {save('ray', result)}")
+    names = {id(SMOKE): "ray-smoke", id(QUICK): "ray-quick", id(MID): "ray-mid"}
+    print(f"saved {save(names.get(id(size), 'ray'), result)}")
 
 
 if __name__ == "__main__":

@@ -116,11 +116,24 @@ def _length(observed: Observed | None, stage: str, max_tokens: int) -> tuple[flo
 # Per stage
 
 
+COUNTED = 5000  # prompts tokenised one by one; beyond, an evenly spaced sample of this many, scaled (a run
+# plans itself when it starts, and a chat template costs about a millisecond a prompt)
+FRAMES = 200  # prompts whose judge prompts are rendered to measure the judge's frame
+
+
+def spread(rows: list, k: int) -> list:
+    """At most k of `rows`, evenly spaced (all of them when there are no more than k)."""
+    return rows if len(rows) <= k else [rows[i * len(rows) // k] for i in range(k)]
+
+
 def plan_sample(cfg, prompts: list[dict], count: Count, observed: Observed | None) -> tuple[Estimate, float]:
     length, note = _length(observed, "sample", cfg.sample.max_tokens)
     n = cfg.sample.n
     est = Estimate(requests=len(prompts), sequences=len(prompts) * n, notes=[note])
-    est.input_tokens = sum(count(p["prompt"]) for p in prompts)
+    some = spread(prompts, COUNTED)
+    est.input_tokens = sum(count(p["prompt"]) for p in some) * len(prompts) / max(1, len(some))
+    if len(some) < len(prompts):
+        est.notes.append(f"input: {len(some)} of {len(prompts)} prompts tokenised, scaled")
     est.output_tokens = est.sequences * length
     return est, length
 
@@ -179,14 +192,12 @@ def plan_judge(cfg, assets: Assets, prompts: list[dict], response: float, revise
     sampled, revision = pairs_per_prompt(cfg)
     name = TEMPLATES[j.layout, j.reasoning]
     questions = [p.comparison for p in assets.constitution.principles]
-    convs, tokens = 0, 0.0
-    for p in prompts:
-        shown = transcript(as_messages(p["prompt"]))
-        frame = _mean([count(_user(assets.templates.render(name, conversation=shown, question=q, response_a="",
-                                                           response_b=""))) for q in questions[:4]])
-        per = 2 * j.principles
-        convs += (sampled + revision) * per
-        tokens += sampled * per * (frame + 2 * response) + revision * per * (frame + response + revised)
+    frame = _mean([count(_user(assets.templates.render(name, conversation=transcript(as_messages(p["prompt"])),
+                                                       question=q, response_a="", response_b="")))
+                   for p in spread(prompts, FRAMES) for q in questions[:4]])  # the prompt, question, layout
+    per = 2 * j.principles
+    convs = len(prompts) * (sampled + revision) * per
+    tokens = len(prompts) * per * (sampled * (frame + 2 * response) + revision * (frame + response + revised))
     est = Estimate(requests=convs, input_tokens=tokens, output_tokens=convs,
                    notes=[f"{sampled + revision} pairs per prompt × {j.principles} principles × 2 orders; "
                           "a scoring request bills 1 output token"])

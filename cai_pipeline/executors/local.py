@@ -37,6 +37,7 @@ class Engines:
         self.key: tuple[str, str | None] | None = None  # (model, server URL) of the open engine
         self.engine = None
         self.stats: dict[str, dict] = {}
+        self.loads: dict[str, int] = {}  # engines built per role: each a model load (or a server probed)
 
     def get(self, role: str):
         """The engine of a pipeline role: "policy" (the run's model) or "judge" (judge.model)."""
@@ -63,13 +64,14 @@ class Engines:
             except UserError as e:  # the engine speaks of its own setting; the user set this one
                 raise UserError(str(e).replace("engine.base_url", url_key)) from None
         self.engine, self.role, self.key = engine, role, (model, url)
+        self.loads[role] = self.loads.get(role, 0) + 1
         check_token_limits(self.cfg, self.engine)
         return self.engine
 
     def close(self) -> None:
         if self.engine is not None:
             s = self.engine.stats
-            self.stats[self.role] = {"retries": s.retries, "errors": dict(s.errors)}
+            self.stats[self.role] = {"retries": s.retries, "errors": dict(s.errors), "loads": self.loads[self.role]}
             self.engine.close()
             self.engine, self.key = None, None
 

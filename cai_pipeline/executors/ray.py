@@ -41,6 +41,11 @@ from cai_pipeline.errors import UserError
 from cai_pipeline.executors.local import LocalExecutor
 
 LOCAL_OBJECT_STORE = 256 * 1024**2  # only shard indices and stats travel through it
+# Ray starts its workers — our engine actors — at niceness +15 (its `worker_niceness`), below its own daemons
+# and our driver. An engine is the run's work, not a background task: on a busy node (the driver, Ray's
+# daemons, anything else) a 2-thread OpenMP team at +15 loses far more than its share, as one descheduled
+# thread stalls the other at every barrier. A Ray instance we start runs them at the driver's priority.
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
 def import_ray():
@@ -265,7 +270,8 @@ class RayExecutor:
         quiet = libraries_quiet()
         kwargs = {"config": worker_config(self.cfg), "stage": stage.name, "probe": token, "hashes": assets.hashes,
                   "threads": max(1, int(self.ex.cpus_per_actor)), "quiet": quiet, "progress": progress,
-                  "version": __version__, "later": tuple(s.name for s in later)}
+                  "version": __version__, "later": tuple(s.name for s in later),
+                  "niceness": os.getpriority(os.PRIO_PROCESS, 0)}
         with data_context(max_errored_blocks=-1, enable_progress_bars=False, print_on_execution_start=not quiet,
                           execution_no_progress_timeout_s=self.ex.stall_timeout_s), \
                 warnings.catch_warnings():
@@ -292,7 +298,7 @@ class RayExecutor:
             quiet_ray()
         if self.ex.address is None:
             ray.init(address="local", include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE,
-                     logging_level=level)
+                     logging_level=level, _system_config=LOCAL_SYSTEM_CONFIG)
             self.local_instance = True
         else:
             try:
@@ -318,8 +324,9 @@ class RayExecutor:
         return token
 
     def _add_engine_counts(self, role: str, counts: dict) -> None:
-        entry = self.stats.setdefault(role, {"retries": 0, "errors": {}})
+        entry = self.stats.setdefault(role, {"retries": 0, "errors": {}, "loads": 0})
         entry["retries"] += counts.get("retries", 0)
+        entry["loads"] += counts.get("loads", 0)  # engines (model loads) the actors built
         for reason, n in counts.get("errors", {}).items():
             entry["errors"][reason] = entry["errors"].get(reason, 0) + n
 

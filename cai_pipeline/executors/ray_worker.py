@@ -72,6 +72,21 @@ def use_threads(threads: int) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
+def restore_priority(target: int) -> int:
+    """Run this actor's engine at the driver's niceness `target`: Ray starts workers at +15 (its
+    worker_niceness), below its daemons and the driver, and on a busy CPU node an OpenMP team at +15 stalls at
+    every barrier a descheduled thread holds. Linux keeps niceness per thread: set here, in the thread that runs
+    the shards, it passes to the OpenMP threads the engine starts later. Lowering niceness needs the right to
+    (root, CAP_SYS_NICE); without it the actor keeps Ray's. Returns the niceness it runs at."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if current > target:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, target)
+        except OSError:
+            pass
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def engine_counts(engine) -> dict:
     if engine is None:
         return {"retries": 0, "errors": {}}
@@ -105,8 +120,10 @@ class ShardWorker:
     """The callable class of `map_batches`: built once per actor, called once per shard."""
 
     def __init__(self, config: dict, stage: str, probe: str, hashes: dict, threads: int, quiet: bool = True,
-                 progress=None, version: str | None = None, later: tuple[str, ...] = ()):
+                 progress=None, version: str | None = None, later: tuple[str, ...] = (), niceness: int | None = None):
         self.error, self.engines, self.progress, self.later = "", None, progress, []
+        if niceness is not None:
+            restore_priority(niceness)
         try:
             self._setup(same_package(config, version), stage, probe, hashes, threads, quiet)
             self.later = [stages_find(name) for name in later]
@@ -134,6 +151,7 @@ class ShardWorker:
         self.stage = stages.find(stage)
         self.engines = Engines(cfg)
         self.engine = self.engines.get(self.stage.model_role)
+        self.loads = 1 if self.engine is not None else 0
 
     def __call__(self, batch: dict) -> dict[str, list]:
         from cai_pipeline.executors.base import run_shard
@@ -152,8 +170,9 @@ class ShardWorker:
         if stats is None:  # written before: a retry after the actor died between writing and answering
             stats = self.store.read_stats(self.stage.name, shard)
         error, fatal = self._run_later(shard)
-        return answer(shard, stats=stats, engine=counts_since(before, engine_counts(self.engine)), error=error,
-                      fatal=fatal)
+        counts = counts_since(before, engine_counts(self.engine))
+        counts["loads"], self.loads = self.loads, 0  # the engine this actor built, told once
+        return answer(shard, stats=stats, engine=counts, error=error, fatal=fatal)
 
     def _run_later(self, shard: int) -> tuple[str, bool]:
         """The same shard through the stages after this one that use the same model (the driver's grouping:

@@ -4,6 +4,7 @@ test_ray.py."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -155,3 +156,16 @@ def test_without_ray_the_executor_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(UserError, match=r"pip install 'cai-pipeline\[ray\]'"):
         import_ray()
+
+
+def test_an_actor_goes_back_to_the_drivers_priority():
+    """Ray starts workers at niceness +15; the worker lowers its own to the driver's where it may (root here)."""
+    import subprocess
+
+    code = ("import os; os.nice(7); from cai_pipeline.executors.ray_worker import restore_priority; "
+            "print(restore_priority(2), restore_priority(9), os.nice(0))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    got = [int(x) for x in done.stdout.split()]
+    if os.geteuid() != 0:
+        pytest.skip("lowering niceness needs root or CAP_SYS_NICE")
+    assert got == [2, 2, 2]  # lowered to the target; never raised above where it is

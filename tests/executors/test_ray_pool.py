@@ -59,6 +59,8 @@ def test_one_model_load_per_actor_per_run_and_the_rows_of_a_local_run(cluster, t
         server.probes = 0
         manifest = run(tmp_path, "ray", server, "executor.kind=ray", *extra)
         assert server.probes == loads  # before pool reuse: 3 (sample, revise, judge each built one)
+    assert sum(e["loads"] for e in manifest["engine_stats"].values()) == loads  # and the manifest says so
+    assert local["engine_stats"]["policy"]["loads"] == 1
     assert manifest["last_run"]["revise"] == "ran (in sample's actors)"
     assert manifest["last_run"]["judge"] == ("ran (in sample's actors)" if judge is None else "ran")
     for stage in ("sample", "revise", "pairs", "judge"):
