@@ -219,13 +219,12 @@ def test_template_escape_attempt_is_refused_before_the_run(tmp_path, capsys):
 
 
 def test_template_escape_past_the_static_check_is_refused_by_the_sandbox(tmp_path, capsys, echo):
-    """`attr()` hides the attribute from the static check; the sandbox still refuses it when rendered —
-    mid-run, after sampling, whose shards stay."""
+    """`attr()` hides the attribute from the static check; the sandbox still refuses it when rendered. The
+    run's plan renders every principle's critique to count its tokens, so that is before anything is generated."""
     path = constitution(tmp_path, "{{ principle | attr('__class__') }}")
     code = cai(tmp_path, f"constitution={path}", "stages=[sample,revise]")
     one_line(capsys, code, "critique.j2", "refused")
-    assert len(rows(tmp_path / "run" / "sample")) == 8  # rows already written are kept
-    assert not (tmp_path / "run" / "revise").exists()
+    assert not (tmp_path / "run" / "sample").exists() and not (tmp_path / "run" / "revise").exists()
 
 
 # -- servers ------------------------------------------------------------------------------------------------

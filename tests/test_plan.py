@@ -12,7 +12,7 @@ import cai_pipeline.plan
 from cai_pipeline.cli import main
 from cai_pipeline.config import load_config
 from cai_pipeline.plan import Plan
-from tests.conftest import REPO
+from tests.conftest import REPO, later_wins
 from tests.echo_engine import EchoEngine
 
 CONFIG = str(REPO / "configs" / "demo.yaml")
@@ -29,7 +29,7 @@ def echo_tokens(monkeypatch):
 def run(out, *extra):
     from cai_pipeline.pipeline import run_pipeline
 
-    cfg = load_config(CONFIG, [f"out_dir={out}", *SMALL, *extra])
+    cfg = load_config(CONFIG, later_wins(f"out_dir={out}", *SMALL, *extra))
     return run_pipeline(cfg, engine=EchoEngine(), summary=False, report=False, warn=False)
 
 
@@ -41,9 +41,9 @@ def plan_json(capsys, *argv) -> dict:
 @pytest.mark.parametrize("extra", [[], ["revise.rounds=3", "sample.n=2", "pairs.revision=false"],
                                    ["judge.reasoning=true", "revise.mode=rounds"]])
 def test_planned_requests_are_the_runs_own(tmp_path, capsys, extra):
-    planned = plan_json(capsys, CONFIG, f"out_dir={tmp_path / 'run'}", *SMALL, *extra, "--json")
+    planned = plan_json(capsys, CONFIG, *later_wins(f"out_dir={tmp_path / 'run'}", *SMALL, *extra), "--json")
     manifest = run(tmp_path / "run", *extra)
-    cfg = load_config(CONFIG, [f"out_dir={tmp_path}", *SMALL, *extra])
+    cfg = load_config(CONFIG, later_wins(f"out_dir={tmp_path}", *SMALL, *extra))
     assert planned["stages"]["sample"]["requests"] == 5
     assert planned["stages"]["revise"]["requests"] == 5 * cfg.sample.n * cfg.revise.rounds * 2
     for stage in ("sample", "revise", "judge"):

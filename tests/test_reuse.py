@@ -18,7 +18,7 @@ from cai_pipeline.errors import UserError
 from cai_pipeline.pipeline import run_pipeline
 from cai_pipeline.rng import race_key
 from cai_pipeline.store import RunStore
-from tests.conftest import REPO
+from tests.conftest import REPO, later_wins
 from tests.echo_engine import EchoEngine
 
 STAGES = "[sample,revise,pairs,judge,export]"
@@ -56,9 +56,9 @@ def constitution_file(tmp_path: Path, name: str, edit=None) -> str:
 
 
 def config(tmp_path: Path, name: str, constitution: str, *extra: str):
-    return load_config(REPO / "configs" / "demo.yaml", [
+    return load_config(REPO / "configs" / "demo.yaml", later_wins(
         f"out_dir={tmp_path / name}", f"constitution={constitution}", f"stages={STAGES}", "prompts.limit=6",
-        "shard_size=2", "revise.rounds=2", "revise.few_shot=0", *extra])
+        "shard_size=2", "revise.rounds=2", "revise.few_shot=0", *extra))
 
 
 def run(cfg, tag: str, **kw) -> tuple[dict, TaggedEcho]:

@@ -127,7 +127,7 @@ def test_custom_folder_overrides_by_name_and_falls_back_for_the_rest(tmp_path):
 def test_template_hashes_reflect_the_files_in_use(tmp_path):
     default = template_hashes()
     assert set(default) == {"critique.j2", "revision.j2", "judge.j2", "judge_reasoning.j2", "judge_prefix.j2",
-                            "judge_shared.j2", "judge_shared_reasoning.j2", "refusal.j2"}
+                            "judge_shared.j2", "judge_shared_reasoning.j2", "refusal.j2", "violation.j2"}
     assert default["judge.j2"] == hashlib.sha256((PROMPTS_DIR / "judge.j2").read_bytes()).hexdigest()
     custom = TemplateSet(folder_with(tmp_path, critique="{{ principle.critique }}")).template_hashes()
     assert custom["critique.j2"] == hashlib.sha256(b"{{ principle.critique }}").hexdigest() != default["critique.j2"]
@@ -156,7 +156,7 @@ def test_check_folder_flags_unknown_variables_attributes_and_internals(tmp_path)
     )
     problems = check_folder(folder)
     assert f"{folder / 'critique.j2'}:2: principle.critque: principles have no field 'critque'; fields: " \
-           "comparison, critique, id, rationale, revision, tags, weight" in problems
+           "comparison, critique, id, rationale, revision, tags, violation, weight" in problems
     assert any(p.startswith(f"{folder / 'judge.j2'}:2: answer: not a variable of judge.j2") for p in problems)
     assert any(p.startswith(f"{folder / 'helper.j2'}:1: __class__: underscore attributes") for p in problems)
     assert len(problems) == 3
