@@ -107,7 +107,20 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def gate(summary: AuditSummary | None, max_length_growth: float) -> dict:
+def check_gate(summary: AuditSummary | None, principle_ids: list[str]) -> str | None:
+    """Why the round fails the check gate (a named check's pass rate fell: the difference's whole interval is
+    below 0), else None."""
+    for pid in principle_ids:
+        row = summary.checks.get(pid) if summary else None
+        if row is None or not _number(row.difference_ci_high):
+            return f"the audit has no pass rate for the check of {pid!r}: no evidence it did not fall"
+        if row.difference_ci_high < 0:
+            return (f"the pass rate of {pid!r} fell: {row.pass_rate_model:.3f} vs {row.pass_rate_baseline:.3f}, "
+                    f"difference {row.difference:+.3f} [{row.difference_ci_low:+.3f}, {row.difference_ci_high:+.3f}]")
+    return None
+
+
+def gate(summary: AuditSummary | None, max_length_growth: float, checks: list[str] = ()) -> dict:
     """Go on only if the round beat the previous one by the length-controlled win rate's CI (its low end above
     0.5) and its mean response length grew by at most `max_length_growth` (iterated DPO's known failure is
     verbosity, arXiv 2406.11817). Returns the decision (`passed`), why, and the numbers it used."""
@@ -126,6 +139,8 @@ def gate(summary: AuditSummary | None, max_length_growth: float) -> dict:
                                  f"above {GATE_LEVEL}")
     elif growth > max_length_growth:
         passed, reason = False, f"mean length grew {growth:+.1%}, more than {max_length_growth:.0%}"
+    elif check_gate(summary, list(checks)):
+        passed, reason = False, check_gate(summary, list(checks))
     else:
         passed, reason = True, f"length-controlled win rate {lc:.3f} [{low:.3f}, {high:.3f}], length {growth:+.1%}"
     return {"passed": passed, "reason": reason, **numbers, "length_growth": round(growth, 4),
@@ -151,7 +166,8 @@ def audit_numbers(summary: AuditSummary | None) -> dict | None:
         return None
     return {**{k: getattr(summary.overall, k) for k in AUDIT_NUMBERS},
             "principles": {pid: {"win_rate": v.win_rate, "lc_win_rate": v.lc_win_rate}
-                           for pid, v in summary.principles.items()}}
+                           for pid, v in summary.principles.items()},
+            "checks": {pid: c.model_dump() for pid, c in summary.checks.items()}}
 
 
 def read_record(layout: RunLayout) -> dict | None:
@@ -224,7 +240,7 @@ def run_round(cfg: RunConfig, rcfg: RunConfig, entry: dict, verbose: bool, repor
         run_pipeline(bcfg, verbose=verbose, summary=False, report=report, warn=False)
         entry["audit_vs_base"] = audit_numbers(read_summary(RunLayout(bcfg.out_dir).audit_summary))
     if entry["kind"] == RL and cfg.iterate.gate:
-        entry["gate"] = gate(summary, cfg.iterate.max_length_growth)
+        entry["gate"] = gate(summary, cfg.iterate.max_length_growth, cfg.iterate.gate_checks)
     entry["status"] = "done"
 
 

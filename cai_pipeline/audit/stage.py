@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cai_pipeline.audit.prompts import audit_prompts, file_prompts
-from cai_pipeline.audit.summary import SIDES, summarise
+from cai_pipeline.audit.summary import SIDES, check_rows, summarise
 from cai_pipeline.engines.base import Failure, GenParams
 from cai_pipeline.errors import UserError
 from cai_pipeline.judge_roles import run_warnings
@@ -130,13 +130,29 @@ def generate(engine, prompts: list[dict], cfg, side: str, model: str) -> tuple[l
         for i, comp in enumerate(comps):
             row = {"prompt_id": prompt["prompt_id"], "tag": prompt["tag"], "side": side, "model": model,
                    "sample_idx": i, "prompt": prompt["prompt"], "response": comp.text,
-                   "finish_reason": comp.finish_reason, "n_tokens": comp.n_tokens, "p_refusal": None, "refused": None}
+                   "finish_reason": comp.finish_reason, "n_tokens": comp.n_tokens, "p_refusal": None, "refused": None,
+                   "checks": []}
             if comp.finish_reason == "error":
                 failure = Failure(comp.error or "engine_error: no detail")
                 rejects.append(make_reject("audit", f"{side}/{prompt['prompt_id']}/{i}", failure.reason, failure, row))
             else:
                 rows.append(row)
     return rows, rejects
+
+
+def add_checks(responses: list[dict], principles: list) -> None:
+    """Each checkable principle's check on each response, in place (no model call)."""
+    for r in responses:
+        r["checks"] = [{"principle_id": p.id, **p.run_check(r["prompt"], r["response"]).as_dict()}
+                       for p in principles if p.check is not None]
+
+
+def check_pairs(pairs: list[dict], responses: list[dict]) -> list[dict]:
+    """Per pair, {principle: passed} for the model's response (check_a) and the baseline's (check_b)."""
+    by_key = {(r["side"], r["prompt_id"], r["sample_idx"]): {c["principle_id"]: c["passed"] for c in r["checks"]}
+              for r in responses}
+    return [{"prompt_id": p["prompt_id"], "check_a": by_key[("model", p["prompt_id"], p["sample_idx"])],
+             "check_b": by_key[("baseline", p["prompt_id"], p["sample_idx"])]} for p in pairs]
 
 
 def make_pairs(responses: list[dict]) -> list[dict]:
@@ -254,19 +270,24 @@ def run(ctx: RunContext) -> dict:
         responses += rows
         rejects += failed
     pairs = make_pairs(responses)
-    _say(f"audit: judging {len(pairs)} pairs on {len(principles)} principles in both orders, {found['judge'].name}")
+    add_checks(responses, principles)
+    asked = [p for p in principles if p.comparison is not None]  # check-only principles need no judge
+    _say(f"audit: judging {len(pairs)} pairs on {len(asked)} principles in both orders, {found['judge'].name}; "
+         f"{len(principles) - len(asked) + sum(p.comparison is not None and p.check is not None for p in principles)}"
+         " checked by their checks")
     engine = ctx.engines.open("audit-judge", found["judge"].name, found["judge"].url)
-    judged, failed = judge(engine, pairs, principles, cfg, templates)
+    judged, failed = judge(engine, pairs, asked, cfg, templates) if asked else ([], [])
     rejects += failed
     refusal_failed = add_refusals(engine, responses, templates) if cfg.audit.refusal else Counter()
     ctx.store.write_rejects("audit", 0, rejects)
-    if not judged:
+    if asked and not judged:
         raise UserError(f"audit: no pair could be judged ({dict(Counter(r['reason'] for r in rejects))}); "
                         f"see {layout.rejects_dir('audit')}")
     counts = {"prompts": len(prompts), "prompts_by_tag": dict(Counter(p["tag"] for p in prompts)),
               "responses": dict(Counter(r["side"] for r in responses)), "pairs": len(pairs), "judged": len(judged),
               "rejected": dict(Counter(r["reason"] for r in rejects)), "refusal_unscored": dict(refusal_failed)}
-    summary = summarise(judged, responses, principles, cfg, counts, {role: t.name for role, t in found.items()})
+    summary = summarise(judged, responses, asked, cfg, counts, {role: t.name for role, t in found.items()})
+    summary.checks = check_rows(check_pairs(pairs, responses), principles, cfg)
     own = run_warnings(cfg, {"audit"})["audit"]  # the judge grading its own model: said where the numbers are
     summary.warnings = ([own] if own else []) + summary.warnings
     write_audit(layout, responses, verdict_rows(judged), judged, summary)

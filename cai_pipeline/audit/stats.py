@@ -279,3 +279,31 @@ def length_fit(p, delta) -> dict:
     theta, phi = fit_logistic(length_feature(delta), np.asarray(p, dtype=float))
     sd = float(delta.std(ddof=1)) if delta.size > 1 else 0.0
     return {"theta": float(theta), "phi": float(phi), "sd": sd}
+
+
+def check_score(model_pass, baseline_pass, units, *, n_boot: int, confidence: float, seed: int) -> dict:
+    """A checkable principle's row: each side's pass rate with its bootstrap interval over prompts, the
+    difference (model − baseline) with its interval from the same (paired) resamples, and the pairwise win rate
+    from the check (1 where only the model passes, 0 where only the baseline does, ½ otherwise) with its
+    interval. Exact per response: the only noise is which prompts were drawn.
+
+    model_pass, baseline_pass: (N,) booleans per pair (the model's i-th response, the baseline's i-th);
+    units: (N,) the prompt of each pair."""
+    m = np.asarray(model_pass, dtype=float)
+    b = np.asarray(baseline_pass, dtype=float)
+    if m.size == 0:
+        return {k: None for k in CHECK_KEYS} | {"n": 0}
+    weights = cluster_weights(units, n_boot, np.random.default_rng(seed))
+    level = expanded_level(confidence, len(set(np.asarray(units).tolist())))
+    win = 0.5 + 0.5 * (m - b)  # 1, 0 or ½ per pair
+
+    def row(values: np.ndarray, name: str) -> dict:
+        lo, hi = percentile_interval((weights * values).sum(-1) / weights.sum(-1), level)
+        return {name: _round(values.mean()), f"{name}_ci_low": _round(lo), f"{name}_ci_high": _round(hi)}
+
+    return {**row(m, "pass_rate_model"), **row(b, "pass_rate_baseline"), **row(m - b, "difference"),
+            **row(win, "win_rate"), "n": int(m.size)}
+
+
+CHECK_KEYS = tuple(f"{name}{suffix}" for name in ("pass_rate_model", "pass_rate_baseline", "difference", "win_rate")
+                   for suffix in ("", "_ci_low", "_ci_high"))

@@ -12,7 +12,7 @@ from cai_pipeline.cli.common import add_config, add_no_report, add_overrides, ad
 def _cmd_audit(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cai_pipeline.audit.files import console_table
+    from cai_pipeline.audit.files import console_check_table, console_table
     from cai_pipeline.audit.summary import read_summary
     from cai_pipeline.pipeline import run_pipeline
     from cai_pipeline.store import RunLayout
@@ -26,6 +26,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if manifest["last_run"]["audit"] == "already done":
         console.print("already audited with these settings (--restart audits again)")
     console.print(console_table(summary, f"audit {layout.audit_dir}"))
+    checks = console_check_table(summary, "checkable principles (exact: no judge)")
+    if checks is not None:
+        console.print(checks)
     o = summary.overall
     rates = f"refusal on benign prompts: model {o.refusal_rate_model}, baseline {o.refusal_rate_baseline}"
     console.print(f"{rates}; mean length change {o.mean_length_change:+} tokens", markup=False, highlight=False)

@@ -31,6 +31,13 @@ def weak_verdict(row: Mapping, min_margin: float, drop_inconsistent: bool) -> tu
     return None
 
 
+def label_source(verdicts: list[dict]) -> str:
+    """Where a label came from: `check` when every verdict came from a principle's check, `judge` when every
+    one from the LLM, `mixed` otherwise."""
+    sources = {v["source"] for v in verdicts}
+    return sources.pop() if len(sources) == 1 else "mixed"
+
+
 def _tally(counts: Counter, row: Mapping) -> None:
     counts["scored"] += 1
     counts["consistent"] += bool(row["consistent"])
@@ -44,15 +51,16 @@ def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult
     pairs = inputs["pairs"]
     judged = judge_pairs(engine, pairs, ctx.constitution.principles, reasoning=cfg.reasoning, seed=ctx.seed,
                          k=cfg.principles, templates=ctx.templates, reasoning_max_tokens=cfg.reasoning_max_tokens,
-                         layout=cfg.layout)
+                         layout=cfg.layout, check_confidence=cfg.check_confidence)
     out = StageResult()
     for pair, rec in zip(pairs, judged):
         if rec["error"]:
             out.rejects.append(make_reject("judge", pair["pair_id"], Failure(rec["error"]).reason, rec["error"], pair))
             continue
         row = {**pair, "judge_principle_ids": [v["principle_id"] for v in rec["verdicts"]],
-               **{k: rec[k] for k in _RECORD_KEYS}}
+               **{k: rec[k] for k in _RECORD_KEYS}, "label_source": label_source(rec["verdicts"])}
         _tally(out.counts, row)
+        out.counts[f"label_source:{row['label_source']}"] += 1
         weak = weak_verdict(row, cfg.min_margin, cfg.drop_inconsistent)
         if weak:
             out.rejects.append(make_reject("judge", pair["pair_id"], *weak, row))

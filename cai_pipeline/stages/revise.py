@@ -50,6 +50,19 @@ class Revised:
     counts: Counter = field(default_factory=Counter)
 
 
+def checked(principle, prompt: list[Message], response: str) -> dict | None:
+    """The principle's check on a response to `prompt`, as {passed, reason}; None without a check."""
+    result = principle.run_check(prompt, response)
+    return None if result is None else result.as_dict()
+
+
+def skipped_round(principle, result: dict) -> dict:
+    """A round not run: the response already passes the drawn principle's check (revise.revise_passing false)."""
+    return {"principle_id": principle.id, "critique": "", "revision": "", "cleaned": False,
+            "kept_previous": "passes_check", "truncated": False, "check_before": result, "check_after": result,
+            "skipped": True}
+
+
 def few_shot_turns(ctx: StageContext, rng, k: int) -> list[Message]:
     """k of the constitution's worked examples as earlier turns of the conversation."""
     shots = ctx.constitution.few_shot
@@ -92,10 +105,16 @@ async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
     for r in range(ctx.cfg.revise.rounds):
         [principle] = draw_principles(ctx.constitution.principles, ctx.rng("revise", *key, r), 1,
                                       exclude=[x["principle_id"] for x in rounds])
-        conv = conv + [{"role": "user", "content": ctx.templates.render("critique", principle=principle)}]
+        before = checked(principle, sample["prompt"], current)
+        if before and before["passed"] and not ctx.cfg.revise.revise_passing:
+            rounds.append(skipped_round(principle, before))
+            counts.update({"rounds": 1, "skipped_passing_check": 1})
+            continue
+        variables = {"principle": principle, "check": before}
+        conv = conv + [{"role": "user", "content": ctx.templates.render("critique", **variables)}]
         critique = await _ask(gen, shots + conv, _params(ctx, r, "critique"), f"round {r} critique", rounds)
         conv = conv + [{"role": "assistant", "content": critique.text.strip()},
-                       {"role": "user", "content": ctx.templates.render("revision", principle=principle)}]
+                       {"role": "user", "content": ctx.templates.render("revision", **variables)}]
         revision = await _ask(gen, shots + conv, _params(ctx, r, "revision"), f"round {r} revision", rounds)
         text, cleaned = clean_revision(revision.text)
         kept = "empty_revision" if not text else None
@@ -107,10 +126,14 @@ async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
             counts[f"kept_previous:{kept}"] += 1
         else:
             current = text
+        after = checked(principle, sample["prompt"], current)
+        if before:  # how often a round turns a failing check into a pass, and the other way
+            counts.update({"check_fixed": int(not before["passed"] and after["passed"]),
+                           "check_broken": int(before["passed"] and not after["passed"])})
         truncated = revision.finish_reason == "length"
         rounds.append({"principle_id": principle.id, "critique": critique.text.strip(),
                        "revision": revision.text.strip(), "cleaned": cleaned, "kept_previous": kept,
-                       "truncated": truncated})
+                       "truncated": truncated, "check_before": before, "check_after": after, "skipped": False})
         if not kept:
             current_truncated = truncated
         conv = conv + [{"role": "assistant", "content": current}]
