@@ -129,3 +129,29 @@ def test_comparison_is_required_only_without_a_check(tmp_path):
                     "    rationale: x\n")
     [problem] = validate_file(path)
     assert "comparison: required unless the principle has a check" in problem
+
+
+def test_dump_diff_and_import_know_the_key(tmp_path):
+    import json
+
+    from cai_pipeline.constitution import dump_constitution
+    from cai_pipeline.constitution_diff import diff_constitutions
+    from cai_pipeline.importers import import_hf_recipe
+
+    old = load_constitution(constitution(tmp_path, "max_words: 50\nforbid: ['!']"))
+    again = load_constitution(dump_constitution(old, tmp_path / "again.yaml"))
+    assert again == old and again.principles[0].check.forbid == ["!"]
+    new = old.model_copy(deep=True)
+    new.principles[0].check.max_words = 40
+    new.principles[0].comparison = None
+    assert diff_constitutions(old, new) == ["~ p", "    comparison: 'Which is better?' → None",
+                                            "    check.max_words: 50 → 40"]
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"constitutions": [
+        {"critic": "Too long?", "revision": "Shorten it.", "check": {"max_words": 30}},
+        {"critic": "Rude?", "revision": "Be kind."}]}))
+    imported = import_hf_recipe(recipe)
+    assert imported.principles[0].check.max_words == 30 and imported.principles[1].check is None
+    recipe.write_text(json.dumps({"constitutions": [{"critic": "c", "revision": "r", "check": {"forbid": ["("]}}]}))
+    with pytest.raises(UserError, match=r"constitutions\[0\].check.forbid.0: regex /\(/ does not compile"):
+        import_hf_recipe(recipe)
