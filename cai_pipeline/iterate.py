@@ -107,6 +107,15 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def check_gate_ids(ids: list[str], constitution) -> None:
+    """iterate.gate_checks names checkable principles of the constitution."""
+    checkable = [p.id for p in constitution.principles if p.check is not None]
+    for pid in ids:
+        if pid not in checkable:
+            raise UserError(f"iterate.gate_checks: {pid!r} is not a checkable principle of {constitution.name}; "
+                            f"its checkable principles are {', '.join(checkable) or 'none (add check: to one)'}")
+
+
 def check_gate(summary: AuditSummary | None, principle_ids: list[str]) -> str | None:
     """Why the round fails the check gate (a named check's pass rate fell: the difference's whole interval is
     below 0), else None."""
@@ -209,6 +218,13 @@ def write_record(layout: RunLayout, record: dict, cfg: RunConfig) -> None:
 # The rounds
 
 
+def check_summary(checks: dict) -> str:
+    """Each check's pass rate, model vs baseline, for the round's line."""
+    parts = [f"{pid} {c['pass_rate_model']:.2f} vs {c['pass_rate_baseline']:.2f}" for pid, c in checks.items()
+             if _number(c.get("pass_rate_model"))]
+    return f", checks pass {'; '.join(parts)}" if parts else ""
+
+
 def round_line(entry: dict) -> str:
     """One line per round for the terminal: its audit against its baseline and the gate's decision."""
     a = entry.get("audit") or {}
@@ -224,7 +240,7 @@ def round_line(entry: dict) -> str:
         f", vs base {b['lc_win_rate']:.3f} [{b['lc_ci_low']:.3f}, {b['lc_ci_high']:.3f}]")
     return (f"{entry['name']}: LC win rate {num('lc_win_rate')} [{num('lc_ci_low')}, {num('lc_ci_high')}] vs "
             f"{entry['baseline']}{vs_base}, length {length}, benign refusal {num('refusal_rate_model')} (baseline "
-            f"{num('refusal_rate_baseline')}), gate: {decision}")
+            f"{num('refusal_rate_baseline')}){check_summary(a.get('checks') or {})}, gate: {decision}")
 
 
 def run_round(cfg: RunConfig, rcfg: RunConfig, entry: dict, verbose: bool, report: bool) -> None:
@@ -253,7 +269,7 @@ def run_iterate(cfg: RunConfig, *, verbose: bool = False, report: bool = True,
     check_top(cfg)
     for index, kind in plan(cfg):  # every derived config, and its prompts, valid before anything runs
         rcfg = round_config(cfg, index, kind, cfg.model, cfg.model)
-        load_assets(rcfg)
+        check_gate_ids(cfg.iterate.gate_checks, load_assets(rcfg).constitution)
         if kind == RL and cfg.iterate.audit_base:
             base_audit_config(cfg, rcfg)
     top = RunStore(cfg.out_dir)

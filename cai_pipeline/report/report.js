@@ -404,7 +404,10 @@
     const rounds = (sm.rounds || []).map((r, k) => h("div", { class: "round" + (state.principle !== "" && r.p === +state.principle ? " hit" : ""), "data-principle": principleName(r.p) },
       h("div", {}, h("strong", {}, `Round ${k + 1}`), " · principle ", h("code", {}, principleName(r.p)), " ",
         r.cleaned ? badge("preamble cut") : null, r.kept ? badge("kept previous: " + r.kept, "bad") : null,
-        r.truncated ? badge("revision truncated", "bad") : null),
+        r.truncated ? badge("revision truncated", "bad") : null,
+        r.check ? badge(`check: ${r.check[0] ? "pass" : "fail"} → ${r.check[1] ? "pass" : "fail"}`, r.check[1] ? "ok" : "bad") : null,
+        r.skipped ? badge("not revised: already passes its check") : null),
+      r.check && !r.check[0] ? h("div", { class: "small muted" }, "check before: " + r.check[2]) : null,
       h("div", { class: "label" }, "critique"), text(r.critique, "critique"),
       h("div", { class: "label" }, "revision"), text(r.revision, "revision"),
       h("div", { class: "label" }, "change against the text before it"), diffView(texts[k][0], texts[k][1])));
@@ -416,10 +419,13 @@
         ? [h("div", { class: "label" }, "final ", sm.final_truncated ? badge("truncated", "bad") : null), text(finalText(sm))] : null,
       sm.reject ? rejectLine(sm.reject) : null);
   }
+  // a verdict's source, and the principle's check on each side where it has one
+  const checkText = (c) => !c ? "judge" : `${c[0]} (a ${c[1] ? "passes" : "fails"}, b ${c[2] ? "passes" : "fails"})`;
   function verdictRows(p) {
     return (p.verdicts || []).map(([pi, w, first, second, rf, rs]) => h("tr", { class: "verdict" + (state.principle !== "" && pi === +state.principle ? " hit" : "") },
       h("td", {}, principleName(pi)), cell(w), cell(first), cell(1 - first), cell(second === null ? null : 1 - second), cell(second),
       cell(second === null ? first : (first + second) / 2),
+      h("td", {}, checkText((p.checks || {})[pi])),
       h("td", {}, rf || rs ? h("details", {}, h("summary", {}, "reasoning"), text(rf || ""), rs ? text(rs) : null) : "")));
   }
   function pairView(t, p) {
@@ -430,7 +436,7 @@
       h("div", {}, h("strong", {}, `Pair ${p.id}`), ` · ${p.origin} · a = ${refLabel(p.a)}, b = ${refLabel(p.b)} `,
         (p.truncated || []).map((side) => badge(side + " truncated", "bad"))),
       h("details", {}, h("summary", {}, "texts"), h("div", { class: "label" }, "a"), text(refText(t, p.a)), h("div", { class: "label" }, "b"), text(refText(t, p.b))),
-      p.verdicts ? table(["principle", "weight", "a as (A): P(A)", "P(B)", "a as (B): P(A)", "P(B)", "p(a ≻ b)", ""], verdictRows(p)) : null,
+      p.verdicts ? table(["principle", "weight", "a as (A): P(A)", "P(B)", "a as (B): P(A)", "P(B)", "p(a ≻ b)", "source", ""], verdictRows(p)) : null,
       soft, pref, p.reject ? rejectLine(p.reject) : null);
   }
   function showTrace(pos) {
