@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cai_pipeline import stages as stage_list
+from cai_pipeline.audit.stats import CHECK_KEYS
 from cai_pipeline.audit.summary import AuditSummary, read_summary
 from cai_pipeline.errors import UserError
 from cai_pipeline.judging import order_average, picks_same_position
@@ -252,7 +253,8 @@ def audit(store: RunStore, warnings: list[str]) -> dict | None:
         return None
     dumped = data.model_dump()
     return {"principles": {pid: _numbers(v, AUDIT_KEYS) for pid, v in dumped["principles"].items()},
-            "overall": _numbers(dumped["overall"], AUDIT_OVERALL)}
+            "overall": _numbers(dumped["overall"], AUDIT_OVERALL),
+            "checks": {pid: _numbers(v, (*CHECK_KEYS, "n")) for pid, v in dumped["checks"].items()}}
 
 
 def rounds(store: RunStore, warnings: list[str]) -> list[dict]:

@@ -284,7 +284,19 @@
       h("p", {}, `refusal rate on benign prompts: model ${fmt(o.refusal_rate_model)}, baseline ${fmt(o.refusal_rate_baseline)}; ` +
         `mean length change ${fmt(o.mean_length_change, 1)}`),
       forest([["overall", o.win_rate, o.ci_low, o.ci_high, o.lc_win_rate], ...ps.map(([pid, v]) => [pid, v.win_rate, v.ci_low, v.ci_high, v.lc_win_rate])]),
-      h("p", { class: "small muted" }, "dots: win rate with its 95% CI; squares: length-controlled win rate; dashed line: 0.5 (no change)"));
+      h("p", { class: "small muted" }, "dots: win rate with its 95% CI; squares: length-controlled win rate; dashed line: 0.5 (no change)"),
+      checkTable(a.checks || {}));
+  }
+  // checkable principles: exact pass rates (a program decides), intervals over prompts
+  const span = (v, lo, hi) => (v === undefined ? "—" : `${fmt(v)} [${fmt(lo)}, ${fmt(hi)}]`);
+  function checkTable(checks) {
+    const rows = Object.entries(checks).map(([pid, c]) => h("tr", {}, h("td", {}, pid),
+      cell(span(c.pass_rate_model, c.pass_rate_model_ci_low, c.pass_rate_model_ci_high)),
+      cell(span(c.pass_rate_baseline, c.pass_rate_baseline_ci_low, c.pass_rate_baseline_ci_high)),
+      cell(span(c.difference, c.difference_ci_low, c.difference_ci_high)),
+      cell(span(c.win_rate, c.win_rate_ci_low, c.win_rate_ci_high)), cell(c.n)));
+    return rows.length ? [h("h3", {}, "checkable principles (decided by their checks: no judge)"),
+      table(["principle", "model pass rate [CI]", "baseline pass rate [CI]", "difference [CI]", "check win rate [CI]", "pairs"], rows, { id: "audit-checks" })] : null;
   }
   function roundsSection() {
     const rs = DATA.rounds;
@@ -305,9 +317,15 @@
         cell(pair(o.refusal_rate_model, o.refusal_rate_baseline)), cell(gate),
         h("td", {}, r.report ? h("a", { href: r.report }, "open") : "—"));
     });
+    const checkIds = [...new Set(rs.flatMap((r) => Object.keys((r.audit || {}).checks || {})))];
+    const byCheck = checkIds.map((pid) => h("tr", {}, h("td", {}, pid), rs.map((r) => {
+      const c = (((r.audit || {}).checks || {})[pid]) || {};
+      return cell(c.pass_rate_model === undefined ? "—" : `${fmt(c.pass_rate_model)} vs ${fmt(c.pass_rate_baseline)}`);
+    })));
     const byPrinciple = ids.map((pid) => h("tr", {}, h("td", {}, pid), rs.map((r) => cell((((r.audit || {}).principles || {})[pid] || {}).win_rate))));
     return section("Rounds", table(head, rows, { id: "rounds" }),
-      ids.length ? [h("h3", {}, "audit win rate by principle and round"), table(["principle", ...rs.map((r) => r.name)], byPrinciple)] : null);
+      ids.length ? [h("h3", {}, "audit win rate by principle and round"), table(["principle", ...rs.map((r) => r.name)], byPrinciple)] : null,
+      checkIds.length ? [h("h3", {}, "check pass rate by round (the round's model vs its baseline)"), table(["check", ...rs.map((r) => r.name)], byCheck)] : null);
   }
   function overview() {
     return [runSection(), funnelSection(), judgeSection(), judgeCheckSection(), datasetsSection(), trainingSection(), auditSection(),
