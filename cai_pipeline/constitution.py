@@ -146,6 +146,15 @@ class Constitution(_Strict):
 
     __hash__ = None  # mutable model; equality is by content
 
+    def judged(self) -> list[Principle]:
+        """The principles the LLM judge can be asked (those with a comparison question), for the tools that
+        measure the judge itself; a UserError when every principle is check-only."""
+        out = [p for p in self.principles if p.comparison is not None]
+        if not out:
+            raise UserError(f"constitution {self.name}: every principle is check-only (no comparison question), "
+                            "so there is nothing to ask a judge; add a comparison to one")
+        return out
+
     def template_dir(self) -> Path | None:
         """The constitution's own template folder, resolved against the file it was loaded from."""
         if self.templates is None:
