@@ -100,7 +100,6 @@ def test_the_audit_reports_each_check_exactly(monkeypatch, model_path, tmp_path,
     from cai_pipeline.checks import word_count
     from cai_pipeline.cli import main
     from tests.audit.test_stage import CONFIG, MODELS, StandIn
-    from tests.conftest import REPO
 
     (tmp_path / "c.yaml").write_text(
         "name: t\nversion: 1\nprinciples:\n"
@@ -126,4 +125,41 @@ def test_the_audit_reports_each_check_exactly(monkeypatch, model_path, tmp_path,
     readme = (out / "audit" / "README.md").read_text()
     assert "## Checkable principles" in readme and "| short |" in readme
     assert "checkable principles" in capsys.readouterr().out
-    assert REPO.exists()
+
+
+def test_revise_tells_the_critique_the_check_and_records_it_before_and_after():
+    from cai_pipeline.config import load_config
+    from cai_pipeline.stages import revise
+    from cai_pipeline.stages.base import StageContext
+    from cai_pipeline.templates import TemplateSet
+    from tests.stages.test_revise import Scripted
+
+    c = Constitution(name="t", version="1", principles=[SHORT])
+    asked = []
+
+    def answers(conv):
+        asked.append(conv[-1]["content"])
+        return "Too long." if "critique" in conv[-1]["content"].lower() else "Short now."
+
+    rows = [{"prompt_id": f"p{i}", "sample_idx": 0, "prompt": [{"role": "user", "content": "q"}], "response": text,
+             "finish_reason": "stop", "n_tokens": 3} for i, text in enumerate(["Fine.", "a much longer answer here"])]
+
+    def run(passing: bool):
+        asked.clear()
+        cfg = load_config(None, ["out_dir=x", "revise.rounds=1", "revise.few_shot=0",
+                                 f"revise.revise_passing={str(passing).lower()}"])
+        ctx = StageContext(seed=0, shard=0, cfg=cfg, constitution=c, templates=TemplateSet())
+        return revise.run({"sample": rows}, Scripted(answers), ctx)
+
+    result = run(passing=False)
+    passed, failed = result.rows
+    assert passed["rounds"][0]["skipped"] and passed["rounds"][0]["kept_previous"] == "passes_check"
+    assert passed["final"] == "Fine." and passed["rounds"][0]["check_before"]["passed"]
+    assert failed["rounds"][0]["check_before"] == {"passed": False, "reason": "5 words, more than max_words 3"}
+    assert failed["rounds"][0]["check_after"] == {"passed": True, "reason": "passes"} and failed["final"] == "Short now."
+    assert len(asked) == 2 and "it fails (5 words, more than max_words 3)" in asked[0]  # only the failing row
+    assert "fixes this: 5 words, more than max_words 3" in asked[1]
+    assert result.counts["skipped_passing_check"] == 1 and result.counts["check_fixed"] == 1
+    result = run(passing=True)  # the default: every response revised, the check's result still shown
+    assert not any(r["rounds"][0]["skipped"] for r in result.rows) and len(asked) == 4
+    assert "it passes." in asked[0]
