@@ -60,7 +60,8 @@ def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult
         row = {**pair, "judge_principle_ids": [v["principle_id"] for v in rec["verdicts"]],
                **{k: rec[k] for k in _RECORD_KEYS}, "label_source": label_source(rec["verdicts"])}
         _tally(out.counts, row)
-        out.counts[f"label_source:{row['label_source']}"] += 1
+        if row["label_source"] != "judge":  # pairs a check decided (alone or with the LLM): counted in the manifest
+            out.counts[f"label_source:{row['label_source']}"] += 1
         weak = weak_verdict(row, cfg.min_margin, cfg.drop_inconsistent)
         if weak:
             out.rejects.append(make_reject("judge", pair["pair_id"], *weak, row))
