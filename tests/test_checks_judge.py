@@ -163,3 +163,22 @@ def test_revise_tells_the_critique_the_check_and_records_it_before_and_after():
     result = run(passing=True)  # the default: every response revised, the check's result still shown
     assert not any(r["rounds"][0]["skipped"] for r in result.rows) and len(asked) == 4
     assert "it passes." in asked[0]
+
+
+def test_a_check_only_audit_has_check_rows_and_no_judged_ones(monkeypatch, model_path, tmp_path):
+    import json
+
+    import cai_pipeline.engines
+    from cai_pipeline.cli import main
+    from tests.audit.test_stage import CONFIG, MODELS, StandIn
+
+    (tmp_path / "c.yaml").write_text("name: t\nversion: 1\nprinciples:\n"
+                                     "  - {id: short, critique: c, revision: r, rationale: x, check: {max_words: 15}}\n")
+    engine = StandIn()
+    monkeypatch.setattr(cai_pipeline.engines, "make_engine", lambda *a, **k: engine)
+    assert main(["audit", CONFIG, f"out_dir={tmp_path / 'run'}", "audit.limit=6", "audit.n=1", "judge.principles=1",
+                 *MODELS, f"constitution={tmp_path / 'c.yaml'}"]) == 0
+    summary = json.loads((tmp_path / "run" / "audit" / "summary.json").read_text())
+    assert summary["principles"] == {} and summary["overall"]["win_rate"] is None
+    assert summary["checks"]["short"]["n"] == 6
+    assert summary["overall"]["mean_length_change"] is not None

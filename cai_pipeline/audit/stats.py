@@ -255,6 +255,8 @@ def audit_scores(prefs: np.ndarray, consistent: np.ndarray, principle_weights, u
     style-controlled rates; axes: name → indices of its principles. Returns
     {"principles": [row per principle], "overall": row, "axes": {name: row}}. Overall and axis preferences are
     the weight-averaged preferences over their principles (as the judge's ensemble p)."""
+    if len(principle_weights) == 0:  # every audited principle is check-only: nothing for the judge to score
+        return {"principles": [], "overall": score([], [], [], None, confidence, 0), "axes": {}}
     prefs = np.asarray(prefs, dtype=float).reshape(len(principle_weights), -1)
     consistent = np.asarray(consistent, dtype=bool).reshape(prefs.shape)
     wk = np.asarray(principle_weights, dtype=float)

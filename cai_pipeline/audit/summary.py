@@ -145,7 +145,9 @@ def summarise(judged: list[dict], responses: list[dict], principles: list, cfg, 
     by_side = {side: [r for r in responses if r["side"] == side and r["refused"] is not None] for side in SIDES}
     lengths = {side: [r["n_tokens"] for r in responses if r["side"] == side] for side in SIDES}
     overall = {**scores["overall"],
-               "mean_length_change": round(float(delta.mean()), 2) if delta.size else None,
+               "mean_length_change": round(float(delta.mean()), 2) if delta.size else (
+                   round(float(np.mean(lengths["model"]) - np.mean(lengths["baseline"])), 2)
+                   if lengths["model"] and lengths["baseline"] else None),
                "mean_length_model": round(float(np.mean(lengths["model"])), 2) if lengths["model"] else None,
                "mean_length_baseline": round(float(np.mean(lengths["baseline"])), 2) if lengths["baseline"] else None,
                "n_prompts": len({r["prompt_id"] for r in judged})}
