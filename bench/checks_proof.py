@@ -12,9 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-from cai_pipeline.audit.summary import read_summary
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's package, not an installed one
+
+from cai_pipeline.audit.summary import read_summary  # noqa: E402
 
 
 def pct(x) -> str:
