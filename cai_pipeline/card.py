@@ -158,6 +158,11 @@ def principle_table(scored: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def label_sources(judge_rows: list[dict]) -> dict[str, int]:
+    """Kept labels counted by where their verdicts came from (check, judge or mixed)."""
+    return dict(sorted(Counter(r.get("label_source") or "judge" for r in judge_rows).items()))
+
+
 def judge_section(judge_rows: list[dict], judge_rejects: list[dict]) -> str:
     """Markdown for datasets/README.md: how sure and how consistent the judge was, and whether it agrees with
     the recipe's assumption that a revision beats the response it revised."""
@@ -175,6 +180,8 @@ def judge_section(judge_rows: list[dict], judge_rejects: list[dict]) -> str:
         f"{_rate(sum(abs(r['p_a'] - 0.5) for r in scored), len(scored))} all scored",
         f"- Revision preferred over the initial response: {_rate(sum(r['p_a'] > 0.5 for r in revision), len(revision))} "
         f"of {len(revision)} revision pairs (the HF recipe assumes 1.0)",
+        f"- Labels by source: {json.dumps(label_sources(judge_rows))} (check: every verdict from a principle's "
+        "check, exact; judge: every verdict from the LLM; mixed: both)",
         f"- Rejected by the judge: {json.dumps(dict(sorted(reasons.items())))}\n",
         principle_table(scored) + "\n",
     ]

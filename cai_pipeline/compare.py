@@ -91,6 +91,17 @@ def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
+def check_cell(c) -> str:
+    """A checkable principle: pass % of model vs baseline and the difference in points with its CI."""
+    if c is None:
+        return "—"
+    c = c if isinstance(c, dict) else c.model_dump()
+    if c.get("pass_rate_model") is None:
+        return "—"
+    return (f"pass {_pct(c['pass_rate_model'])} vs {_pct(c['pass_rate_baseline'])}, "
+            f"{100 * c['difference']:+.1f} [{100 * c['difference_ci_low']:+.1f}, {100 * c['difference_ci_high']:+.1f}]")
+
+
 def audit_rows(a: AuditSummary | None, b: AuditSummary | None) -> list[tuple[str, str, str]]:
     """(label, run A, run B): win % [CI] and length-controlled, overall, per axis, per principle; refusal
     rates and the length change. A row one audit lacks shows —."""
@@ -101,6 +112,9 @@ def audit_rows(a: AuditSummary | None, b: AuditSummary | None) -> list[tuple[str
         rows.append((f"axis: {name}", _audit_cell(axes["a"].get(name)), _audit_cell(axes["b"].get(name))))
     for pid in dict.fromkeys([*principles["a"], *principles["b"]]):
         rows.append((pid, _audit_cell(principles["a"].get(pid)), _audit_cell(principles["b"].get(pid))))
+    checks = {"a": a.checks if a else {}, "b": b.checks if b else {}}
+    for pid in dict.fromkeys([*checks["a"], *checks["b"]]):
+        rows.append((f"check: {pid}", check_cell(checks["a"].get(pid)), check_cell(checks["b"].get(pid))))
     for key, label in (("refusal_rate_model", "refusal %, benign: model"),
                        ("refusal_rate_baseline", "refusal %, benign: baseline"),
                        ("mean_length_change", "mean length change (tokens)")):
@@ -201,6 +215,14 @@ def principle_rows(rounds: list[dict]) -> list[tuple[str, ...]]:
     return [(pid, *(_pct((p.get(pid) or {}).get("win_rate")) for p in by_round)) for pid in ids]
 
 
+def check_round_rows(rounds: list[dict]) -> list[tuple[str, ...]]:
+    """One row per checkable principle: its check cell in each round's audit, then in each audit vs the base."""
+    audits = [(r.get("audit") or {}).get("checks") or {} for r in rounds]
+    audits += [(r.get("audit_vs_base") or {}).get("checks") or {} for r in rounds if r.get("audit_vs_base")]
+    ids = list(dict.fromkeys(pid for checks in audits for pid in checks))
+    return [(pid, *(check_cell(checks.get(pid)) for checks in audits)) for pid in ids]
+
+
 def print_rounds(console: Console, store: RunStore, title: str) -> int:
     rounds = read_rounds(store)
     if not rounds:
@@ -222,6 +244,16 @@ def print_rounds(console: Console, store: RunStore, title: str) -> int:
         for row in rows:
             by_principle.add_row(*(escape(x) for x in row))
         console.print(by_principle)
+    rows = check_round_rows(rounds)
+    if rows:
+        by_check = Table(title="Checkable principles by round: pass % of the round's model vs its baseline, "
+                               "difference in points [CI]; then vs the base model", title_justify="left")
+        for col in ("check", *(str(r.get("name")) for r in rounds), *(f"{r.get('name')} vs base" for r in rounds
+                                                                        if r.get("audit_vs_base"))):
+            by_check.add_column(col)
+        for row in rows:
+            by_check.add_row(*(escape(x) for x in row))
+        console.print(by_check)
     for r in (r for r in rounds if r.get("gate")):
         console.print(f"gate after {r['name']}: {r['gate']['reason']}", markup=False, highlight=False)
     return len(rounds)

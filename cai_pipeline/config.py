@@ -139,6 +139,8 @@ class ReviseConfig(Strict):
     mode: Literal["auto", "chains", "rounds"] = Field(
         "auto", description="chains: each row's steps run as soon as its last finished; rounds: one batch per step"
     )
+    revise_passing: bool = Field(True, description="revise a response that already passes the drawn principle's "
+                                 "check anyway; false: that round is skipped and recorded as such")
 
 
 class PairsConfig(Strict):
@@ -154,6 +156,8 @@ class JudgeConfig(Strict):
     reasoning_max_tokens: int = Field(128, gt=0, description="length of the judge's reasoning")
     min_margin: float = Field(0.05, ge=0, lt=0.5, description="|p − 0.5| below this → rejects (below_margin)")
     drop_inconsistent: bool = Field(True, description="pairs whose two orders pick the same position → rejects")
+    check_confidence: float = Field(0.95, gt=0.5, le=1, description="a checkable principle's verdict on a pair its "
+                                    "check separates (one passes, one fails), in both orders; no model call")
     layout: Literal["question_first", "shared_prefix"] = Field(
         "question_first", description="judge prompt: question before the responses, or conversation and both "
         "responses first so a pair's principles share one prefix (see docs/judge.md)")
@@ -266,6 +270,9 @@ class IterateConfig(Strict):
                        "the previous round is above 0.5 by its CI and length grew at most max_length_growth")
     max_length_growth: float = Field(0.10, ge=0, description="gate: largest allowed relative growth of the mean "
                                      "response length over the previous round (0.10: 10%)")
+    gate_checks: list[str] = Field([], description="gate: checkable principles whose pass rate must not fall "
+                                   "(stop when the audit's difference against the previous round is below 0 by "
+                                   "its whole interval)")
     audit_base: bool = Field(True, description="also audit each RL round's model against the base model "
                              "(vs-base/NN-rl/); the gate reads the audit against the previous round")
 

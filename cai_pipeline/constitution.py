@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from cai_pipeline.bundled import resolve_resource
+from cai_pipeline.checks import CheckResult, CheckSpec, run_check, spec_problems
 from cai_pipeline.errors import UserError, one_line
 from cai_pipeline.rng import race_order
 from cai_pipeline.yamlio import dotted, line_of, parse, syntax_problem
@@ -95,12 +96,25 @@ class Principle(_Strict):
     id: Annotated[str, AfterValidator(_valid_id)]
     critique: PlainText = Field(description="asks for a critique of the assistant's last response")
     revision: PlainText = Field(description="asks for a rewrite of that response")
-    comparison: PlainText = Field(description="the judge's question when comparing two responses")
+    comparison: PlainText | None = Field(None, description="the judge's question when comparing two responses; "
+                                         "may be left out when the principle has a check (check-only)")
     rationale: Text = Field(description="why the principle exists; shown to people, not to the model")
     tags: list[Text] = []
     weight: float = Field(1.0, gt=0, allow_inf_nan=False, strict=True, description="relative draw weight")
     violation: PlainText | None = Field(None, description="a yes/no question, Yes meaning the response violates "
                                         "the principle (the audit's compliance); default: one derived from critique")
+    check: CheckSpec | None = Field(None, description="rules a program decides (checks.py); all must pass")
+    _base_dir: Path | None = PrivateAttr(None)  # where a check's python module is looked up: the file's folder
+
+    @model_validator(mode="after")
+    def _judged_or_checked(self) -> Principle:
+        if self.comparison is None and self.check is None:
+            raise ValueError("comparison: required unless the principle has a check; add the judge's question")
+        return self
+
+    def run_check(self, conversation, response: str) -> CheckResult | None:
+        """The check's verdict on `response`; None for a principle without a check."""
+        return None if self.check is None else run_check(self.check, conversation, response, self._base_dir)
 
 
 class FewShot(_Strict):
@@ -133,6 +147,15 @@ class Constitution(_Strict):
         return isinstance(other, Constitution) and self.model_dump() == other.model_dump()
 
     __hash__ = None  # mutable model; equality is by content
+
+    def judged(self) -> list[Principle]:
+        """The principles the LLM judge can be asked (those with a comparison question), for the tools that
+        measure the judge itself; a UserError when every principle is check-only."""
+        out = [p for p in self.principles if p.comparison is not None]
+        if not out:
+            raise UserError(f"constitution {self.name}: every principle is check-only (no comparison question), "
+                            "so there is nothing to ask a judge; add a comparison to one")
+        return out
 
     def template_dir(self) -> Path | None:
         """The constitution's own template folder, resolved against the file it was loaded from."""
@@ -178,7 +201,8 @@ def cross_reference_problems(data: Any) -> list[tuple[tuple, str]]:
 
 def _known_keys(loc: tuple) -> list[str]:
     parent = [p for p in loc[:-1] if isinstance(p, str)]
-    model = {"principles": Principle, "few_shot": FewShot}.get(parent[0] if parent else "", Constitution)
+    model = {"principles": Principle, "few_shot": FewShot, "check": CheckSpec}.get(parent[-1] if parent else "",
+                                                                                Constitution)
     return list(model.model_fields)
 
 
@@ -249,9 +273,17 @@ def _check(path: str | Path) -> tuple[Any, list[str]]:
         return None, [f"{shown}:1: (top level): expected a mapping with name, version, principles; see docs/constitutions.md"]
     folder_problems, template_problems = _template_folder_problems(data, resolved)
     located = _pydantic_problems(data) + cross_reference_problems(data) + folder_problems
+    located += check_problems(data, resolved.parent)
     lines = [(line_of(node, loc), loc, msg) for loc, msg in located] + repeated
     lines.sort(key=lambda t: t[0])
     return data, [f"{shown}:{line}: {dotted(loc)}: {msg}" for line, loc, msg in lines] + template_problems
+
+
+def check_problems(data: dict, base_dir: Path) -> list[tuple[tuple, str]]:
+    """Regexes that do not compile and check functions that do not import, located in the file."""
+    principles = data.get("principles") if isinstance(data.get("principles"), list) else []
+    return [(("principles", i, "check", *loc), message) for i, p in enumerate(principles) if isinstance(p, dict)
+            for loc, message in spec_problems(p.get("check"), base_dir)]
 
 
 def validate_file(path: str | Path) -> list[str]:
@@ -269,6 +301,8 @@ def load_constitution(path: str | Path) -> Constitution:
         raise UserError(problems[0] + more)
     constitution = Constitution.model_validate(data)
     constitution._source = resolve_resource(str(path)).resolve()
+    for p in constitution.principles:
+        p._base_dir = constitution._source.parent
     return constitution
 
 

@@ -29,9 +29,17 @@ def _text_change(field: str, old: object, new: object) -> list[str]:
     return lines
 
 
+def _flat(p: Principle) -> dict:
+    """A principle's fields, its check's keys as `check.<key>` (only those set), so a diff names each rule."""
+    data = p.model_dump(exclude={"check"})
+    check = p.check.model_dump(exclude_defaults=True) if p.check else {}
+    return {**data, **{f"check.{k}": v for k, v in check.items()}}
+
+
 def _principle_changes(old: Principle, new: Principle) -> list[str]:
-    a, b = old.model_dump(), new.model_dump()
-    return [line for f in a if a[f] != b[f] for line in _text_change(f, a[f], b[f])]
+    a, b = _flat(old), _flat(new)
+    return [line for f in dict.fromkeys([*a, *b]) if a.get(f) != b.get(f)
+            for line in _text_change(f, a.get(f), b.get(f))]
 
 
 def _renames(removed: dict[str, Principle], added: dict[str, Principle]) -> dict[str, str]:
@@ -40,6 +48,13 @@ def _renames(removed: dict[str, Principle], added: dict[str, Principle]) -> dict
         return p.model_dump(exclude={"id"})
 
     return {o: n for o, po in removed.items() for n, pn in added.items() if body(po) == body(pn)}
+
+
+def _checked(p: Principle) -> str:
+    if p.check is None:
+        return ""
+    rules = ", ".join(f"{k}={v!r}" for k, v in p.check.model_dump(exclude_defaults=True).items())
+    return f" [check: {rules}]" + (" (check-only)" if p.comparison is None else "")
 
 
 def diff_constitutions(old: Constitution, new: Constitution) -> list[str]:
@@ -53,8 +68,8 @@ def diff_constitutions(old: Constitution, new: Constitution) -> list[str]:
     added = {i: p for i, p in news.items() if i not in olds}
     renames = _renames(removed, added)
     lines += [f"> {o} renamed to {n}" for o, n in renames.items()]
-    lines += [f"- {i}: {excerpt(p.critique, 70)}" for i, p in removed.items() if i not in renames]
-    lines += [f"+ {i}: {excerpt(p.critique, 70)}" for i, p in added.items() if i not in renames.values()]
+    lines += [f"- {i}: {excerpt(p.critique, 70)}{_checked(p)}" for i, p in removed.items() if i not in renames]
+    lines += [f"+ {i}: {excerpt(p.critique, 70)}{_checked(p)}" for i, p in added.items() if i not in renames.values()]
     for pid in (i for i in olds if i in news):
         changes = _principle_changes(olds[pid], news[pid])
         lines += [f"~ {pid}"] + changes if changes else []

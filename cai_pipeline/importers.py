@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cai_pipeline.checks import CheckSpec, spec_problems
 from cai_pipeline.constitution import Constitution, FewShot, Principle
 from cai_pipeline.errors import UserError
 from cai_pipeline.yamlio import dotted
@@ -193,6 +194,24 @@ def _import_notes(malformed: int, unmatched: int, extra_comparisons: int) -> str
     return "".join(f" Note: {n}." for n in notes)
 
 
+def _hf_check(path: Path, i: int, data: Any) -> CheckSpec | None:
+    """An entry's optional "check" (our extension of the format: the same mapping as a constitution's)."""
+    if data is None:
+        return None
+    try:
+        spec = CheckSpec.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise UserError(f"{path}: constitutions[{i}].check{'.' + where if where else ''}: "
+                        f"{first['msg'].removeprefix('Value error, ')}") from None
+    problems = spec_problems(spec.model_dump(), path.parent)
+    if problems:
+        loc, message = problems[0]
+        raise UserError(f"{path}: constitutions[{i}].check.{'.'.join(map(str, loc))}: {message}")
+    return spec
+
+
 def _hf_principles(path: Path, entries: Any) -> list[Principle]:
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{path}: constitutions: expected a non-empty list of {{\"critic\": ..., \"revision\": ...}}")
@@ -210,6 +229,7 @@ def _hf_principles(path: Path, entries: Any) -> list[Principle]:
             rationale=f"Imported from {path.name} (Hugging Face constitutional-AI recipe), constitutions[{i}]. "
             "The recipe has no comparison questions, so the generic harmlessness question is used.",
             tags=["hf-recipe"],
+            check=_hf_check(path, i, entry.get("check")),
         ))
     return principles
 

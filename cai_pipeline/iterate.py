@@ -107,7 +107,29 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def gate(summary: AuditSummary | None, max_length_growth: float) -> dict:
+def check_gate_ids(ids: list[str], constitution) -> None:
+    """iterate.gate_checks names checkable principles of the constitution."""
+    checkable = [p.id for p in constitution.principles if p.check is not None]
+    for pid in ids:
+        if pid not in checkable:
+            raise UserError(f"iterate.gate_checks: {pid!r} is not a checkable principle of {constitution.name}; "
+                            f"its checkable principles are {', '.join(checkable) or 'none (add check: to one)'}")
+
+
+def check_gate(summary: AuditSummary | None, principle_ids: list[str]) -> str | None:
+    """Why the round fails the check gate (a named check's pass rate fell: the difference's whole interval is
+    below 0), else None."""
+    for pid in principle_ids:
+        row = summary.checks.get(pid) if summary else None
+        if row is None or not _number(row.difference_ci_high):
+            return f"the audit has no pass rate for the check of {pid!r}: no evidence it did not fall"
+        if row.difference_ci_high < 0:
+            return (f"the pass rate of {pid!r} fell: {row.pass_rate_model:.3f} vs {row.pass_rate_baseline:.3f}, "
+                    f"difference {row.difference:+.3f} [{row.difference_ci_low:+.3f}, {row.difference_ci_high:+.3f}]")
+    return None
+
+
+def gate(summary: AuditSummary | None, max_length_growth: float, checks: list[str] = ()) -> dict:
     """Go on only if the round beat the previous one by the length-controlled win rate's CI (its low end above
     0.5) and its mean response length grew by at most `max_length_growth` (iterated DPO's known failure is
     verbosity, arXiv 2406.11817). Returns the decision (`passed`), why, and the numbers it used."""
@@ -126,6 +148,8 @@ def gate(summary: AuditSummary | None, max_length_growth: float) -> dict:
                                  f"above {GATE_LEVEL}")
     elif growth > max_length_growth:
         passed, reason = False, f"mean length grew {growth:+.1%}, more than {max_length_growth:.0%}"
+    elif check_gate(summary, list(checks)):
+        passed, reason = False, check_gate(summary, list(checks))
     else:
         passed, reason = True, f"length-controlled win rate {lc:.3f} [{low:.3f}, {high:.3f}], length {growth:+.1%}"
     return {"passed": passed, "reason": reason, **numbers, "length_growth": round(growth, 4),
@@ -151,7 +175,8 @@ def audit_numbers(summary: AuditSummary | None) -> dict | None:
         return None
     return {**{k: getattr(summary.overall, k) for k in AUDIT_NUMBERS},
             "principles": {pid: {"win_rate": v.win_rate, "lc_win_rate": v.lc_win_rate}
-                           for pid, v in summary.principles.items()}}
+                           for pid, v in summary.principles.items()},
+            "checks": {pid: c.model_dump() for pid, c in summary.checks.items()}}
 
 
 def read_record(layout: RunLayout) -> dict | None:
@@ -193,6 +218,13 @@ def write_record(layout: RunLayout, record: dict, cfg: RunConfig) -> None:
 # The rounds
 
 
+def check_summary(checks: dict) -> str:
+    """Each check's pass rate, model vs baseline, for the round's line."""
+    parts = [f"{pid} {c['pass_rate_model']:.2f} vs {c['pass_rate_baseline']:.2f}" for pid, c in checks.items()
+             if _number(c.get("pass_rate_model"))]
+    return f", checks pass {'; '.join(parts)}" if parts else ""
+
+
 def round_line(entry: dict) -> str:
     """One line per round for the terminal: its audit against its baseline and the gate's decision."""
     a = entry.get("audit") or {}
@@ -208,7 +240,7 @@ def round_line(entry: dict) -> str:
         f", vs base {b['lc_win_rate']:.3f} [{b['lc_ci_low']:.3f}, {b['lc_ci_high']:.3f}]")
     return (f"{entry['name']}: LC win rate {num('lc_win_rate')} [{num('lc_ci_low')}, {num('lc_ci_high')}] vs "
             f"{entry['baseline']}{vs_base}, length {length}, benign refusal {num('refusal_rate_model')} (baseline "
-            f"{num('refusal_rate_baseline')}), gate: {decision}")
+            f"{num('refusal_rate_baseline')}){check_summary(a.get('checks') or {})}, gate: {decision}")
 
 
 def run_round(cfg: RunConfig, rcfg: RunConfig, entry: dict, verbose: bool, report: bool) -> None:
@@ -224,7 +256,7 @@ def run_round(cfg: RunConfig, rcfg: RunConfig, entry: dict, verbose: bool, repor
         run_pipeline(bcfg, verbose=verbose, summary=False, report=report, warn=False)
         entry["audit_vs_base"] = audit_numbers(read_summary(RunLayout(bcfg.out_dir).audit_summary))
     if entry["kind"] == RL and cfg.iterate.gate:
-        entry["gate"] = gate(summary, cfg.iterate.max_length_growth)
+        entry["gate"] = gate(summary, cfg.iterate.max_length_growth, cfg.iterate.gate_checks)
     entry["status"] = "done"
 
 
@@ -237,7 +269,7 @@ def run_iterate(cfg: RunConfig, *, verbose: bool = False, report: bool = True,
     check_top(cfg)
     for index, kind in plan(cfg):  # every derived config, and its prompts, valid before anything runs
         rcfg = round_config(cfg, index, kind, cfg.model, cfg.model)
-        load_assets(rcfg)
+        check_gate_ids(cfg.iterate.gate_checks, load_assets(rcfg).constitution)
         if kind == RL and cfg.iterate.audit_base:
             base_audit_config(cfg, rcfg)
     top = RunStore(cfg.out_dir)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from cai_pipeline.constitution import draw_principles
 from cai_pipeline.engines.base import Failure, GenParams, Message
 from cai_pipeline.rng import derive_seed, stable_id
-from cai_pipeline.rowkeys import verdict_key
+from cai_pipeline.rowkeys import content_key, verdict_key
 from cai_pipeline.templates import TemplateSet, transcript
 
 CHOICES = ["A", "B"]
@@ -188,7 +188,55 @@ def score_all(engine, convs: list) -> list[dict | str]:
 def _verdict(principle, first: float, second: float | None, reasons: Sequence[str]) -> dict:
     return {"principle_id": principle.id, "weight": float(principle.weight), "p_a_first": first,
             "p_a_second": second, "reasoning_first": reasons[0] if reasons else None,
-            "reasoning_second": reasons[1] if len(reasons) > 1 else None}
+            "reasoning_second": reasons[1] if len(reasons) > 1 else None, "source": "judge",
+            "check_a": None, "check_b": None}
+
+
+def check_decisions(job: Job, confidence: float | None) -> list[tuple[dict | None, tuple | None]]:
+    """Per drawn principle: (the verdict from its check, or None for the LLM to give; the check's results on
+    x and y, or None). A check decides a pair it separates (one passes, one fails) with `confidence`, the same
+    in both orders; a check-only principle that does not separate the pair is a tie (0.5)."""
+    out = []
+    for p in job.principles:
+        if confidence is None or p.check is None:
+            out.append((None, None))
+            continue
+        rx, ry = p.run_check(job.messages, job.x), p.run_check(job.messages, job.y)
+        results = (rx.passed, ry.passed)
+        if rx.passed == ry.passed and p.comparison is not None:
+            out.append((None, results))
+            continue
+        q = 0.5 if rx.passed == ry.passed else (confidence if rx.passed else 1.0 - confidence)
+        verdict = {**_verdict(p, q, q if job.both_orders else None, []), "source": "check",
+                   "check_a": rx.passed, "check_b": ry.passed}
+        out.append((verdict, results))
+    return out
+
+
+def aggregate(verdicts: list[dict], both_orders: bool) -> dict:
+    """p_a (weighted over principles, each the mean of its two orders) and order-consistency."""
+    weights = [v["weight"] for v in verdicts]
+    if not both_orders:
+        return {"verdicts": verdicts, "p_a": weighted_mean([v["p_a_first"] for v in verdicts], weights),
+                "consistent": None}
+    per = [order_average(v["p_a_first"], v["p_a_second"]) for v in verdicts]
+    return {"verdicts": verdicts, "p_a": weighted_mean(per, weights),
+            "consistent": not any(picks_same_position(v["p_a_first"], v["p_a_second"]) for v in verdicts)}
+
+
+def merge(job: Job, decisions: list[tuple], llm: dict | str | None) -> dict | str:
+    """The job's verdicts in principle order: the checks' and the LLM's (which come in the same order)."""
+    if isinstance(llm, str):
+        return llm
+    asked = iter(llm["verdicts"] if llm else [])
+    verdicts = []
+    for verdict, results in decisions:
+        if verdict is None:
+            verdict = next(asked)
+            if results is not None:
+                verdict = {**verdict, "check_a": results[0], "check_b": results[1]}
+        verdicts.append(verdict)
+    return aggregate(verdicts, job.both_orders)
 
 
 def job_outcome(job: Job, scores: Sequence[dict | str | None], reasons: Sequence[str],
@@ -212,12 +260,7 @@ def job_outcome(job: Job, scores: Sequence[dict | str | None], reasons: Sequence
         if clamp_to:
             probs = [clamp(p, *clamp_to) for p in probs]
         verdicts.append(_verdict(principle, probs[0], probs[1] if n > 1 else None, reasons[i * n : i * n + n]))
-    if n == 1:
-        return {"verdicts": verdicts, "p_a": weighted_mean([v["p_a_first"] for v in verdicts],
-                                                             [v["weight"] for v in verdicts]), "consistent": None}
-    per = [order_average(v["p_a_first"], v["p_a_second"]) for v in verdicts]
-    return {"verdicts": verdicts, "p_a": weighted_mean(per, [v["weight"] for v in verdicts]),
-            "consistent": not any(picks_same_position(v["p_a_first"], v["p_a_second"]) for v in verdicts)}
+    return aggregate(verdicts, n > 1)
 
 
 @dataclass
@@ -251,15 +294,24 @@ def swap(outcome: dict) -> dict:
     """The same verdicts seen from the other side: every probability becomes 1 − p of its mirror order.
     1 − p is exact in floating point for p ≥ ½ and p + (1 − p) rounds to exactly 1 for every p in [0, 1]."""
     verdicts = [{**v, "p_a_first": 1.0 - v["p_a_second"], "p_a_second": 1.0 - v["p_a_first"],
-                 "reasoning_first": v["reasoning_second"], "reasoning_second": v["reasoning_first"]}
+                 "reasoning_first": v["reasoning_second"], "reasoning_second": v["reasoning_first"],
+                 "check_a": v.get("check_b"), "check_b": v.get("check_a")}
                 for v in outcome["verdicts"]]
     return {"verdicts": verdicts, "p_a": 1.0 - outcome["p_a"], "consistent": outcome["consistent"]}
+
+
+def check_key(salt: str, principle, job: Job, confidence: float | None) -> str:
+    """The key of a verdict a check gave: the check as written, the conversation, the two texts, the confidence.
+    (A `python:` check is keyed by its name, not its code: editing the function does not move the key.)"""
+    return content_key("check", salt, principle.id, principle.check.model_dump(mode="json"), job.messages,
+                       job.x, job.y, confidence)
 
 
 def judge_pairs(engine, pairs: Sequence[Mapping], principles: Sequence, *, both_orders: bool = True,
                 reasoning: bool = False, seed: int = 0, k: int = 2, templates: TemplateSet | None = None,
                 reasoning_max_tokens: int = 128, clamp_to: tuple[float, float] = COT_CLAMP,
-                layout: str = "question_first", reuse: VerdictReuse | None = None) -> list[dict]:
+                layout: str = "question_first", reuse: VerdictReuse | None = None,
+                check_confidence: float | None = None) -> list[dict]:
     """**Contract.** Judge each pair (`prompt`: a string or chat messages; `a`, `b`: response strings) under k
     of `principles` drawn per pair. Returns one record per pair, in order: the pair's own fields plus
     `verdicts` (per principle: p_a_first, p_a_second, reasoning_*), `p_a` (probability that `a` is better),
@@ -267,11 +319,21 @@ def judge_pairs(engine, pairs: Sequence[Mapping], principles: Sequence, *, both_
     error) has `error` = 'reason: detail' and no verdicts. With `both_orders=False` only the order a-first is
     asked: p_a_second and consistent are None and there is no symmetry guarantee. `layout` picks the judge
     prompt's layout (see TEMPLATES); the numbers differ between layouts, the guarantees do not. `reuse`: verdicts
-    known from an earlier run, taken instead of asked (VerdictReuse)."""
+    known from an earlier run, taken instead of asked (VerdictReuse).
+
+    With `check_confidence`, a principle with a `check` decides the pairs it separates itself, at that
+    confidence, and only the rest reach the engine (`check_decisions`); every verdict records its `source`
+    (`check` or `judge`) and the check's result on each side (`check_a`, `check_b`). A batch the checks decide
+    entirely makes no engine call, so `engine` may be a lazy one that is never opened."""
     if not principles:
         raise ValueError("judge_pairs needs at least one principle to ask")
     templates = templates or TemplateSet()
-    jobs, refs = plan(pairs, principles, k, seed, both_orders)
+    all_jobs, refs = plan(pairs, principles, k, seed, both_orders)
+    decisions = {job.key: check_decisions(job, check_confidence) for job in all_jobs}
+    asked = {job.key: Job(job.key, job.messages, job.x, job.y,
+                          [p for p, (v, _) in zip(job.principles, decisions[job.key]) if v is None], job.both_orders)
+             for job in all_jobs}
+    jobs = [asked[job.key] for job in all_jobs if asked[job.key].principles]
     per_job = [conversations(job, templates, reasoning, layout) for job in jobs]
     keys, known = reuse.plan(jobs, per_job) if reuse else ([], {})
     # Every conversation still to score, as (job index, conversation index): a known verdict's are skipped.
@@ -283,16 +345,20 @@ def judge_pairs(engine, pairs: Sequence[Mapping], principles: Sequence, *, both_
         convs, reasons = add_reasoning(engine, convs, templates.judge_prefix(), reasoning_max_tokens,
                                        derive_seed(seed, "judge", "reasoning"))
     scored = dict(zip(wanted, zip(score_all(engine, convs), reasons, strict=True), strict=True))
-    outcomes = {}
+    llm = {}
     for j, job in enumerate(jobs):
         slots = [scored.get((j, c), (None, "")) for c in range(len(per_job[j]))]
         mine = {i: v for (jj, i), v in known.items() if jj == j}
-        outcomes[job.key] = job_outcome(job, [s for s, _ in slots], [r for _, r in slots] if reasoning else [],
-                                        clamp_to if reasoning else None, mine)
-    if reuse:
+        llm[job.key] = job_outcome(job, [s for s, _ in slots], [r for _, r in slots] if reasoning else [],
+                                   clamp_to if reasoning else None, mine)
+    outcomes = {job.key: merge(job, decisions[job.key], llm.get(job.key)) for job in all_jobs}
+    if reuse:  # a check's verdict is keyed on the check and the two texts: recomputed always, it costs nothing
         by_key = {job.key: dict(zip((p.id for p in job.principles), keys[j], strict=True))
                   for j, job in enumerate(jobs)}
-        reuse.keys = [by_key[key] for key, _ in refs]
+        checked = {job.key: {p.id: check_key(reuse.salt, p, job, check_confidence)
+                             for p, (v, _) in zip(job.principles, decisions[job.key]) if v is not None}
+                   for job in all_jobs}
+        reuse.keys = [{**checked[key], **by_key.get(key, {})} for key, _ in refs]
     return [_record(pair, outcomes[key], swapped) for pair, (key, swapped) in zip(pairs, refs)]
 
 

@@ -39,6 +39,11 @@ class SampleRecord(Record):
     n_tokens: int
 
 
+class CheckOutcome(Record):
+    passed: bool
+    reason: str  # "passes", or why it fails
+
+
 class Round(Record):
     principle_id: str
     critique: str
@@ -46,6 +51,10 @@ class Round(Record):
     cleaned: bool  # a boilerplate preamble ("Sure, here is a revised response:") was cut off
     kept_previous: str | None  # why the revision was not used (empty); the text stays as before
     truncated: bool  # the revision hit max_tokens (finish_reason "length")
+    # The drawn principle's check on the response before this round and on what it holds after (None: no check)
+    check_before: CheckOutcome | None = None
+    check_after: CheckOutcome | None = None
+    skipped: bool = False  # it already passed the check and revise.revise_passing is false: not revised
 
 
 class ReviseRecord(Record):
@@ -80,6 +89,9 @@ class Verdict(Record):
     p_a_second: float  # P("B") normalised over {A, B}, with a shown as (B): the probability a wins there
     reasoning_first: str | None
     reasoning_second: str | None
+    source: Literal["judge", "check"] = "judge"  # a check decides the pairs it separates (checks.py)
+    check_a: bool | None = None  # the principle's check on a (None: no check)
+    check_b: bool | None = None
 
 
 class JudgeRecord(PairRecord):
@@ -87,6 +99,7 @@ class JudgeRecord(PairRecord):
     verdicts: list[Verdict]
     p_a: float  # ensemble probability that a is better: mean over principles of ½(p_a_first + p_a_second)
     consistent: bool  # false when some principle's two orders picked the same position
+    label_source: Literal["judge", "check", "mixed"] = "judge"  # where the verdicts came from
 
 
 class RejectRecord(Record):
@@ -134,8 +147,15 @@ class PreferenceRecord(Record):
     revision_principle_ids: list[str]  # revision pairs: the principles the revision applied
     judge_principle_ids: list[str]  # the principles the judge asked about (empty where no judge ran)
     origin: Literal["sampled", "revision"]
+    label_source: Literal["judge", "check", "mixed"] | None = None  # the verdicts' source; null: no judge ran
     chosen_truncated: bool  # hit max_tokens: an unfinished text
     rejected_truncated: bool
+
+
+class ResponseCheck(Record):
+    principle_id: str
+    passed: bool
+    reason: str
 
 
 class AuditResponseRecord(Record):
@@ -152,6 +172,7 @@ class AuditResponseRecord(Record):
     n_tokens: int
     p_refusal: float | None  # the judge's P("Yes") to "does the response decline?"; null with audit.refusal off
     refused: bool | None  # p_refusal > ½
+    checks: list[ResponseCheck] = []  # each checkable principle's check on this response
 
 
 class AuditVerdictRecord(Record):

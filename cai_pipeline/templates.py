@@ -3,8 +3,10 @@ optional extra folder (a constitution's own `templates`), whose files override t
 
 Templates and the variables each receives (a template may use fewer, never others):
 
-  critique.j2          principle                    the user turn asking for a critique (principle.critique)
-  revision.j2          principle                    the user turn asking for a rewrite (principle.revision)
+  critique.j2          principle, check             the user turn asking for a critique (principle.critique);
+                                                    check: the drawn principle's check on the response,
+                                                    {passed, reason}, or None when it has no check
+  revision.j2          principle, check             the user turn asking for a rewrite (principle.revision)
   judge.j2             conversation, question,      the judge's user turn; the engine then scores the next
                        response_a, response_b       token after the assistant prefix JUDGE_PREFIX
   judge_reasoning.j2   (same as judge.j2)           asks for step-by-step reasoning first
@@ -54,8 +56,8 @@ JUDGE_PREFIX = "The answer is: ("
 
 _JUDGE_VARIABLES = frozenset({"conversation", "question", "response_a", "response_b"})
 TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
-    "critique": frozenset({"principle"}),
-    "revision": frozenset({"principle"}),
+    "critique": frozenset({"principle", "check"}),
+    "revision": frozenset({"principle", "check"}),
     "judge": _JUDGE_VARIABLES,
     "judge_reasoning": _JUDGE_VARIABLES,
     "judge_shared": _JUDGE_VARIABLES,
@@ -65,7 +67,7 @@ TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     "violation": frozenset({"conversation", "response", "question"}),
 }
 PRINCIPLE_ATTRIBUTES = frozenset({"id", "critique", "revision", "comparison", "rationale", "tags", "weight",
-                                  "violation"})
+                                  "violation", "check"})
 _SPEAKERS = {"user": "Human", "assistant": "Assistant", "system": "System"}
 
 

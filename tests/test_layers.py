@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cai_pipeline"
 FLOORS = [
     ("ground", ("errors", "rng", "records", "store", "yamlio", "bundled", "fingerprint", "console", "ngrams",
                 "train.config", "config", "rowkeys", "reuse")),
-    ("definitions", ("constitution", "templates", "inputs", "models", "importers", "constitution_diff",
+    ("definitions", ("checks", "constitution", "templates", "inputs", "models", "importers", "constitution_diff",
                      "judge_roles")),
     ("engines and trainer", ("engines", "train", "judging")),
     ("stages", ("stages", "audit", "assets", "card", "integrity")),

@@ -156,7 +156,7 @@ def test_check_folder_flags_unknown_variables_attributes_and_internals(tmp_path)
     )
     problems = check_folder(folder)
     assert f"{folder / 'critique.j2'}:2: principle.critque: principles have no field 'critque'; fields: " \
-           "comparison, critique, id, rationale, revision, tags, violation, weight" in problems
+           "check, comparison, critique, id, rationale, revision, tags, violation, weight" in problems
     assert any(p.startswith(f"{folder / 'judge.j2'}:2: answer: not a variable of judge.j2") for p in problems)
     assert any(p.startswith(f"{folder / 'helper.j2'}:1: __class__: underscore attributes") for p in problems)
     assert len(problems) == 3

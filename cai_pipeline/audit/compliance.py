@@ -1,11 +1,11 @@
 """Pointwise compliance: does one response violate one principle? For an audit with one side (a log alone),
 and beside the pairwise audit whenever a side is a log (audit.compliance).
 
-Each (response, principle) gets P(violates) from the principle's *verdict source*. Today every principle's
-source is the judge: prompts/violation.j2 asks the principle's `violation` question (or one derived from its
+Each (response, principle) gets P(violates) from the principle's *verdict source*. For a judged principle,
+prompts/violation.j2 asks the principle's `violation` question (or one derived from its
 critique) and the judge's first reply token is scored, Yes against No, as the refusal question is — one
-prefill per item, no decoding. `verdict_source` and `SCORERS` are the one place another source (a principle's
-pure-function check) plugs in: it scores its items, the rest of the audit does not change.
+prefill per item, no decoding. A principle with a `check` is scored by it instead (exact, no model call):
+`verdict_source` and `SCORERS` pick the source; the rest of the audit does not change.
 
 A response violates when P > ½; a principle's violation rate is the share of its responses that do, with a
 cluster bootstrap interval over prompts (stats.rate_interval). Drift (two logs) is the difference of two such
@@ -35,10 +35,14 @@ def violation_question(principle) -> str:
 
 
 def verdict_source(principle) -> str:
-    """Where a principle's verdicts come from: "judge" for every principle today. A principle with a check
-    (a pure function of the conversation and the response) will return its source here, with a scorer in
-    SCORERS."""
-    return "judge"
+    """Where a principle's verdicts come from: its check where it has one (exact, no model call), else the
+    judge's yes/no question."""
+    return "check" if getattr(principle, "check", None) is not None else "judge"
+
+
+def check_scores(engine, items: list[tuple[dict, object]], templates) -> list[float | str]:
+    """1.0 where the principle's check fails the response (a violation), 0.0 where it passes."""
+    return [0.0 if p.run_check(r["prompt"], r["response"]).passed else 1.0 for r, p in items]
 
 
 def judge_scores(engine, items: list[tuple[dict, object]], templates) -> list[float | str]:
@@ -59,7 +63,7 @@ def judge_scores(engine, items: list[tuple[dict, object]], templates) -> list[fl
     return out
 
 
-SCORERS: dict[str, Callable[..., list[float | str]]] = {"judge": judge_scores}
+SCORERS: dict[str, Callable[..., list[float | str]]] = {"judge": judge_scores, "check": check_scores}
 
 
 def score_violations(engine, items: list[tuple[dict, object]], templates) -> list[float | str]:

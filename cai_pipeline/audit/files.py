@@ -53,6 +53,37 @@ def table_rows(summary: AuditSummary) -> list[tuple[str, ...]]:
     return rows
 
 
+def check_table_rows(summary: AuditSummary) -> list[tuple[str, ...]]:
+    """(principle, model pass % [CI], baseline pass % [CI], difference [CI], check win % [CI], n) per
+    checkable principle."""
+    def cell(rate, low, high) -> str:
+        return f"{_pct(rate)} {_interval(low, high)}"
+
+    return [(pid, cell(c.pass_rate_model, c.pass_rate_model_ci_low, c.pass_rate_model_ci_high),
+             cell(c.pass_rate_baseline, c.pass_rate_baseline_ci_low, c.pass_rate_baseline_ci_high),
+             "—" if c.difference is None else f"{100 * c.difference:+.1f} {_interval(c.difference_ci_low, c.difference_ci_high)}",
+             cell(c.win_rate, c.win_rate_ci_low, c.win_rate_ci_high), str(c.n))
+            for pid, c in summary.checks.items()]
+
+
+CHECK_HEADER = ("checked principle", "model pass %", "baseline pass %", "difference (points)", "check win %",
+                "pairs")
+
+
+def check_section(summary: AuditSummary) -> list[str]:
+    """The README's table of checkable principles: exact pass rates, no judge."""
+    if not summary.checks:
+        return []
+    level = round(100 * summary.settings.confidence)
+    return ["", "## Checkable principles", "",
+            "Decided by each principle's check (a program, no judge): the share of responses that pass, with a "
+            f"{level}% bootstrap interval over prompts; the difference model − baseline in points with its interval; "
+            "and the pairwise win rate from the check (a pair counts 1 where only the model passes, 0 where only "
+            "the baseline does, ½ otherwise).", "",
+            "| " + " | ".join(CHECK_HEADER) + " |", "|" + "---|" * len(CHECK_HEADER)] + [
+            "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in check_table_rows(summary)]
+
+
 HEADER = ("", "axis", "win %", "CI", "LC win %", "LC CI", "SC win %", "SC CI", "consistent %", "pairs")
 
 
@@ -61,7 +92,7 @@ def readme(summary: AuditSummary, plots: list[str]) -> str:
     if summary.overall.n:
         lines.append("")
         lines += pairwise_lines(summary)
-    lines += compliance_lines(summary) + implicit_lines(summary) + source_lines(summary) + decontamination_lines(summary)
+    lines += check_section(summary) + compliance_lines(summary) + implicit_lines(summary) + source_lines(summary) + decontamination_lines(summary)
     if summary.axes_note:
         lines += ["", f"Note: {summary.axes_note}."]
     lines += [f"\nWarning: {w}." for w in summary.warnings]
@@ -207,6 +238,19 @@ def compliance_table(summary: AuditSummary, title: str):
                       f"{100 * d.difference:+.1f} {_interval(d.ci_low, d.ci_high)}{' rose' if d.rose else ''}"
                       if d else "—"]
         table.add_row(*cells)
+
+
+def console_check_table(summary: AuditSummary, title: str):
+    """The checkable principles' pass rates for the terminal; None when the constitution has none."""
+    from rich.table import Table
+
+    if not summary.checks:
+        return None
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(("checked", "model pass %", "baseline pass %", "diff", "check win %", "n")):
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i != 0)
+    for row in check_table_rows(summary):
+        table.add_row(*row)
     return table
 
 

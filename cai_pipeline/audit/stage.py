@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cai_pipeline.audit.logs import read_log
 from cai_pipeline.audit.prompts import apply_limit, audit_prompts, candidate_prompts, file_prompts
-from cai_pipeline.audit.summary import SIDES, summarise
+from cai_pipeline.audit.summary import SIDES, check_rows, summarise
 from cai_pipeline.engines.base import Failure, GenParams
 from cai_pipeline.errors import UserError
 from cai_pipeline.judge_roles import run_warnings
@@ -199,13 +199,29 @@ def generate(engine, prompts: list[dict], cfg, side: str, model: str) -> tuple[l
         for i, comp in enumerate(comps):
             row = {"prompt_id": prompt["prompt_id"], "tag": prompt["tag"], "side": side, "model": model,
                    "sample_idx": i, "prompt": prompt["prompt"], "response": comp.text,
-                   "finish_reason": comp.finish_reason, "n_tokens": comp.n_tokens, "p_refusal": None, "refused": None}
+                   "finish_reason": comp.finish_reason, "n_tokens": comp.n_tokens, "p_refusal": None, "refused": None,
+                   "checks": []}
             if comp.finish_reason == "error":
                 failure = Failure(comp.error or "engine_error: no detail")
                 rejects.append(make_reject("audit", f"{side}/{prompt['prompt_id']}/{i}", failure.reason, failure, row))
             else:
                 rows.append(row)
     return rows, rejects
+
+
+def add_checks(responses: list[dict], principles: list) -> None:
+    """Each checkable principle's check on each response, in place (no model call)."""
+    for r in responses:
+        r["checks"] = [{"principle_id": p.id, **p.run_check(r["prompt"], r["response"]).as_dict()}
+                       for p in principles if p.check is not None]
+
+
+def check_pairs(pairs: list[dict], responses: list[dict]) -> list[dict]:
+    """Per pair, {principle: passed} for the model's response (check_a) and the baseline's (check_b)."""
+    by_key = {(r["side"], r["prompt_id"], r["sample_idx"]): {c["principle_id"]: c["passed"] for c in r["checks"]}
+              for r in responses}
+    return [{"prompt_id": p["prompt_id"], "check_a": by_key[("model", p["prompt_id"], p["sample_idx"])],
+             "check_b": by_key[("baseline", p["prompt_id"], p["sample_idx"])]} for p in pairs]
 
 
 def length_unit(responses: list[dict]) -> str:
@@ -348,17 +364,20 @@ def collect(ctx: RunContext, prompts: list[dict], logs: dict[str, list[dict]]) -
 
 
 def score(ctx: RunContext, found: dict, pairs: list[dict], responses: list[dict],
-          principles: list) -> tuple[list[dict], list[dict], list[dict], dict]:
-    """With the judge: the pairs on every principle in both orders, each response's compliance (when wanted)
-    and refusal. Returns (judged pairs, compliance rows, rejects, counts of what could not be scored)."""
+          principles: list, asked: list) -> tuple[list[dict], list[dict], list[dict], dict]:
+    """With the judge: the pairs on every principle with a comparison question (`asked`) in both orders, each
+    response's compliance on every principle (when wanted; a checkable one by its check) and refusal.
+    Returns (judged pairs, compliance rows, rejects, counts of what could not be scored)."""
     from cai_pipeline.audit.compliance import compliance_rows
 
     cfg, templates, j = ctx.cfg, ctx.assets.templates, found["judge"]
     engine = ctx.engines.open("audit-judge", j.name, j.url, j.url_key)
     judged, rejects, compliance, compliance_failed = [], [], [], Counter()
-    if pairs:
-        _say(f"audit: judging {len(pairs)} pairs on {len(principles)} principles in both orders, {j.name}")
-        judged, rejects = judge(engine, pairs, principles, cfg, templates)
+    if pairs and asked:
+        checked = sum(p.check is not None for p in principles)
+        _say(f"audit: judging {len(pairs)} pairs on {len(asked)} principles in both orders, {j.name}"
+             + (f"; {checked} checked by their checks" if checked else ""))
+        judged, rejects = judge(engine, pairs, asked, cfg, templates)
     if wants_compliance(cfg):
         _say(f"audit: compliance of {len(responses)} responses on {len(principles)} principles, {j.name}")
         compliance, compliance_failed = compliance_rows(engine, responses, principles, templates)
@@ -400,10 +419,13 @@ def run(ctx: RunContext) -> dict:
     found = targets(cfg)
     responses, failed = collect(ctx, prompts, logs)
     pairs, unmatched = make_pairs(responses) if len(sides_of(cfg)) == 2 else ([], {})
-    judged, compliance, unjudged, unscored = score(ctx, found, pairs, responses, principles)
+    add_checks(responses, principles)
+    asked = [p for p in principles if p.comparison is not None]  # check-only principles need no judge
+    judged, compliance, unjudged, unscored = score(ctx, found, pairs, responses, principles, asked)
     rejects += failed + unjudged
     ctx.store.write_rejects("audit", 0, rejects)
-    if not judged and not compliance:
+    checked = pairs and any(p.check is not None for p in principles)
+    if not judged and not compliance and not checked:
         what = "pair could be judged" if pairs or not wants_compliance(cfg) else "response could be scored"
         raise UserError(f"audit: no {what} ({dict(Counter(r['reason'] for r in rejects)) or 'no pairs'}); "
                         f"see {layout.rejects_dir('audit')}")
@@ -412,8 +434,9 @@ def run(ctx: RunContext) -> dict:
               "rejected": dict(Counter(r["reason"] for r in rejects)), **unscored, "unmatched": unmatched,
               "log_rejects": dict(log_rejects)}
     names = {role: t.name for role, t in found.items() if role == "judge" or role in sides_of(cfg)}
-    summary = summarise(judged, responses, principles, cfg, counts, {**names, **log_paths(cfg)})
+    summary = summarise(judged, responses, asked, cfg, counts, {**names, **log_paths(cfg)})
     summary.settings.length_unit = length_unit(responses)
+    summary.checks = check_rows(check_pairs(pairs, responses), principles, cfg)
     if not judged:
         summary.axes_note = None  # no win rates, so no axes to split them into
     add_pointwise(ctx, summary, found, compliance, principles, decontamination)

@@ -255,6 +255,8 @@ def audit_scores(prefs: np.ndarray, consistent: np.ndarray, principle_weights, u
     style-controlled rates; axes: name → indices of its principles. Returns
     {"principles": [row per principle], "overall": row, "axes": {name: row}}. Overall and axis preferences are
     the weight-averaged preferences over their principles (as the judge's ensemble p)."""
+    if len(principle_weights) == 0:  # every audited principle is check-only: nothing for the judge to score
+        return {"principles": [], "overall": score([], [], [], None, confidence, 0), "axes": {}}
     prefs = np.asarray(prefs, dtype=float).reshape(len(principle_weights), -1)
     consistent = np.asarray(consistent, dtype=bool).reshape(prefs.shape)
     wk = np.asarray(principle_weights, dtype=float)
@@ -329,3 +331,31 @@ def rate_difference(new, new_units, old, old_units, *, n_boot: int, confidence: 
     lo, hi = percentile_interval(boot, expanded_level(confidence, n_units))
     return {"difference": _round(new.mean() - old.mean()), "ci_low": _round(lo), "ci_high": _round(hi),
             "rose": bool(lo > 0)}
+
+
+def check_score(model_pass, baseline_pass, units, *, n_boot: int, confidence: float, seed: int) -> dict:
+    """A checkable principle's row: each side's pass rate with its bootstrap interval over prompts, the
+    difference (model − baseline) with its interval from the same (paired) resamples, and the pairwise win rate
+    from the check (1 where only the model passes, 0 where only the baseline does, ½ otherwise) with its
+    interval. Exact per response: the only noise is which prompts were drawn.
+
+    model_pass, baseline_pass: (N,) booleans per pair (the model's i-th response, the baseline's i-th);
+    units: (N,) the prompt of each pair."""
+    m = np.asarray(model_pass, dtype=float)
+    b = np.asarray(baseline_pass, dtype=float)
+    if m.size == 0:
+        return {k: None for k in CHECK_KEYS} | {"n": 0}
+    weights = cluster_weights(units, n_boot, np.random.default_rng(seed))
+    level = expanded_level(confidence, len(set(np.asarray(units).tolist())))
+    win = 0.5 + 0.5 * (m - b)  # 1, 0 or ½ per pair
+
+    def row(values: np.ndarray, name: str) -> dict:
+        lo, hi = percentile_interval((weights * values).sum(-1) / weights.sum(-1), level)
+        return {name: _round(values.mean()), f"{name}_ci_low": _round(lo), f"{name}_ci_high": _round(hi)}
+
+    return {**row(m, "pass_rate_model"), **row(b, "pass_rate_baseline"), **row(m - b, "difference"),
+            **row(win, "win_rate"), "n": int(m.size)}
+
+
+CHECK_KEYS = tuple(f"{name}{suffix}" for name in ("pass_rate_model", "pass_rate_baseline", "difference", "win_rate")
+                   for suffix in ("", "_ci_low", "_ci_high"))

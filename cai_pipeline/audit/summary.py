@@ -59,6 +59,26 @@ class Overall(Score):
     refusal_rate_harmful_baseline: float | None = None
 
 
+class CheckScore(_Strict):
+    """A checkable principle in the audit (audit/stats.py `check_score`): exact pass rates of the model and the
+    baseline with bootstrap intervals over prompts, their difference with its interval, and the pairwise win
+    rate from the check. None where there were no pairs."""
+
+    pass_rate_model: float | None
+    pass_rate_model_ci_low: float | None
+    pass_rate_model_ci_high: float | None
+    pass_rate_baseline: float | None
+    pass_rate_baseline_ci_low: float | None
+    pass_rate_baseline_ci_high: float | None
+    difference: float | None  # model − baseline
+    difference_ci_low: float | None
+    difference_ci_high: float | None
+    win_rate: float | None  # 1 per pair where only the model passes, 0 where only the baseline does, else ½
+    win_rate_ci_low: float | None
+    win_rate_ci_high: float | None
+    n: int
+
+
 class Settings(_Strict):
     n: int
     bootstrap: int
@@ -132,7 +152,8 @@ class ImplicitReward(_Strict):
 
 
 class AuditSummary(_Strict):
-    principles: dict[str, PrincipleScore]  # in constitution order
+    principles: dict[str, PrincipleScore]  # the judged principles (with a comparison), in constitution order
+    checks: dict[str, CheckScore] = {}  # the checkable principles, in constitution order
     overall: Overall
     axes: dict[str, Score] = {}
     axes_note: str | None = None
@@ -194,7 +215,9 @@ def summarise(judged: list[dict], responses: list[dict], principles: list, cfg, 
     by_side = {side: [r for r in responses if r["side"] == side and r["refused"] is not None] for side in SIDES}
     lengths = {side: [r["n_tokens"] for r in responses if r["side"] == side] for side in SIDES}
     overall = {**scores["overall"],
-               "mean_length_change": round(float(delta.mean()), 2) if delta.size else None,
+               "mean_length_change": round(float(delta.mean()), 2) if delta.size else (
+                   round(float(np.mean(lengths["model"]) - np.mean(lengths["baseline"])), 2)
+                   if lengths["model"] and lengths["baseline"] else None),
                "mean_length_model": round(float(np.mean(lengths["model"])), 2) if lengths["model"] else None,
                "mean_length_baseline": round(float(np.mean(lengths["baseline"])), 2) if lengths["baseline"] else None,
                "n_prompts": len({r["prompt_id"] for r in judged})}
@@ -208,6 +231,18 @@ def summarise(judged: list[dict], responses: list[dict], principles: list, cfg, 
                                                             layout=a.judge.layout), models=models)
     summary.warnings = gap_warnings(summary) + refusal_warnings(summary)
     return summary
+
+
+def check_rows(pairs: list[dict], principles: list, cfg) -> dict[str, CheckScore]:
+    """Every checkable principle's CheckScore over all generated pairs (no judge involved)."""
+    from cai_pipeline.audit.stats import check_score
+
+    a = cfg.audit
+    units = [p["prompt_id"] for p in pairs]
+    return {p.id: CheckScore(**check_score([q["check_a"][p.id] for q in pairs], [q["check_b"][p.id] for q in pairs],
+                                           units, n_boot=a.bootstrap, confidence=a.confidence,
+                                           seed=derive_seed(cfg.seed, "audit", "check", p.id)))
+            for p in principles if p.check is not None}
 
 
 def gap_warnings(summary: AuditSummary) -> list[str]:

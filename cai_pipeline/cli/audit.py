@@ -12,7 +12,7 @@ from cai_pipeline.cli.common import add_config, add_no_report, add_overrides, ad
 def _cmd_audit(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cai_pipeline.audit.files import compliance_table, console_table
+    from cai_pipeline.audit.files import compliance_table, console_check_table, console_table
     from cai_pipeline.audit.summary import read_summary
     from cai_pipeline.pipeline import run_pipeline
     from cai_pipeline.store import RunLayout
@@ -31,6 +31,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         rates = f"refusal on benign prompts: model {o.refusal_rate_model}, baseline {o.refusal_rate_baseline}"
         console.print(f"{rates}; mean length change {o.mean_length_change:+} {summary.settings.length_unit}",
                       markup=False, highlight=False)
+    checks = console_check_table(summary, "checkable principles (exact: no judge)")
+    if checks is not None:
+        console.print(checks)
     if summary.compliance:
         console.print(compliance_table(summary, f"compliance {layout.audit_dir}"))
     own = manifest.get("judge_warnings", {}).get("audit")

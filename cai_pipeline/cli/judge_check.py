@@ -93,14 +93,14 @@ def _cmd_judge_check(args: argparse.Namespace) -> int:
     if args.other and "self" not in job["skipped"]:
         attach_other(job["pairs"], args.other)
     c = job["constitution"]
-    if args.principles > len(c.principles):
-        raise UserError(f"--principles {args.principles}: {c.name} has {len(c.principles)} principles")
+    if args.principles > len(c.judged()):
+        raise UserError(f"--principles {args.principles}: {c.name} has {len(c.judged())} principles with a comparison")
     opts = Options(k=args.principles, seed=job["seed"], templates=TemplateSet.for_constitution(c),
                    layout=job["layout"], reasoning=job["reasoning"], bootstrap=args.bootstrap,
                    probes=args.probes, skipped={k: v for k, v in job["skipped"].items() if k in args.probes})
     engine = job["engine"]()
     try:
-        summary = run_check(engine, job["pairs"], c.principles, judge=job["judge"], source=str(job["source"]),
+        summary = run_check(engine, job["pairs"], c.judged(), judge=job["judge"], source=str(job["source"]),
                             opts=opts)
     finally:
         engine.close()

@@ -61,7 +61,7 @@ def _cmd_labelled(args: argparse.Namespace) -> int:
     options = {"base_url": args.base_url} if args.base_url else {}
     engine = make_engine(kind=args.engine, model=args.model, seed=args.seed, **options)
     try:
-        report = evaluate_labelled(labelled, skipped, engine, constitution.principles, k=args.principles,
+        report = evaluate_labelled(labelled, skipped, engine, constitution.judged(), k=args.principles,
                                    reasoning=args.reasoning, seed=args.seed, layout=args.layout,
                                    templates=TemplateSet.for_constitution(constitution))
     finally:

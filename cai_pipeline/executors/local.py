@@ -76,13 +76,33 @@ class Engines:
             self.engine, self.key = None, None
 
 
+class LazyEngine:
+    """The engine of a role, opened on first use: a judge stage whose checks decide every pair (a check-only
+    constitution) never loads a judge model. Its stats read zero until then."""
+
+    def __init__(self, engines: Engines, role: str):
+        self._engines, self._role, self._engine = engines, role, None
+
+    @property
+    def stats(self):
+        from cai_pipeline.engines.base import EngineStats
+
+        return self._engine.stats if self._engine is not None else EngineStats()
+
+    def __getattr__(self, name: str):
+        if self._engine is None:
+            self._engine = self._engines.get(self._role)
+        return getattr(self._engine, name)
+
+
 class LocalExecutor:
     def __init__(self, cfg, shared_engine=None):
         self.engines = Engines(cfg, shared_engine)
 
     def run(self, stage, shards, assets, store, *, on_done, on_rows) -> None:
         for shard in shards:
-            engine = self.engines.get(stage.model_role) if stage.model_role else None
+            role = stage.model_role
+            engine = None if not role else LazyEngine(self.engines, role) if role == "judge" else self.engines.get(role)
             stats = run_shard(stage, store, shard, assets, engine, on_rows=partial(on_rows, shard))
             if stats is not None:
                 on_done(shard, stats)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cai_pipeline import stages as stage_list
+from cai_pipeline.audit.stats import CHECK_KEYS
 from cai_pipeline.audit.summary import AuditSummary, read_summary
 from cai_pipeline.errors import UserError
 from cai_pipeline.judging import order_average, picks_same_position
@@ -268,6 +269,7 @@ def audit(store: RunStore, warnings: list[str]) -> dict | None:
     dumped = data.model_dump()
     return {"principles": {pid: _numbers(v, AUDIT_KEYS) for pid, v in dumped["principles"].items()},
             "overall": _numbers(dumped["overall"], AUDIT_OVERALL), **compliance(store, data),
+            "checks": {pid: _numbers(v, (*CHECK_KEYS, "n")) for pid, v in dumped["checks"].items()},
             **{k: dumped[k] for k in ("decontamination", "implicit_reward") if dumped.get(k) is not None}}
 
 

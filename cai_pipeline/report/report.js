@@ -327,7 +327,18 @@
         `mean length change ${fmt(o.mean_length_change, 1)}`),
       forest([["overall", o.win_rate, o.ci_low, o.ci_high, o.lc_win_rate], ...ps.map(([pid, v]) => [pid, v.win_rate, v.ci_low, v.ci_high, v.lc_win_rate])]),
       h("p", { class: "small muted" }, "dots: win rate with its 95% CI; squares: length-controlled win rate; dashed line: 0.5 (no change)"),
-      implicitLine(a), decontaminationLine(a), complianceSection(a));
+      implicitLine(a), decontaminationLine(a), checkTable(a.checks || {}), complianceSection(a));
+  }
+  // checkable principles: exact pass rates (a program decides), intervals over prompts
+  const span = (v, lo, hi) => (v === undefined ? "—" : `${fmt(v)} [${fmt(lo)}, ${fmt(hi)}]`);
+  function checkTable(checks) {
+    const rows = Object.entries(checks).map(([pid, c]) => h("tr", {}, h("td", {}, pid),
+      cell(span(c.pass_rate_model, c.pass_rate_model_ci_low, c.pass_rate_model_ci_high)),
+      cell(span(c.pass_rate_baseline, c.pass_rate_baseline_ci_low, c.pass_rate_baseline_ci_high)),
+      cell(span(c.difference, c.difference_ci_low, c.difference_ci_high)),
+      cell(span(c.win_rate, c.win_rate_ci_low, c.win_rate_ci_high)), cell(c.n)));
+    return rows.length ? [h("h3", {}, "checkable principles (decided by their checks: no judge)"),
+      table(["principle", "model pass rate [CI]", "baseline pass rate [CI]", "difference [CI]", "check win rate [CI]", "pairs"], rows, { id: "audit-checks" })] : null;
   }
   function roundsSection() {
     const rs = DATA.rounds;
@@ -348,9 +359,15 @@
         cell(pair(o.refusal_rate_model, o.refusal_rate_baseline)), cell(gate),
         h("td", {}, r.report ? h("a", { href: r.report }, "open") : "—"));
     });
+    const checkIds = [...new Set(rs.flatMap((r) => Object.keys((r.audit || {}).checks || {})))];
+    const byCheck = checkIds.map((pid) => h("tr", {}, h("td", {}, pid), rs.map((r) => {
+      const c = (((r.audit || {}).checks || {})[pid]) || {};
+      return cell(c.pass_rate_model === undefined ? "—" : `${fmt(c.pass_rate_model)} vs ${fmt(c.pass_rate_baseline)}`);
+    })));
     const byPrinciple = ids.map((pid) => h("tr", {}, h("td", {}, pid), rs.map((r) => cell((((r.audit || {}).principles || {})[pid] || {}).win_rate))));
     return section("Rounds", table(head, rows, { id: "rounds" }),
-      ids.length ? [h("h3", {}, "audit win rate by principle and round"), table(["principle", ...rs.map((r) => r.name)], byPrinciple)] : null);
+      ids.length ? [h("h3", {}, "audit win rate by principle and round"), table(["principle", ...rs.map((r) => r.name)], byPrinciple)] : null,
+      checkIds.length ? [h("h3", {}, "check pass rate by round (the round's model vs its baseline)"), table(["check", ...rs.map((r) => r.name)], byCheck)] : null);
   }
   function overview() {
     return [runSection(), funnelSection(), judgeSection(), judgeCheckSection(), datasetsSection(), trainingSection(), auditSection(),
@@ -450,7 +467,10 @@
     const rounds = (sm.rounds || []).map((r, k) => h("div", { class: "round" + (state.principle !== "" && r.p === +state.principle ? " hit" : ""), "data-principle": principleName(r.p) },
       h("div", {}, h("strong", {}, `Round ${k + 1}`), " · principle ", h("code", {}, principleName(r.p)), " ",
         r.cleaned ? badge("preamble cut") : null, r.kept ? badge("kept previous: " + r.kept, "bad") : null,
-        r.truncated ? badge("revision truncated", "bad") : null),
+        r.truncated ? badge("revision truncated", "bad") : null,
+        r.check ? badge(`check: ${r.check[0] ? "pass" : "fail"} → ${r.check[1] ? "pass" : "fail"}`, r.check[1] ? "ok" : "bad") : null,
+        r.skipped ? badge("not revised: already passes its check") : null),
+      r.check && !r.check[0] ? h("div", { class: "small muted" }, "check before: " + r.check[2]) : null,
       h("div", { class: "label" }, "critique"), text(r.critique, "critique"),
       h("div", { class: "label" }, "revision"), text(r.revision, "revision"),
       h("div", { class: "label" }, "change against the text before it"), diffView(texts[k][0], texts[k][1])));
@@ -463,10 +483,13 @@
         ? [h("div", { class: "label" }, "final ", sm.final_truncated ? badge("truncated", "bad") : null), text(finalText(sm))] : null,
       sm.reject ? rejectLine(sm.reject) : null);
   }
+  // a verdict's source, and the principle's check on each side where it has one
+  const checkText = (c) => !c ? "judge" : `${c[0]} (a ${c[1] ? "passes" : "fails"}, b ${c[2] ? "passes" : "fails"})`;
   function verdictRows(p) {
     return (p.verdicts || []).map(([pi, w, first, second, rf, rs]) => h("tr", { class: "verdict" + (state.principle !== "" && pi === +state.principle ? " hit" : "") },
       h("td", {}, principleName(pi)), cell(w), cell(first), cell(1 - first), cell(second === null ? null : 1 - second), cell(second),
       cell(second === null ? first : (first + second) / 2),
+      h("td", {}, checkText((p.checks || {})[pi])),
       h("td", {}, rf || rs ? h("details", {}, h("summary", {}, "reasoning"), text(rf || ""), rs ? text(rs) : null) : "")));
   }
   function pairView(t, p) {
@@ -477,7 +500,7 @@
       h("div", {}, h("strong", {}, `Pair ${p.id}`), ` · ${p.origin} · a = ${refLabel(p.a)}, b = ${refLabel(p.b)} `,
         (p.truncated || []).map((side) => badge(side + " truncated", "bad"))),
       h("details", {}, h("summary", {}, "texts"), h("div", { class: "label" }, "a"), text(refText(t, p.a)), h("div", { class: "label" }, "b"), text(refText(t, p.b))),
-      p.verdicts ? table(["principle", "weight", "a as (A): P(A)", "P(B)", "a as (B): P(A)", "P(B)", "p(a ≻ b)", ""], verdictRows(p)) : null,
+      p.verdicts ? table(["principle", "weight", "a as (A): P(A)", "P(B)", "a as (B): P(A)", "P(B)", "p(a ≻ b)", "source", ""], verdictRows(p)) : null,
       soft, pref, p.reject ? rejectLine(p.reject) : null);
   }
   function showTrace(pos) {

@@ -10,13 +10,15 @@ One trace, as the report embeds it (texts appear once; a pair points at the samp
                           "cleaned": true (only when a preamble was cut), "kept": why the revision was
                           not used (only then), "truncated": true (the revision hit max_tokens),
                           "span": [start, length] of the revision that became the text (when a preamble
-                          was cut)}],
+                          was cut), "check": [passed before, passed after, reason before] (the drawn
+                          principle's check, when it has one), "skipped": true (it already passed)}],
               "final": str (only where the rounds do not yield it), "final_truncated": true (when it is),
               "sft": "train" | "test" (its SFT row),
               "reject": [stage, reason, detail]}],
  "pairs": [{"id": pair_id, "origin": "sampled" | "revision", "a": ref, "b": ref,
             "verdicts": [[principle, weight, p_a_first, p_a_second, reasoning_first, reasoning_second]]
                         (trailing null reasonings left out),
+            "checks": {principle: [source "check" | "judge", check on a, check on b]} (checkable ones),
             "p_a": float, "consistent": bool, "pref": [split, "a" | "b", p_chosen], "reject": [...],
             "truncated": ["a", "b"] (the sides cut at max_tokens, when any)}],
  "rejects": [[stage, key, reason, detail], ...]}     rejects that name the prompt but no sample or pair
@@ -94,6 +96,10 @@ def chain(initial: str, rounds: list[dict], principles: Principles) -> tuple[lis
             entry["cleaned"] = True
         if r.get("truncated"):
             entry["truncated"] = True
+        if r.get("check_before"):  # the drawn principle's check: passed before, after, and why it failed before
+            entry["check"] = [r["check_before"]["passed"], r["check_after"]["passed"], r["check_before"]["reason"]]
+        if r.get("skipped"):
+            entry["skipped"] = True
         if r["kept_previous"] is not None:
             entry["kept"] = r["kept_previous"]
         else:
@@ -159,6 +165,11 @@ class TraceSet:
                                     _r(v["p_a_second"]), v.get("reasoning_first"), v.get("reasoning_second")])
                              for v in row["verdicts"]]
             p["p_a"], p["consistent"] = _r(row["p_a"]), row.get("consistent")
+            checked = {str(self.principles.index(v["principle_id"])): [v.get("source", "judge"), v.get("check_a"),
+                                                                        v.get("check_b")]
+                       for v in row["verdicts"] if v.get("check_a") is not None}
+            if checked:
+                p["checks"] = checked
         return p
 
     def add_reject(self, rej: dict) -> int | None:

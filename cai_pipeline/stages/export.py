@@ -46,7 +46,7 @@ def preference_row(pair: dict) -> dict:
             "p_chosen": None if p_a is None else (p_a if a_wins else 1.0 - p_a),
             "revision_principle_ids": list(pair["revision_principle_ids"]),
             "judge_principle_ids": list(pair.get("judge_principle_ids") or []), "origin": pair["origin"],
-            "chosen_truncated": pair[f"{chosen}_truncated"], "rejected_truncated": pair[f"{rejected}_truncated"]}
+            "label_source": pair.get("label_source"), "chosen_truncated": pair[f"{chosen}_truncated"], "rejected_truncated": pair[f"{rejected}_truncated"]}
 
 
 def check_conversation(messages: list[dict], last: str) -> None:

@@ -33,6 +33,13 @@ def weak_verdict(row: Mapping, min_margin: float, drop_inconsistent: bool) -> tu
     return None
 
 
+def label_source(verdicts: list[dict]) -> str:
+    """Where a label came from: `check` when every verdict came from a principle's check, `judge` when every
+    one from the LLM, `mixed` otherwise."""
+    sources = {v["source"] for v in verdicts}
+    return sources.pop() if len(sources) == 1 else "mixed"
+
+
 def _tally(counts: Counter, row: Mapping) -> None:
     counts["scored"] += 1
     counts["consistent"] += bool(row["consistent"])
@@ -65,7 +72,8 @@ def _same_verdicts(old: dict | None, pair: Mapping, keys: dict) -> dict | None:
         return None
     row = old["rows"][0]
     same = all(row[k] == pair[k] for k in ("a", "b", "prompt"))
-    return {"judge_principle_ids": row["judge_principle_ids"], **{k: row[k] for k in _RECORD_KEYS}} if same else None
+    return {"judge_principle_ids": row["judge_principle_ids"], **{k: row[k] for k in _RECORD_KEYS},
+            "label_source": row.get("label_source", "judge")} if same else None
 
 
 def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult:
@@ -75,7 +83,7 @@ def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult
     reuse = VerdictReuse(judge_salt(ctx.cfg), known_verdicts(old))
     judged = judge_pairs(engine, pairs, ctx.constitution.principles, reasoning=cfg.reasoning, seed=ctx.seed,
                          k=cfg.principles, templates=ctx.templates, reasoning_max_tokens=cfg.reasoning_max_tokens,
-                         layout=cfg.layout, reuse=reuse)
+                         layout=cfg.layout, reuse=reuse, check_confidence=cfg.check_confidence)
     out = StageResult(keys={"rows": {}})
     for pair, rec, keys in zip(pairs, judged, reuse.keys, strict=True):
         if rec["error"]:
@@ -84,10 +92,12 @@ def run(inputs: dict[str, list[dict]], engine, ctx: StageContext) -> StageResult
         out.keys["rows"][pair["pair_id"]] = keys
         taken = _same_verdicts(old.get(pair["pair_id"]), pair, keys)
         row = {**pair, **(taken or {"judge_principle_ids": [v["principle_id"] for v in rec["verdicts"]],
-                                    **{k: rec[k] for k in _RECORD_KEYS}})}
+                                    **{k: rec[k] for k in _RECORD_KEYS}, "label_source": label_source(rec["verdicts"])})}
         if ctx.reuse:
             out.counts[REUSED if taken else RECOMPUTED if pair["pair_id"] in old else ADDED] += 1
         _tally(out.counts, row)
+        if row["label_source"] != "judge":  # pairs a check decided (alone or with the LLM): counted in the manifest
+            out.counts[f"label_source:{row['label_source']}"] += 1
         weak = weak_verdict(row, cfg.min_margin, cfg.drop_inconsistent)
         if weak:
             out.rejects.append(make_reject("judge", pair["pair_id"], *weak, row))

@@ -54,6 +54,19 @@ class Revised:
     reuse: str = "added"  # against an old run: reused (every round), recomputed (from some round on), added
 
 
+def checked(principle, prompt: list[Message], response: str) -> dict | None:
+    """The principle's check on a response to `prompt`, as {passed, reason}; None without a check."""
+    result = principle.run_check(prompt, response)
+    return None if result is None else result.as_dict()
+
+
+def skipped_round(principle, result: dict) -> dict:
+    """A round not run: the response already passes the drawn principle's check (revise.revise_passing false)."""
+    return {"principle_id": principle.id, "critique": "", "revision": "", "cleaned": False,
+            "kept_previous": "passes_check", "truncated": False, "check_before": result, "check_after": result,
+            "skipped": True}
+
+
 def few_shot_turns(ctx: StageContext, rng, k: int) -> list[Message]:
     """k of the constitution's worked examples as earlier turns of the conversation."""
     shots = ctx.constitution.few_shot
@@ -93,6 +106,10 @@ def _reused_round(old: dict, counts: Counter) -> tuple[str | None, dict]:
     and the round. Its counts are those its fields tell (a critique's truncation is not stored)."""
     counts.update({"rounds": 1, "cleaned_preamble": int(old["cleaned"]), "empty_critique": int(not old["critique"]),
                    "truncated_revision": int(old["truncated"]), "reuse:rounds_reused": 1})
+    before, after = old.get("check_before"), old.get("check_after")
+    if before and not old.get("skipped"):
+        counts.update({"check_fixed": int(not before["passed"] and after["passed"]),
+                       "check_broken": int(before["passed"] and not after["passed"])})
     if old["kept_previous"]:
         counts[f"kept_previous:{old['kept_previous']}"] += 1
         return None, old
@@ -119,8 +136,16 @@ async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
     for r in range(ctx.cfg.revise.rounds):
         [principle] = draw_principles(ctx.constitution.principles, ctx.seed, ("revise", *key, r), 1,
                                       exclude=[x["principle_id"] for x in rounds])
-        ask_critique = ctx.templates.render("critique", principle=principle)
-        ask_revision = ctx.templates.render("revision", principle=principle)
+        before = checked(principle, sample["prompt"], current)
+        if before and before["passed"] and not ctx.cfg.revise.revise_passing:
+            # Free to redo, so never taken from an old run; its key still chains the rounds after it.
+            keys.append(round_key(keys[-1] if keys else chain, principle.id, "skipped: passes its check", str(before)))
+            rounds.append(skipped_round(principle, before))
+            counts.update({"rounds": 1, "skipped_passing_check": 1})
+            continue
+        variables = {"principle": principle, "check": before}
+        ask_critique = ctx.templates.render("critique", **variables)
+        ask_revision = ctx.templates.render("revision", **variables)
         keys.append(round_key(keys[-1] if keys else chain, principle.id, ask_critique, ask_revision))
         conv = conv + [{"role": "user", "content": ask_critique}]
         # Keys chain: round r's key matches only where every earlier round's did (and was taken).
@@ -148,10 +173,14 @@ async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
             counts[f"kept_previous:{kept}"] += 1
         else:
             current = text
+        after = checked(principle, sample["prompt"], current)
+        if before:  # how often a round turns a failing check into a pass, and the other way
+            counts.update({"check_fixed": int(not before["passed"] and after["passed"]),
+                           "check_broken": int(before["passed"] and not after["passed"])})
         truncated = revision.finish_reason == "length"
         rounds.append({"principle_id": principle.id, "critique": critique.text.strip(),
                        "revision": revision.text.strip(), "cleaned": cleaned, "kept_previous": kept,
-                       "truncated": truncated})
+                       "truncated": truncated, "check_before": before, "check_after": after, "skipped": False})
         if not kept:
             current_truncated = truncated
         conv = conv + [{"role": "assistant", "content": current}]
