@@ -71,9 +71,9 @@ class EngineConfig(Strict):
     max_model_len: int | None = Field(None, gt=0, description="context length; default min(model's, 4096)")
     batch_size: int = Field(16, gt=0, description="hf: sequences per forward pass")
     trust_remote_code: bool = Field(False, description="run code shipped with the model (warns when on)")
-    row_seeds: bool = Field(False, description="seed every request by its row's ids, so a row comes out the same "
-                            "whatever it is batched with (vllm: chunked prefill off; hf: one row at a time); a row "
-                            "recomputed by --reuse then equals a from-scratch one (docs/reuse.md)")
+    row_seeds: bool = Field(False, description="seed every request by its row's ids (hf: one row at a time, so a "
+                            "row recomputed by --reuse equals a from-scratch one; vllm: per-request seeds with "
+                            "chunked prefill off, reproducible but still batch-dependent; docs/reuse.md)")
     fp32_head: bool = Field(True, description="score choices (the judge) with an fp32 output projection: "
                             "log-probs without bf16 quantisation (~0.1 nat here), the same on every engine; "
                             "sampling keeps the model's head")
