@@ -20,7 +20,7 @@ def make_run(root, final: str, weight: float, cleaned: bool):
                           "constitution_sha256": f"{weight:064.1f}",
                           "stages": {"revise": {"in": 1, "out": 1, "rejected": {}}}})
     rounds = [{"principle_id": "violence", "critique": "c", "revision": final, "cleaned": cleaned, "kept_previous": None,
-               "truncated": False}]
+               "truncated": False, "check_before": None, "check_after": None, "skipped": False}]
     row = {"prompt_id": "p", "sample_idx": 0, "prompt": PROMPT, "initial": "Slash the tyres.", "initial_truncated": False,
            "rounds": rounds, "final": final, "final_truncated": False}
     store.write_shard("revise", 0, [row], ReviseRecord, [], {})

@@ -10,11 +10,13 @@ from cai_pipeline import records as R
 
 MSG = [{"role": "user", "content": "Why is the sky blue?"}]
 ROUND = {"principle_id": "harm-1", "critique": "c", "revision": "r", "cleaned": True, "kept_previous": None,
-         "truncated": False}
+         "truncated": False, "check_before": {"passed": False, "reason": "61 words; at most 50"},
+         "check_after": {"passed": True, "reason": ""}, "skipped": False}
 PAIR = {"pair_id": "p1", "prompt_id": "x", "prompt": MSG, "a": "A text", "b": "B text", "origin": "sampled",
         "a_idx": 0, "b_idx": 1, "a_truncated": False, "b_truncated": True, "revision_principle_ids": []}
 VERDICT = {"principle_id": "harm-1", "weight": 1.0, "p_a_first": 0.7, "p_a_second": 0.6,
-           "reasoning_first": None, "reasoning_second": "because"}
+           "reasoning_first": None, "reasoning_second": "because", "source": "check", "check_a": True,
+           "check_b": False}
 EXAMPLES = {
     R.PromptRecord: {"prompt_id": "x", "prompt": MSG},
     R.SampleRecord: {"prompt_id": "x", "sample_idx": 1, "prompt": MSG, "response": "Rayleigh.",
@@ -22,17 +24,19 @@ EXAMPLES = {
     R.ReviseRecord: {"prompt_id": "x", "sample_idx": 0, "prompt": MSG, "initial": "i", "initial_truncated": True,
                      "rounds": [ROUND], "final": "r", "final_truncated": False},
     R.PairRecord: PAIR,
-    R.JudgeRecord: {**PAIR, "judge_principle_ids": ["harm-1"], "verdicts": [VERDICT], "p_a": 0.65, "consistent": True},
+    R.JudgeRecord: {**PAIR, "judge_principle_ids": ["harm-1"], "verdicts": [VERDICT], "p_a": 0.65, "consistent": True,
+                    "label_source": "check"},
     R.RejectRecord: {"stage": "sample", "key": "x/0", "reason": "empty_response", "detail": "d", "row": "{}"},
     R.SFTRecord: {"prompt_id": "x", "sample_idx": 0, "messages": MSG, "principle_ids": ["a", "b"], "truncated": False},
     R.PreferenceRecord: {"pair_id": "p1", "prompt_id": "x", "prompt": MSG,
                          "chosen": [{"role": "assistant", "content": "c"}],
                          "rejected": [{"role": "assistant", "content": "r"}], "p_chosen": None,
                          "revision_principle_ids": ["a"], "judge_principle_ids": [], "origin": "revision",
-                         "chosen_truncated": False, "rejected_truncated": True},
+                         "label_source": None, "chosen_truncated": False, "rejected_truncated": True},
     R.AuditResponseRecord: {"prompt_id": "x", "tag": "benign", "side": "model", "model": "embedded", "sample_idx": 0,
                             "prompt": MSG, "response": "Rayleigh.", "finish_reason": "stop", "n_tokens": 3,
-                            "p_refusal": 0.2, "refused": False},
+                            "p_refusal": 0.2, "refused": False,
+                            "checks": [{"principle_id": "brief", "passed": True, "reason": ""}]},
     R.AuditVerdictRecord: {"pair_id": "p1", "prompt_id": "x", "tag": "harmful", "sample_idx": 0,
                            "principle_id": "harm-1", "weight": 1.5, "order": "baseline_first", "p_model": 0.4},
 }

@@ -238,6 +238,7 @@ def compliance_table(summary: AuditSummary, title: str):
                       f"{100 * d.difference:+.1f} {_interval(d.ci_low, d.ci_high)}{' rose' if d.rose else ''}"
                       if d else "—"]
         table.add_row(*cells)
+    return table
 
 
 def console_check_table(summary: AuditSummary, title: str):

@@ -269,7 +269,8 @@ def audit(store: RunStore, warnings: list[str]) -> dict | None:
     dumped = data.model_dump()
     return {"principles": {pid: _numbers(v, AUDIT_KEYS) for pid, v in dumped["principles"].items()},
             "overall": _numbers(dumped["overall"], AUDIT_OVERALL), **compliance(store, data),
-            "checks": {pid: _numbers(v, (*CHECK_KEYS, "n")) for pid, v in dumped["checks"].items()},
+            **({"checks": {pid: _numbers(v, (*CHECK_KEYS, "n")) for pid, v in dumped["checks"].items()}}
+               if dumped.get("checks") else {}),
             **{k: dumped[k] for k in ("decontamination", "implicit_reward") if dumped.get(k) is not None}}
 
 

@@ -132,7 +132,7 @@ def test_training_prompts_are_the_train_split_and_the_card_says_the_overlap(tmp_
     train = [{"pair_id": "x", "prompt_id": "t1", "prompt": [{"role": "user", "content": f"Write {EIGHT} now"}],
               "chosen": [{"role": "assistant", "content": "c"}], "rejected": [{"role": "assistant", "content": "r"}],
               "p_chosen": 0.7, "revision_principle_ids": [], "judge_principle_ids": [], "origin": "sampled",
-              "chosen_truncated": False, "rejected_truncated": False}]
+              "label_source": "judge", "chosen_truncated": False, "rejected_truncated": False}]
     write_parquet(layout.split_file("preferences", "train"), train, PreferenceRecord)
     assert training_prompts(layout, run_prompts) == [train[0]["prompt"]]
     cfg = load_config(str(REPO / "configs" / "demo.yaml"), [f"out_dir={layout.root}", f"audit.prompts={prompts}"])

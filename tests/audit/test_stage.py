@@ -271,7 +271,8 @@ def test_default_prompts_put_the_run_s_held_out_ones_first(tmp_path):
     ids = [prompt_id(m) for m in messages]  # as the run gave them: a hash of the messages
     rows = [{"pair_id": f"p{i}", "prompt_id": ids[i], "prompt": m, "chosen": [{"role": "assistant", "content": "c"}],
              "rejected": [{"role": "assistant", "content": "r"}], "p_chosen": 0.7, "revision_principle_ids": [], "judge_principle_ids": [],
-             "origin": "sampled", "chosen_truncated": False, "rejected_truncated": False} for i, m in enumerate(messages)]
+             "origin": "sampled", "label_source": "judge", "chosen_truncated": False, "rejected_truncated": False}
+            for i, m in enumerate(messages)]
     write_parquet(layout.split_file("preferences", "test"), rows, PreferenceRecord)
     cfg = load_config(CONFIG, [f"out_dir={layout.root}", "audit.limit=null"])
     prompts, rejects = audit_prompts(cfg, layout)

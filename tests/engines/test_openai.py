@@ -157,7 +157,7 @@ def test_every_request_failing_sends_rows_to_rejects_and_the_run_finishes(tmp_pa
     assert "HTTP 500" in failed[0]["detail"] and "after 3 tries" in failed[0]["detail"]
     m = manifest(out)
     assert m["stages"]["sample"]["rejected"] == {"server_error": 4} and m["stages"]["sample"]["out"] == 0
-    assert m["engine_stats"]["policy"] == {"retries": 8, "errors": {"server_error": 4}}  # 4 prompts × 2 retries
+    assert m["engine_stats"]["policy"] == {"retries": 8, "errors": {"server_error": 4}, "loads": 1}  # 4 prompts × 2 retries
     assert (out / "datasets" / "README.md").exists()  # the run went on to the end
 
 
