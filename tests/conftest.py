@@ -82,6 +82,30 @@ def vllm_engine(model_path):
     engine.close()
 
 
+class Borrowed:
+    """The session's engine lent to code that closes what it builds (the CLI): close() only gives it back. A
+    vLLM engine built and closed in this process would tear down vLLM's process-wide state (its parallel
+    groups) under the session's engine, and every later vLLM test would fail."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def lent_vllm(vllm_engine, monkeypatch):
+    """Every engine the CLI builds in this test is the session's vLLM engine."""
+    import cai_pipeline.engines
+
+    monkeypatch.setattr(cai_pipeline.engines, "make_engine", lambda *a, **k: Borrowed(vllm_engine))
+    return vllm_engine
+
+
 @pytest.fixture(params=["vllm", "hf"])
 def engine(request):
     """Both real engines, one after the other."""

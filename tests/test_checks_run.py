@@ -27,14 +27,14 @@ principles:
 """
 
 
-def test_a_check_labels_the_pairs_it_separates_and_judges_without_a_model(tmp_path, monkeypatch):
+def test_a_check_labels_the_pairs_it_separates_and_judges_without_a_model(tmp_path, monkeypatch, lent_vllm):
     (tmp_path / "short.yaml").write_text(CONSTITUTION)
     out = tmp_path / "run"
     args = ["run", str(REPO / "configs" / "demo.yaml"), f"out_dir={out}", f"constitution={tmp_path / 'short.yaml'}",
             "prompts.limit=3", "sample.n=3", "sample.max_tokens=16", "revise.max_tokens=16", "revise.rounds=1",
             "revise.few_shot=0", "judge.principles=1", "engine.kv_cache_gb=1", "export.test_fraction=0",
             "stages=[sample,revise,pairs,judge,export]"]
-    assert main([*args, "--stages", "sample,revise,pairs"]) == 0
+    assert main([*args, "--stages", "sample,revise,pairs"]) == 0  # on the session's vLLM engine (lent_vllm)
 
     for r in pq.read_table(out / "revise" / "part-00000.parquet").to_pylist():
         [round_] = r["rounds"]

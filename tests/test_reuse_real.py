@@ -13,16 +13,16 @@ import yaml
 from cai_pipeline.config import load_config
 from cai_pipeline.pipeline import run_pipeline
 from cai_pipeline.store import RunStore
-from tests.conftest import REPO
+from tests.conftest import REPO, later_wins
 
 pytestmark = pytest.mark.model
 
 
 def _config(tmp_path: Path, name: str, constitution: Path, *extra: str):
-    return load_config(REPO / "configs" / "demo.yaml", [
+    return load_config(REPO / "configs" / "demo.yaml", later_wins(
         f"out_dir={tmp_path / name}", f"constitution={constitution}", "stages=[sample,revise,pairs,judge]",
         "prompts.limit=3", "shard_size=2", "sample.max_tokens=16", "revise.max_tokens=16", "revise.rounds=2",
-        "revise.few_shot=0", "judge.principles=1", *extra])
+        "revise.few_shot=0", "judge.principles=1", *extra))
 
 
 def _chains(root: str) -> dict[str, dict]:

@@ -71,9 +71,9 @@ class CountingEngine:
             return agenerate
         return getattr(self._engine, name)
 
-    def generate(self, convs, params):
+    def generate(self, convs, params, **kwargs):  # kwargs: `seeds` where the engine seeds each row
         self.requests, self.sequences = self.requests + len(convs), self.sequences + params.n * len(convs)
-        return self._engine.generate(convs, params)
+        return self._engine.generate(convs, params, **kwargs)
 
     def choice_logprobs(self, convs, choices):
         self.requests += len(convs)

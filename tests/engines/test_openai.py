@@ -77,7 +77,7 @@ def test_a_run_goes_through_the_server(openai_server, server_key, tmp_path):
     m = manifest(out)
     empty = sum(not r["rounds"][0]["critique"].strip() for r in revised)
     assert m["stages"]["revise"]["counts"]["empty_critique"] == empty < len(revised)
-    assert m["engine_stats"]["policy"] == {"retries": 0, "errors": {}}
+    assert m["engine_stats"]["policy"] == {"retries": 0, "errors": {}, "loads": 1}
     assert m["stages"]["sample"]["output_tokens"] > 0
     assert list((out / "datasets" / "sft").glob("train-*.parquet"))
     assert not [p for p in out.rglob("*") if p.is_file() and server_key.encode() in p.read_bytes()]

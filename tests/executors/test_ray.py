@@ -214,8 +214,8 @@ def test_a_killed_driver_resumes_from_its_finished_shards(reference, prompts, tm
     in the middle of a shard may still write it whole before it notices its Ray is gone: the resume counts
     what is on disk once those actors have exited."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "cai_pipeline.cli", "run", CONFIG, f"out_dir={out}", *overrides(prompts),
-            "executor.kind=ray", "stages=[sample]"]
+    args = [sys.executable, "-m", "cai_pipeline.cli", "run", CONFIG,
+            *later_wins(f"out_dir={out}", *overrides(prompts), "executor.kind=ray", "stages=[sample]")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     log = tmp_path / "driver.log"
     with open(log, "wb") as sink:
@@ -293,7 +293,7 @@ def test_a_worker_that_sees_another_folder_stops_the_run_in_one_line(released, p
     real = RayExecutor._write_probe
     monkeypatch.setattr(RayExecutor, "_write_probe", lambda self, store: (real(self, store), "not-this-one")[1])
     out = tmp_path / "run"
-    code = main(["run", CONFIG, f"out_dir={out}", *overrides(prompts), "executor.kind=ray", "stages=[sample]"])
+    code = main(["run", CONFIG, *later_wins(f"out_dir={out}", *overrides(prompts), "executor.kind=ray", "stages=[sample]")])
     err = capsys.readouterr().err
     lines = [x for x in err.splitlines() if x.startswith("error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
