@@ -131,7 +131,7 @@ def redo_damaged_shards(store: RunStore, planned: set[str], *, full: bool = Fals
 
 def run_folders(store: RunStore) -> list[RunStore]:
     """The folder and the run folders inside it (a `cai iterate` folder's rounds/ and vs-base/)."""
-    inner = [*store.layout.round_dirs(), *sorted((store.root / "vs-base").glob("*"))]
+    inner = [*store.layout.round_dirs(), *store.layout.base_audit_dirs()]
     return [store, *(RunStore(p) for p in inner if p.is_dir() and RunStore(p).is_run())]
 
 

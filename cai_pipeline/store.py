@@ -198,6 +198,10 @@ class RunLayout:
         """A run folder holding only the audit of round `round_name`'s model against the base model."""
         return self.root / "vs-base" / round_name
 
+    def base_audit_dirs(self) -> list[Path]:
+        """The vs-base/ audit folders that exist, in round order."""
+        return sorted((self.root / "vs-base").glob("*"))
+
     def round_dirs(self) -> list[Path]:
         """The rounds that exist (rounds/NN-kind/, each a run folder of its own), in round order."""
         if not self.rounds_dir.is_dir():

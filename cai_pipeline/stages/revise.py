@@ -106,10 +106,8 @@ def _reused_round(old: dict, counts: Counter) -> tuple[str | None, dict]:
     and the round. Its counts are those its fields tell (a critique's truncation is not stored)."""
     counts.update({"rounds": 1, "cleaned_preamble": int(old["cleaned"]), "empty_critique": int(not old["critique"]),
                    "truncated_revision": int(old["truncated"]), "reuse:rounds_reused": 1})
-    before, after = old.get("check_before"), old.get("check_after")
-    if before and not old.get("skipped"):
-        counts.update({"check_fixed": int(not before["passed"] and after["passed"]),
-                       "check_broken": int(before["passed"] and not after["passed"])})
+    if not old.get("skipped"):
+        _count_check(counts, old.get("check_before"), old.get("check_after"))
     if old["kept_previous"]:
         counts[f"kept_previous:{old['kept_previous']}"] += 1
         return None, old
@@ -120,6 +118,34 @@ def _old_chain(ctx: StageContext, key: tuple) -> tuple[list[str], dict | None]:
     """The old run's round keys and row for this chain ([] and None where it has none)."""
     entry = ctx.reuse.stage("revise").get(f"{key[0]}/{key[1]}") if ctx.reuse else None
     return (entry["key"]["rounds"], entry["rows"][0]) if entry else ([], None)
+
+
+def _count_check(counts: Counter, before: dict | None, after: dict | None) -> None:
+    """How often a round turns a failing check into a pass, and the other way (nothing without a check)."""
+    if before:
+        counts.update({"check_fixed": int(not before["passed"] and after["passed"]),
+                       "check_broken": int(before["passed"] and not after["passed"])})
+
+
+def _computed_round(principle, critique, revision, before: dict | None, current: str, prompt: list[Message],
+                    counts: Counter) -> tuple[dict, str]:
+    """A round the engine answered: its record, and the text it leaves as current (the previous one where the
+    revision came back empty)."""
+    text, cleaned = clean_revision(revision.text)
+    kept = "empty_revision" if not text else None
+    # An empty critique is kept (the revision still ran) and counted, so a run shows how often it happens.
+    counts.update({"rounds": 1, "cleaned_preamble": int(cleaned), "empty_critique": int(not critique.text.strip()),
+                   "truncated_critique": int(critique.finish_reason == "length"),
+                   "truncated_revision": int(revision.finish_reason == "length")})
+    if kept:
+        counts[f"kept_previous:{kept}"] += 1
+    else:
+        current = text
+    after = checked(principle, prompt, current)
+    _count_check(counts, before, after)
+    return {"principle_id": principle.id, "critique": critique.text.strip(), "revision": revision.text.strip(),
+            "cleaned": cleaned, "kept_previous": kept, "truncated": revision.finish_reason == "length",
+            "check_before": before, "check_after": after, "skipped": False}, current
 
 
 async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
@@ -163,26 +189,10 @@ async def revise_row(gen: Gen, sample: dict, ctx: StageContext) -> Revised:
         conv = conv + [{"role": "assistant", "content": critique.text.strip()},
                        {"role": "user", "content": ask_revision}]
         revision = await _ask(gen, shots + conv, _params(ctx, key, r, "revision"), f"round {r} revision", rounds)
-        text, cleaned = clean_revision(revision.text)
-        kept = "empty_revision" if not text else None
-        # An empty critique is kept (the revision still ran) and counted, so a run shows how often it happens.
-        counts.update({"rounds": 1, "cleaned_preamble": int(cleaned), "empty_critique": int(not critique.text.strip()),
-                       "truncated_critique": int(critique.finish_reason == "length"),
-                       "truncated_revision": int(revision.finish_reason == "length")})
-        if kept:
-            counts[f"kept_previous:{kept}"] += 1
-        else:
-            current = text
-        after = checked(principle, sample["prompt"], current)
-        if before:  # how often a round turns a failing check into a pass, and the other way
-            counts.update({"check_fixed": int(not before["passed"] and after["passed"]),
-                           "check_broken": int(before["passed"] and not after["passed"])})
-        truncated = revision.finish_reason == "length"
-        rounds.append({"principle_id": principle.id, "critique": critique.text.strip(),
-                       "revision": revision.text.strip(), "cleaned": cleaned, "kept_previous": kept,
-                       "truncated": truncated, "check_before": before, "check_after": after, "skipped": False})
-        if not kept:
-            current_truncated = truncated
+        done, current = _computed_round(principle, critique, revision, before, current, sample["prompt"], counts)
+        rounds.append(done)
+        if not done["kept_previous"]:
+            current_truncated = done["truncated"]
         conv = conv + [{"role": "assistant", "content": current}]
     if old_row is not None and old_keys == keys:  # every round reused: the old row, byte for byte
         return Revised(old_row, counts, {"base": chain, "rounds": keys}, "reused")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -41,7 +40,7 @@ from cai_pipeline.errors import UserError
 from cai_pipeline.executors.ray import RayExecutor
 from cai_pipeline.pipeline import run_pipeline
 from cai_pipeline.store import file_digest
-from tests.conftest import REPO, later_wins, missing
+from tests.conftest import REPO, later_wins
 
 pytestmark = pytest.mark.model
 
@@ -58,21 +57,6 @@ def overrides(prompts: Path) -> list[str]:
 
 def config(out: Path, prompts: Path, *extra: str):
     return load_config(CONFIG, later_wins(f"out_dir={out}", *overrides(prompts), *extra))
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    try:
-        import ray
-    except ImportError:
-        missing("Ray is not installed (pip install 'cai-pipeline[ray]')")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
-             logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture

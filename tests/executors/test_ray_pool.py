@@ -7,8 +7,6 @@ under executor.kind=ray, end to end, with the rows of a local run."""
 from __future__ import annotations
 
 import json
-import logging
-import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -16,24 +14,9 @@ import pytest
 from cai_pipeline.config import load_config
 from cai_pipeline.pipeline import run_pipeline
 from tests.batch_server import JUDGE, MODEL, BatchServer
-from tests.conftest import REPO, missing
+from tests.conftest import REPO
 
 CONFIG = REPO / "configs" / "demo.yaml"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    try:
-        import ray
-    except ImportError:
-        missing("Ray is not installed (pip install 'cai-pipeline[ray]')")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
-             logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def run(tmp_path, name, server, *extra):
