@@ -52,6 +52,16 @@ def test_planned_requests_are_the_runs_own(tmp_path, capsys, extra):
     assert planned["stages"]["sample"]["output_tokens"] == 5 * cfg.sample.n * cfg.sample.max_tokens  # upper bound
 
 
+def test_each_stage_counts_only_the_tokens_it_generated(tmp_path):
+    """The judge shares the policy's engine here: its shards once counted everything that engine had generated
+    for sample and revise (the judge's engine is opened lazily, and its count started at zero)."""
+    manifest = run(tmp_path / "run")
+    stages = manifest["stages"]
+    assert stages["sample"]["output_tokens"] == 5 * 3 * 2  # the echo engine's 2 tokens per sequence
+    assert stages["revise"]["output_tokens"] == stages["revise"]["sequences"] * 2
+    assert stages["judge"]["output_tokens"] == 0  # log-probs only: nothing generated
+
+
 def test_json_is_the_contract_and_options_go_anywhere(tmp_path, capsys):
     out = f"out_dir={tmp_path / 'new'}"
     a = plan_json(capsys, CONFIG, out, *SMALL, "--json")

@@ -43,6 +43,10 @@ class Engines:
         """The engine of a pipeline role: "policy" (the run's model) or "judge" (judge.model)."""
         return self.open(role, model_for(self.cfg, role))
 
+    def is_open(self, role: str) -> bool:
+        """Whether `get(role)` would hand back an engine already running (no model load)."""
+        return self.shared is not None or (self.engine is not None and self.key == (model_for(self.cfg, role), None))
+
     def open(self, role: str, model: str, url: str | None = None, url_key: str = "engine.base_url"):
         """The engine for `model` (served through the openai engine at `url` when given, the setting
         `url_key`), reusing the open one when it is the same model; `role` names it in the manifest's engine
@@ -78,10 +82,13 @@ class Engines:
 
 class LazyEngine:
     """The engine of a role, opened on first use: a judge stage whose checks decide every pair (a check-only
-    constitution) never loads a judge model. Its stats read zero until then."""
+    constitution) never loads a judge model. Its stats read zero until then, which is what a fresh engine's
+    read: an engine already open (the judge is the policy) is taken at once, so a shard's token count
+    (before and after, in run_shard) never takes in what the engine generated for earlier stages."""
 
     def __init__(self, engines: Engines, role: str):
-        self._engines, self._role, self._engine = engines, role, None
+        self._engines, self._role = engines, role
+        self._engine = engines.get(role) if engines.is_open(role) else None
 
     @property
     def stats(self):
