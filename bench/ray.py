@@ -19,6 +19,7 @@ Run it on a quiet machine (other load changes every number here; the load averag
     .venv/bin/python bench/ray.py --sides ray_1x2_per_stage   # only these sides besides local and ray_1x2
     .venv/bin/python bench/ray.py --smoke     # 4 prompts and tiny outputs: only checks that it runs
     .venv/bin/python bench/ray.py --threads   # what a 2-CPU actor sees (cores, threads, OpenMP), matmuls timed
+    .venv/bin/python bench/ray.py --teams     # matmuls on a second thread after the main thread ran them
 
 Sides: local; ray_1x2 (1 actor × 2 CPUs, one pool per run); ray_1x2_per_stage (the same with a pool and a model
 load per stage, as before pool reuse); ray_2x1 (2 actors × 1 CPU). Each run records its model loads (the
@@ -208,6 +209,26 @@ def actor_threads(reps: int = 2, system: dict | None = None) -> dict:
             "load_average": round(load_average(), 2)}
 
 
+def two_threads(first: str, reps: int = 3) -> dict:
+    """The cause of one 2-CPU actor's 0.66, without Ray or a model: the same matmuls on a second thread, after
+    (`first="main"`) or without (`first="none"`) the main thread running them first, as Ray Data builds the
+    actor's class on the main thread and calls it on a thread of its own. Each child process is fresh."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    main_s = [matmul_seconds(2000) for _ in range(reps)] if first == "main" else []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        other_s = [pool.submit(matmul_seconds, 2000).result() for _ in range(reps)]
+    return {"main_thread_s": round(min(main_s), 3) if main_s else None, "second_thread_s": round(min(other_s), 3)}
+
+
+def thread_teams() -> dict:
+    after, alone = run_child([__file__, "--two-threads", "main"]), run_child([__file__, "--two-threads", "none"])
+    return {"main_thread_then_second_thread": after, "second_thread_only": alone,
+            "second_thread_speed_vs_main": round(after["main_thread_s"] / after["second_thread_s"], 3),
+            "second_thread_alone_vs_main": round(after["main_thread_s"] / alone["second_thread_s"], 3),
+            "load_average": round(load_average(), 2)}
+
+
 class NoOp:
     def __call__(self, batch):
         return {"shard": batch["shard"], "stats": ["{}"]}
@@ -256,6 +277,14 @@ def main() -> None:
         return
     if "--threads" in sys.argv:  # the executor's settings, then Ray's defaults (workers at nice +15)
         print(json.dumps({"ours": actor_threads(), "ray_defaults": actor_threads(system={})}, indent=2))
+        return
+    if "--two-threads" in sys.argv:
+        print(json.dumps(two_threads(sys.argv[sys.argv.index("--two-threads") + 1])))
+        return
+    if "--teams" in sys.argv:
+        teams = thread_teams()
+        print(json.dumps(teams, indent=2))
+        print(f"saved {save('ray-teams', {'machine': machine(), **teams})}")
         return
     if "--driver" in sys.argv:
         print(json.dumps(driver_cost(int(sys.argv[sys.argv.index("--driver") + 1]))))

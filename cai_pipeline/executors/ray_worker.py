@@ -121,16 +121,15 @@ class ShardWorker:
 
     def __init__(self, config: dict, stage: str, probe: str, hashes: dict, threads: int, quiet: bool = True,
                  progress=None, version: str | None = None, later: tuple[str, ...] = (), niceness: int | None = None):
-        self.error, self.engines, self.progress, self.later = "", None, progress, []
-        if niceness is not None:
-            restore_priority(niceness)
+        self.error, self.engines, self.engine, self.progress, self.later = "", None, None, progress, []
+        self.threads, self.niceness, self.started = threads, niceness, False
         try:
-            self._setup(same_package(config, version), stage, probe, hashes, threads, quiet)
+            self._setup(same_package(config, version), stage, probe, hashes, quiet)
             self.later = [stages_find(name) for name in later]
         except UserError as e:  # answered on every call: the driver stops with it
             self.error = str(e)
 
-    def _setup(self, cfg, stage: str, probe: str, hashes: dict, threads: int, quiet: bool) -> None:
+    def _setup(self, cfg, stage: str, probe: str, hashes: dict, quiet: bool) -> None:
         from cai_pipeline import stages
         from cai_pipeline.assets import load_assets
         from cai_pipeline.console import quiet_libraries
@@ -142,7 +141,6 @@ class ShardWorker:
         if problem:
             raise UserError(cannot_see(self.store.root, problem))
         quiet_libraries(verbose=not quiet)
-        use_threads(threads)
         self.assets = load_assets(cfg)
         differ = sorted(k for k in hashes if self.assets.hashes.get(k) != hashes[k])
         if differ:
@@ -150,6 +148,19 @@ class ShardWorker:
                             "driver; every worker must see the same files at the same paths (docs/scale-out.md)")
         self.stage = stages.find(stage)
         self.engines = Engines(cfg)
+        self.loads = 0
+
+    def _start(self) -> None:
+        """Build the engine on the first call, on the thread that runs every call. Ray Data builds this class on
+        the actor's main thread but calls it on a thread of its own, and with GNU OpenMP each thread that runs
+        torch ops leads its own team of workers: an engine loaded on one thread and run on another left its
+        OpenMP worker asleep in futex waits 40% of the time, and one 2-CPU actor ran at 0.66 of the same engine
+        used on one thread (libgomp barely spins once it manages more threads than there are CPUs; BENCHMARKS.md,
+        "One engine, one thread"). Thread count and niceness are per thread too, so they are set here."""
+        self.started = True
+        if self.niceness is not None:
+            restore_priority(self.niceness)
+        use_threads(self.threads)
         self.engine = self.engines.get(self.stage.model_role)
         self.loads = 1 if self.engine is not None else 0
 
@@ -159,6 +170,16 @@ class ShardWorker:
         shard = int(batch["shard"][0])
         if self.error:
             return answer(shard, error=self.error, fatal=True)
+        try:
+            if not self.started:
+                self._start()
+        except UserError as e:
+            self.error = str(e)
+            return answer(shard, error=self.error, fatal=True)
+        except Exception as e:  # the engine failed to start: this shard fails; the next call tries again
+            self.started = False
+            traceback.print_exc()
+            return answer(shard, error=f"{type(e).__name__}: {e}")
         before = engine_counts(self.engine)
         try:
             stats = run_shard(self.stage, self.store, shard, self.assets, self.engine, on_rows=self._reporter(shard))

@@ -4,6 +4,7 @@ test_ray.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -95,6 +96,42 @@ def test_a_worker_that_cannot_see_the_folder_answers_every_shard_with_one_line(t
     row = worker({"shard": [3]})
     assert row["shard"] == [3] and row["fatal"] == [True] and row["error"] == [worker.error]
     assert set(row) == set(answer(0))
+
+
+def test_a_worker_builds_its_engine_on_the_thread_that_runs_its_shards(tmp_path, monkeypatch):
+    """Ray Data builds the actor's class on its main thread and calls it on another; an engine loaded on one
+    thread and run on another ran at 0.66 of its speed (two OpenMP teams: BENCHMARKS.md, "Ray"). So nothing
+    is loaded until the first call, and then on the calling thread, as here."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cai_pipeline.engines
+    import cai_pipeline.executors.ray_worker as ray_worker
+    from cai_pipeline.store import RunLayout
+    from tests.echo_engine import EchoEngine
+
+    built_on, threads_set_on = [], []
+
+    def make_engine(*args, **kwargs):
+        built_on.append(threading.get_ident())
+        return EchoEngine()
+
+    monkeypatch.setattr(cai_pipeline.engines, "make_engine", make_engine)
+    # recorded, not done: torch's thread count is process-wide here and would change every later test's floats
+    monkeypatch.setattr(ray_worker, "use_threads", lambda n: threads_set_on.append((n, threading.get_ident())))
+    config = cfg(f"out_dir={tmp_path}", "prompts.limit=2", "shard_size=2").model_dump()
+    probe = RunLayout(tmp_path).workers_probe
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("t0k3n\n")
+    worker = ShardWorker(config, "sample", probe="t0k3n", hashes={}, threads=1)
+    assert worker.error == "" and built_on == []  # nothing loaded on the building thread
+    with ThreadPoolExecutor(max_workers=1) as pool:  # Ray Data's single-threaded wrapper does the same
+        calling = pool.submit(threading.get_ident).result()
+        rows = [pool.submit(worker, {"shard": [0]}).result(), pool.submit(worker, {"shard": [0]}).result()]
+    assert built_on == [calling]  # built once, on the thread that runs the shards
+    assert threads_set_on == [(1, calling)]
+    assert rows[0]["error"] == [""] and rows[0]["shard"] == [0]
+    assert json.loads(rows[0]["engine"][0])["loads"] == 1 and json.loads(rows[1]["engine"][0])["loads"] == 0
 
 
 def test_a_worker_with_another_install_says_so_in_one_line(tmp_path):
